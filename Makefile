@@ -1,0 +1,55 @@
+# LightSAFT pipeline. `make demo` runs everything offline on synthetic data; `make test` tests it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+GRID   ?= experiments/demo_grid.yaml
+JOBS   ?= 1
+
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup system-deps test test-fast demo repro ui ablate bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# ffmpeg decodes MUSDB18 .stem.mp4; Chromium + chromedriver run the report's browser test.
+system-deps:
+	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq ffmpeg)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver)
+
+setup: system-deps $(VENV)/.installed
+	@test -d .dvc || $(BIN)/dvc init -q
+
+test: setup
+	LIGHTSAFT_REQUIRE_FIXTURES=1 $(BIN)/pytest -q --durations=15
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
+demo: setup
+	$(BIN)/lightsaft demo
+
+repro: setup
+	$(BIN)/dvc repro
+
+ui: setup
+	$(BIN)/lightsaft ui
+
+ablate: setup
+	$(BIN)/lightsaft ablate $(GRID) --jobs $(JOBS)
+
+bench: setup
+	$(BIN)/python benchmarks/model_speed.py
+	$(BIN)/python benchmarks/loader.py
+	$(BIN)/python benchmarks/separate_eval.py
+
+clean:
+	rm -rf .pytest_cache build src/*.egg-info

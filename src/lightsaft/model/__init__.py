@@ -1,0 +1,88 @@
+"""LightSAFT / LaSAFT conditioned U-Net: build it, load official weights, save and load ours."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import ConfigError, validate_section
+from .official import load_official_state_dict
+from .unet import ConditionedUNet, Separator
+
+__all__ = ["build_model", "load_official_state_dict", "save_weights", "load_weights",
+           "count_parameters", "Separator", "ConditionedUNet", "WEIGHTS_FORMAT"]
+
+WEIGHTS_FORMAT = 1
+
+
+def build_model(model_params: dict[str, Any]) -> Separator:
+    """Build the separator from the ``model`` section (official argument names + ``variant``)."""
+    return Separator(validate_section("model", model_params, where="model params"))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def save_weights(path: str | Path, model: Separator, model_params: dict[str, Any]) -> None:
+    """Write the inference weights file atomically: state_dict + model params + format version."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": WEIGHTS_FORMAT,
+        "model_params": validate_section("model", model_params),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> Separator:
+    """Load a weights file written by :func:`save_weights` (never executes pickled code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found (train a model first: dvc repro train)")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise ValueError(f"{path}: not a LightSAFT weights file, or it holds code that "
+                         f"weights_only loading refuses to run: {str(e).splitlines()[0]}") from None
+    if not isinstance(payload, dict) or "state_dict" not in payload or "model_params" not in payload:
+        raise ValueError(f"{path}: not a LightSAFT weights file (expected keys format, model_params, "
+                         f"state_dict; a Lightning checkpoint is models/checkpoints/*.ckpt, the weights "
+                         f"file is models/weights.pt)")
+    if payload.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path}: weights format {payload.get('format')!r}, this version reads "
+                         f"{WEIGHTS_FORMAT}; re-export it with this version")
+    try:
+        model = build_model(payload["model_params"])
+    except ConfigError as e:
+        raise ValueError(f"{path}: invalid model params in weights file: {e}") from None
+    load_state_dict_checked(model, payload["state_dict"], source=str(path))
+    return model.eval()
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that names the first mismatching key."""
+    ours = model.state_dict()
+    for key, tensor in state_dict.items():
+        if key in ours and tuple(ours[key].shape) != tuple(tensor.shape):
+            raise ValueError(f"{source}: weights do not fit this model config: first mismatch at {key}: "
+                             f"file {tuple(tensor.shape)} vs model {tuple(ours[key].shape)}")
+    missing, unexpected = sorted(set(ours) - set(state_dict)), sorted(set(state_dict) - set(ours))
+    if missing or unexpected:
+        raise ValueError(f"{source}: weights do not fit this model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    model.load_state_dict(state_dict, strict=True)
