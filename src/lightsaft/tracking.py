@@ -1,0 +1,156 @@
+"""MLflow tracking: where runs land (decided here only) and what each stage records.
+
+Default backend: ``sqlite:///<main repo>/mlflow.db`` with artifacts in ``<main repo>/mlartifacts``.
+``MLFLOW_TRACKING_URI`` overrides it (a team's tracking server). ``dvc exp run --temp/--queue``
+runs stages in a throw-away copy under ``<repo>/.dvc/tmp/exps/``; runs from there must still land
+in the main repository's database, so the root is resolved past such copies.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+DB_NAME = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+RUN_FILE_FORMAT = 1
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The main repository: ``DVC_ROOT`` or the nearest DVC project above ``start`` (cwd),
+    stepping out of DVC experiment copies (``.dvc/tmp/exps/...``)."""
+    path = Path(start or os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+    parts = path.parts
+    for i in range(len(parts) - 3):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    for candidate in (path, *path.parents):
+        if (candidate / ".dvc").is_dir() or (candidate / "dvc.yaml").is_file():
+            return candidate
+    return path
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / DB_NAME}"
+
+
+def redact(uri: str) -> str:
+    """Hide credentials in a URI (``https://user:token@host`` -> ``https://***@host``)."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri)
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def client():
+    """An MlflowClient for :func:`tracking_uri`. A new SQLite database is created under a file
+    lock (two queued experiments may start at once) and switched to WAL mode, so concurrent
+    writers wait for each other instead of failing with "database is locked"."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    db = _sqlite_path(uri)
+    if db is None:
+        return MlflowClient(uri)
+    with _file_lock(db.with_name(db.name + ".lock")):
+        mlflow_client = MlflowClient(uri)
+        mlflow_client.search_experiments(max_results=1)  # creates and migrates the schema once
+        with sqlite3.connect(db, timeout=60) as conn:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+    return mlflow_client
+
+
+def experiment_id(mlflow_client, name: str) -> str:
+    """Get or create the experiment; with the local backend its artifacts go beside the database
+    (otherwise MLflow puts them relative to whatever directory created the experiment first)."""
+    from mlflow.exceptions import MlflowException
+
+    found = mlflow_client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            mlflow_client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    db = _sqlite_path(tracking_uri())
+    location = (db.parent / ARTIFACTS_DIR / name).as_uri() if db else None
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by a concurrent experiment
+        return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+def git_tags(root: Path | None = None) -> dict[str, str]:
+    """Commit and dirty flag of the code that runs (the experiment copy inside DVC runs)."""
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=root or os.getcwd(), capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    tags = {"git_commit": commit or "unknown"}
+    if commit:
+        tags["git_dirty"] = str(bool(git("status", "--porcelain", "--untracked-files=no")))
+    if exp := os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_experiment"] = exp
+    return tags
+
+
+def log_params(mlflow_client, run_id: str, flat_params: dict[str, Any]) -> None:
+    """Log params in batches (MLflow caps a batch at 100); values as text, None as 'null'."""
+    from mlflow.entities import Param
+
+    items = [Param(k, "null" if v is None else str(v)) for k, v in sorted(flat_params.items())]
+    for start in range(0, len(items), 100):
+        mlflow_client.log_batch(run_id, params=items[start:start + 100])
+
+
+def log_metrics(mlflow_client, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+    for start in range(0, len(items), 500):
+        mlflow_client.log_batch(run_id, metrics=items[start:start + 500])
+
+
+def write_run_file(path: str | Path, run_id: str, experiment: str) -> None:
+    """Record which MLflow run a trained model belongs to (read by later stages)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"format": RUN_FILE_FORMAT, "run_id": run_id, "experiment": experiment,
+                               "tracking_uri": redact(tracking_uri())}, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_run_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no MLflow run record; run the train stage first "
+                                f"(dvc repro train)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: corrupt MLflow run record ({e}); re-run the train stage") from None
+    if not isinstance(info, dict) or "run_id" not in info:
+        raise ValueError(f"{path}: not an MLflow run record (no run_id); re-run the train stage")
+    return info

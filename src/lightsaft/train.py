@@ -1,0 +1,257 @@
+"""The ``train`` stage: Lightning trainer, callbacks, resume, MLflow run and the stage outputs.
+
+Checkpoints of a training in progress live in ``<repo>/.lightsaft/train/<fingerprint>/`` (outside
+DVC, keyed by the params that define the training), so an interrupted ``dvc repro`` or a
+re-queued experiment can resume them with ``train.resume: true``. Only a finished training
+writes the DVC outputs, each through a temporary file and a rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+from torch.utils.data import DataLoader
+
+from . import tracking
+from .cache import Cache
+from .config import flatten
+from .datasets import TrainDataset, ValidDataset
+from .model import count_parameters, save_weights
+from .stage import Terminated
+from .training import LightSAFTModule
+
+TRACKED_SECTIONS = ("data", "prepare", "model", "train", "trainer", "mlflow")
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """Where the stage writes (the DVC outs of ``train``)."""
+
+    models: Path = Path("models")
+    metrics: Path = Path("metrics/train.json")
+    curves: Path = Path("plots/train_curves.csv")
+
+    @property
+    def weights(self) -> Path:
+        return self.models / "weights.pt"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.models / "last.ckpt"
+
+    @property
+    def run_file(self) -> Path:
+        return self.models / "mlflow_run.json"
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto``: bf16-mixed on a GPU that supports it, else full fp32."""
+    if precision != "auto":
+        return "32-true" if precision == "32" else precision
+    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def fingerprint(params: dict[str, Any]) -> str:
+    """Identity of a training: every tracked param except ``train.resume``."""
+    keyed = {k: v for k, v in flatten({s: params[s] for s in TRACKED_SECTIONS}).items() if k != "train.resume"}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class EpochCurves(Callback):
+    """Per-epoch rows (losses, lr, time, memory) for DVC plots; kept in checkpoints for resume."""
+
+    COLUMNS = ("epoch", "step", "train_loss", "val_loss", "lr", "epoch_time_s", "gpu_mem_gb")
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict[str, float]] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        m = trainer.callback_metrics
+        elapsed = time.perf_counter() - self._start
+        gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+               "train_loss": float(m.get("train_loss_epoch", float("nan"))),
+               "val_loss": float(m.get("val_loss", float("nan"))),
+               "lr": trainer.optimizers[0].param_groups[0]["lr"],
+               "epoch_time_s": round(elapsed, 3), "gpu_mem_gb": round(gpu, 3)}
+        self.rows.append(row)
+        pl_module.log_dict({"epoch_time_s": elapsed, **({"gpu_mem_gb": gpu} if gpu else {})}, on_epoch=True)
+        lines = [",".join(self.COLUMNS)] + [",".join(str(r[c]) for c in self.COLUMNS) for r in self.rows]
+        if trainer.is_global_zero:
+            _atomic_write_text(self.path, "\n".join(lines) + "\n")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict["rows"])
+
+
+class InterruptCheckpoint(Callback):
+    """On Ctrl+C / SIGTERM / any exception, save where training stood (Lightning raises them
+    between batches, so the state is consistent)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        trainer.save_checkpoint(self.path)
+        print(f"\ntraining interrupted ({type(exception).__name__}); checkpoint saved to {self.path}.\n"
+              f"Resume with: dvc exp run -S train.resume=true (or set train.resume: true and dvc repro)")
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint furthest along (the interrupt one may be ahead of last.ckpt)."""
+    best, best_step = None, -1
+    for path in run_dir.glob("*.ckpt"):
+        try:
+            step = torch.load(path, map_location="cpu", weights_only=True).get("global_step", -1)
+        except Exception:  # a checkpoint torn by SIGKILL: ignore it, an older one is complete
+            continue
+        if step > best_step:
+            best, best_step = path, step
+    return best
+
+
+def _loaders(params: dict[str, Any], cache: Cache) -> tuple[DataLoader, DataLoader]:
+    m, t, tr = params["model"], params["train"], params["trainer"]
+    train_set = TrainDataset(cache, m["num_frame"], t["items_per_epoch"], t["mix_across_tracks"],
+                             t["augment_gain"], t["augment_channel_swap"])
+    valid_set = ValidDataset(cache, m["num_frame"], t["valid_chunks_per_track"])
+    common = {"batch_size": tr["batch_size"], "num_workers": tr["num_workers"],
+              "pin_memory": torch.cuda.is_available(), "persistent_workers": tr["num_workers"] > 0}
+    if len(train_set) < tr["batch_size"]:
+        raise ValueError(f"trainer.batch_size = {tr['batch_size']} is larger than an epoch "
+                         f"({len(train_set)} items): lower it or set train.items_per_epoch")
+    # drop_last: train-mode BatchNorm1d in the control model cannot take a batch of one.
+    return (DataLoader(train_set, shuffle=False, drop_last=True, **common),
+            DataLoader(valid_set, shuffle=False, **common))
+
+
+def _start_run(params: dict[str, Any], run_dir: Path, resume_from: Path | None, cache: Cache):
+    """Create the MLflow run (or reopen the interrupted one) and log params and tags."""
+    client = tracking.client()
+    run_record = run_dir / "run.json"
+    if resume_from is not None and run_record.exists():
+        run_id = tracking.read_run_file(run_record)["run_id"]
+        client.update_run(run_id, status="RUNNING")
+        return client, run_id
+    exp_id = tracking.experiment_id(client, params["mlflow"]["experiment"])
+    m = params["model"]
+    tags = {**tracking.git_tags(), "variant": m["variant"], "stage": "train",
+            "data_manifest_sha256": hashlib.sha256(
+                json.dumps(cache.manifest, sort_keys=True).encode()).hexdigest(),
+            "params_fingerprint": fingerprint(params)}
+    name = os.environ.get("DVC_EXP_NAME") or f"{m['variant']}-dk{m['dk']}-tdfs{m['num_tdfs']}"
+    run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    tracking.log_params(client, run_id, flatten({s: params[s] for s in TRACKED_SECTIONS}))
+    tracking.write_run_file(run_record, run_id, params["mlflow"]["experiment"])
+    return client, run_id
+
+
+def train(params: dict[str, Any], cache_dir: str | Path = "data/cache",
+          outputs: TrainOutputs = TrainOutputs()) -> dict[str, Any]:
+    """Train (or resume) the model of ``params``; write weights, checkpoint, metrics and curves."""
+    started = time.time()
+    m, t, tr = params["model"], params["train"], params["trainer"]
+    cache = Cache(cache_dir, n_fft=m["n_fft"], hop_length=m["hop_length"])
+    run_dir = tracking.project_root() / ".lightsaft" / "train" / fingerprint(params)
+    resume_from = _latest_checkpoint(run_dir) if t["resume"] else None
+    # DDP re-executes this script per GPU: only rank zero touches files and MLflow.
+    client, run_id = None, None
+    if rank_zero_only.rank == 0:
+        if t["resume"] and resume_from is None:
+            print(f"train.resume: no checkpoint of this configuration in {run_dir}; starting a new training")
+        if resume_from is None and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        client, run_id = _start_run(params, run_dir, resume_from, cache)
+
+    pl.seed_everything(t["seed"], workers=True)
+    train_loader, valid_loader = _loaders(params, cache)
+    module = LightSAFTModule(m, t)
+    logger = MLFlowLogger(tracking_uri=tracking.tracking_uri(), run_id=run_id)
+    best = ModelCheckpoint(dirpath=run_dir, filename="best-{epoch}-{val_loss:.5f}", monitor="val_loss",
+                           mode="min", save_top_k=t["save_top_k"], save_last=True)
+    curves = EpochCurves(outputs.curves)
+    callbacks = [best, curves, InterruptCheckpoint(run_dir / "interrupted.ckpt"),
+                 EarlyStopping(monitor="val_loss", mode="min", patience=t["early_stop_patience"],
+                               min_delta=t["early_stop_min_delta"]),
+                 LearningRateMonitor(logging_interval="epoch")]
+    precision = resolve_precision(str(tr["precision"]), tr["accelerator"])
+    trainer = pl.Trainer(
+        accelerator=tr["accelerator"], devices=tr["devices"], strategy=tr["strategy"],
+        sync_batchnorm=tr["sync_batchnorm"], precision=precision, max_epochs=tr["max_epochs"],
+        max_steps=tr["max_steps"], limit_train_batches=tr["limit_train_batches"],
+        limit_val_batches=tr["limit_val_batches"], gradient_clip_val=tr["gradient_clip_val"],
+        accumulate_grad_batches=tr["accumulate_grad_batches"], deterministic=tr["deterministic"],
+        log_every_n_steps=tr["log_every_n_steps"], check_val_every_n_epoch=tr["check_val_every_n_epoch"],
+        callbacks=callbacks, logger=logger, default_root_dir=run_dir, enable_model_summary=False)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+    try:
+        trainer.fit(module, train_loader, valid_loader, ckpt_path=resume_from, weights_only=True)
+    except SIGTERMException:
+        raise Terminated() from None
+    if not trainer.is_global_zero:
+        return {}
+    return _finish(params, trainer, module, best, run_dir, outputs, client, run_id, precision, started)
+
+
+def _finish(params, trainer, module, best, run_dir, outputs, client, run_id, precision, started) -> dict:
+    """Write the stage outputs from the best checkpoint and close the MLflow run."""
+    best_path = best.best_model_path or best.last_model_path
+    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    save_weights(outputs.weights, module.model, params["model"])
+    tmp_ckpt = outputs.checkpoint.with_name(f".{outputs.checkpoint.name}.tmp")
+    shutil.copyfile(best.last_model_path, tmp_ckpt)
+    os.replace(tmp_ckpt, outputs.checkpoint)
+
+    gpu_peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    metrics = {
+        "best_val_loss": float(best.best_model_score) if best.best_model_score is not None else None,
+        "epochs": trainer.current_epoch, "steps": trainer.global_step,
+        "wall_time_s": round(time.time() - started, 1),
+        "param_count": count_parameters(module.model),
+        "peak_cpu_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "peak_gpu_mem_gb": round(gpu_peak, 3) if gpu_peak is not None else None,
+        "precision": precision,
+    }
+    _atomic_write_text(outputs.metrics, json.dumps(metrics, indent=2) + "\n")
+    tracking.log_metrics(client, run_id, {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                         step=trainer.global_step)
+    client.log_artifact(run_id, str(outputs.weights), "model")
+    client.set_terminated(run_id, "FINISHED")
+    tracking.write_run_file(outputs.run_file, run_id, params["mlflow"]["experiment"])
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return metrics

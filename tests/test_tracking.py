@@ -1,0 +1,84 @@
+"""Where MLflow runs land, also from inside DVC experiment copies; credentials never printed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from lightsaft import tracking
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    root = tmp_path / "project"
+    (root / ".dvc" / "tmp" / "exps" / "standalone" / "tmpabc123").mkdir(parents=True)
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    return root
+
+
+def test_default_backend_is_sqlite_at_the_main_repo(repo, monkeypatch):
+    monkeypatch.chdir(repo)
+    assert tracking.tracking_uri() == f"sqlite:///{repo / 'mlflow.db'}"
+
+
+def test_experiment_copy_resolves_to_the_main_repo(repo, monkeypatch):
+    copy = repo / ".dvc" / "tmp" / "exps" / "standalone" / "tmpabc123"
+    (copy / "dvc.yaml").write_text("stages: {}\n")
+    (copy / ".dvc").mkdir()
+    monkeypatch.chdir(copy)
+    assert tracking.project_root() == repo           # from the path alone
+    monkeypatch.setenv("DVC_ROOT", str(copy))        # even if DVC_ROOT named the copy
+    assert tracking.project_root() == repo
+    monkeypatch.setenv("DVC_ROOT", str(repo))
+    assert tracking.tracking_uri() == f"sqlite:///{repo / 'mlflow.db'}"
+
+
+def test_env_uri_wins_and_is_redacted(repo, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://alice:s3cret@mlflow.example.org")
+    assert tracking.tracking_uri() == "https://alice:s3cret@mlflow.example.org"
+    assert tracking.redact(tracking.tracking_uri()) == "https://***@mlflow.example.org"
+    assert "s3cret" not in tracking.redact("postgresql://bob:s3cret@db:5432/mlflow")
+
+
+def test_run_from_an_experiment_copy_lands_in_the_main_database(repo):
+    """A separate process started inside the copy (as `dvc exp run --temp` does) logs a run;
+    it is found through the main repository's database, with artifacts beside it."""
+    copy = repo / ".dvc" / "tmp" / "exps" / "standalone" / "tmpabc123"
+    (copy / "dvc.yaml").write_text("stages: {}\n")
+    code = (
+        "from lightsaft import tracking\n"
+        "c = tracking.client()\n"
+        "exp = tracking.experiment_id(c, 'copytest')\n"
+        "run = c.create_run(exp, run_name='from-copy')\n"
+        "tracking.log_params(c, run.info.run_id, {'model.dk': 16})\n"
+        "print(run.info.run_id)\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["DVC_ROOT"] = str(repo)
+    out = subprocess.run([sys.executable, "-c", code], cwd=copy, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    run_id = out.stdout.strip().splitlines()[-1]
+    assert (repo / "mlflow.db").is_file() and not (copy / "mlflow.db").exists()
+
+    from mlflow.tracking import MlflowClient
+
+    main = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    run = main.get_run(run_id)
+    assert run.data.params == {"model.dk": "16"}
+    exp = main.get_experiment_by_name("copytest")
+    assert exp.artifact_location == (repo / "mlartifacts" / "copytest").as_uri()
+    import sqlite3
+    assert sqlite3.connect(repo / "mlflow.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_run_file_roundtrip_and_errors(tmp_path):
+    tracking.write_run_file(tmp_path / "run.json", "abc", "lightsaft")
+    assert tracking.read_run_file(tmp_path / "run.json")["run_id"] == "abc"
+    with pytest.raises(FileNotFoundError, match="run the train stage first"):
+        tracking.read_run_file(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt MLflow run record"):
+        tracking.read_run_file(tmp_path / "bad.json")
