@@ -52,3 +52,61 @@ def require_ffmpeg() -> None:
 @pytest.fixture
 def tiny_model_params() -> dict:
     return dict(TINY_MODEL)
+
+
+def tiny_params(**overrides) -> dict:
+    """Validated params for the tiny model on a small synthetic set, CPU, short training.
+    ``overrides`` are dotted keys, e.g. ``tiny_params(**{"trainer.max_epochs": 1})``."""
+    from lightsaft.config import defaults, validate
+    from lightsaft.experiments import set_dotted
+
+    params = defaults()
+    params["model"] = dict(TINY_MODEL)
+    base = {
+        "data.source": "synthetic", "data.synthetic.train_tracks": 4, "data.synthetic.valid_tracks": 1,
+        "data.synthetic.test_tracks": 2, "data.synthetic.seconds": 6.0,
+        "train.items_per_epoch": 800, "train.valid_chunks_per_track": 8,
+        "trainer.accelerator": "cpu", "trainer.precision": "32", "trainer.max_epochs": 3,
+        "trainer.num_workers": 0, "trainer.log_every_n_steps": 5, "mlflow.experiment": "tests",
+    }
+    for key, value in {**base, **overrides}.items():
+        set_dotted(params, key, value)
+    return validate(params)
+
+
+def make_project(root: Path) -> Path:
+    """A directory that tracking.project_root() takes for a DVC project (MLflow DB lands here)."""
+    (root / ".dvc").mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory):
+    """The tiny synthetic set, downloaded (generated) and prepared once per test session."""
+    from lightsaft.cache import prepare
+    from lightsaft.download import download
+
+    root = make_project(tmp_path_factory.mktemp("synthetic"))
+    params = tiny_params()
+    download(params["data"], root / "data" / "raw")
+    return prepare(root / "data" / "raw" / "dataset.json", root / "data" / "cache",
+                   params["model"]["n_fft"], params["model"]["hop_length"])
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, synthetic_cache):
+    """The tiny model trained once per session (300 steps); later tests reuse its outputs."""
+    from types import SimpleNamespace
+
+    from lightsaft.train import TrainOutputs, train
+
+    root = make_project(tmp_path_factory.mktemp("trained"))
+    params = tiny_params()
+    outputs = TrainOutputs(models=root / "models", metrics=root / "metrics" / "train.json",
+                           curves=root / "plots" / "train_curves.csv")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DVC_ROOT", str(root))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        metrics = train(params, synthetic_cache, outputs)
+    return SimpleNamespace(root=root, params=params, outputs=outputs, metrics=metrics, cache=synthetic_cache,
+                           tracking_uri=f"sqlite:///{root / 'mlflow.db'}")

@@ -1,11 +1,28 @@
-"""``lightsaft`` command line: the tools a user runs by hand (stages run via dvc.yaml)."""
+"""``lightsaft`` command line: the tools a user runs by hand (the stages run from dvc.yaml)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 from .config import ConfigError, load_params
+
+
+def _parse_sets(items: list[str]) -> dict:
+    """``--set model.dk=32`` values parsed as YAML (numbers, booleans, null, lists)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set model.dk=32")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def _model_summary(args: argparse.Namespace) -> int:
@@ -15,6 +32,65 @@ def _model_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .compare import experiment_summary
+    from .experiments import Point, load_study, run_foreground
+
+    repo = Path.cwd()
+    study = load_study(args.study, _parse_sets(args.set))
+    point = Point(f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", study.overrides)
+    code = run_foreground(repo, point)
+    if code != 0:
+        print(f"error: the {study.name} pipeline failed (exit {code}); the stage output above says why",
+              file=sys.stderr)
+        return code
+    print(experiment_summary(repo, point.name))
+    return 0
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from .compare import collect, ensure_mlflow_runs, write_comparison
+    from .experiments import load_study, run_queue
+
+    repo = Path.cwd()
+    study = load_study(args.grid, _parse_sets(args.set))
+    out_dir = repo / "results" / "ablations" / study.name
+    points = study.points()
+    print(f"study {study.name}: {len(points)} experiments, {args.jobs} at a time")
+    results = {} if args.compare_only else run_queue(repo, points, args.jobs, out_dir / "logs")
+    table = collect(repo, study)
+    ensure_mlflow_runs(repo, table, study.overrides.get("mlflow.experiment", "lightsaft"))
+    paths = write_comparison(table, study, out_dir)
+    print("\n" + paths["markdown"].read_text())
+    failed = [name for name, status in results.items() if status.startswith("Failed")]
+    for name, status in results.items():
+        log = out_dir / "logs" / f"{name}.log"
+        print(f"  {status:<24} {name}" + (f"   log: {log}" if log.exists() else ""))
+    print(f"\ntables and plot: {out_dir}/  (points.csv, summary.csv, summary.md, sdr.png)")
+    return 1 if failed else 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from . import tracking
+
+    uri = tracking.tracking_uri()
+    tracking.client()  # creates the database (WAL mode) if this is the first use
+    print(f"MLflow UI for {tracking.redact(uri)} at http://{args.host}:{args.port}  (Ctrl+C to stop)")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port), "--workers", "1"]
+    return subprocess.call(cmd, env=dict(os.environ))
+
+
+def _separate(args: argparse.Namespace) -> int:
+    from .separate import separate_songs
+
+    failures = separate_songs(args.songs, args.model, args.out, args.targets.split(","), overlap=args.overlap,
+                              batch_size=args.batch_size, device=args.device)
+    if failures:
+        print(f"error: {len(failures)} of {len(args.songs)} songs failed (see above)", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightsaft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -22,6 +98,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("model-summary", help="parameter count and per-layer shapes of the model config")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=_model_summary)
+
+    p = sub.add_parser("demo", help="run the whole pipeline offline on synthetic data (a DVC experiment)")
+    p.add_argument("--study", default="experiments/demo.yaml", help="overrides that make the demo")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("ablate", help="queue one DVC experiment per grid point, run them, compare")
+    p.add_argument("grid", help="study file, e.g. experiments/dk_num_tdfs.yaml")
+    p.add_argument("--jobs", type=int, default=1, help="experiments at once (queue workers)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override")
+    p.add_argument("--compare-only", action="store_true", help="only rebuild the comparison tables")
+    p.set_defaults(func=_ablate)
+
+    p = sub.add_parser("ui", help="MLflow UI on the project's tracking database")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=_ui)
+    p = sub.add_parser("separate", help="separate songs into vocals, drums, bass and other")
+    p.add_argument("songs", nargs="+", metavar="SONG", help="wav, flac, mp3, ... or MUSDB .stem.mp4 (its mixture)")
+    p.add_argument("--model", required=True, metavar="WEIGHTS", help="weights file, e.g. models/weights.pt")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<song>/<target>.wav")
+    p.add_argument("--targets", default="vocals,drums,bass,other", help="comma-separated (default: all four)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    p.add_argument("--overlap", type=float, default=0.5, help="fraction shared by neighbouring windows, 0-0.9")
+    p.add_argument("--batch-size", type=int, default=4, help="model windows per forward pass")
+    p.set_defaults(func=_separate)
     return parser
 
 
@@ -29,9 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as e:
+    except (ConfigError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ class TrainOutputs:
 
     @property
     def checkpoint(self) -> Path:
-        return self.models / "last.ckpt"
+        """The full Lightning checkpoint of the best epoch (resumable, fine-tunable)."""
+        return self.models / "best.ckpt"
 
     @property
     def run_file(self) -> Path:
@@ -129,10 +130,10 @@ class InterruptCheckpoint(Callback):
               f"Resume with: dvc exp run -S train.resume=true (or set train.resume: true and dvc repro)")
 
 
-def _latest_checkpoint(run_dir: Path) -> Path | None:
+def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
     """The checkpoint furthest along (the interrupt one may be ahead of last.ckpt)."""
     best, best_step = None, -1
-    for path in run_dir.glob("*.ckpt"):
+    for path in ckpt_dir.glob("*.ckpt"):
         try:
             step = torch.load(path, map_location="cpu", weights_only=True).get("global_step", -1)
         except Exception:  # a checkpoint torn by SIGKILL: ignore it, an older one is complete
@@ -185,7 +186,8 @@ def train(params: dict[str, Any], cache_dir: str | Path = "data/cache",
     m, t, tr = params["model"], params["train"], params["trainer"]
     cache = Cache(cache_dir, n_fft=m["n_fft"], hop_length=m["hop_length"])
     run_dir = tracking.project_root() / ".lightsaft" / "train" / fingerprint(params)
-    resume_from = _latest_checkpoint(run_dir) if t["resume"] else None
+    ckpt_dir = run_dir / "checkpoints"
+    resume_from = _latest_checkpoint(ckpt_dir) if t["resume"] else None
     # DDP re-executes this script per GPU: only rank zero touches files and MLflow.
     client, run_id = None, None
     if rank_zero_only.rank == 0:
@@ -200,12 +202,12 @@ def train(params: dict[str, Any], cache_dir: str | Path = "data/cache",
     train_loader, valid_loader = _loaders(params, cache)
     module = LightSAFTModule(m, t)
     logger = MLFlowLogger(tracking_uri=tracking.tracking_uri(), run_id=run_id)
-    best = ModelCheckpoint(dirpath=run_dir, filename="best-{epoch}-{val_loss:.5f}", monitor="val_loss",
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch}-{val_loss:.5f}", monitor="val_loss",
                            mode="min", save_top_k=t["save_top_k"], save_last=True)
     curves = EpochCurves(outputs.curves)
-    callbacks = [best, curves, InterruptCheckpoint(run_dir / "interrupted.ckpt"),
+    callbacks = [best, curves, InterruptCheckpoint(ckpt_dir / "interrupted.ckpt"),
                  EarlyStopping(monitor="val_loss", mode="min", patience=t["early_stop_patience"],
-                               min_delta=t["early_stop_min_delta"]),
+                               min_delta=t["early_stop_min_delta"], check_on_train_epoch_end=False),
                  LearningRateMonitor(logging_interval="epoch")]
     precision = resolve_precision(str(tr["precision"]), tr["accelerator"])
     trainer = pl.Trainer(
@@ -230,11 +232,14 @@ def train(params: dict[str, Any], cache_dir: str | Path = "data/cache",
 def _finish(params, trainer, module, best, run_dir, outputs, client, run_id, precision, started) -> dict:
     """Write the stage outputs from the best checkpoint and close the MLflow run."""
     best_path = best.best_model_path or best.last_model_path
-    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
+    if best_path:  # else training stopped (max_steps) before any validation: keep the final state
+        module.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
     save_weights(outputs.weights, module.model, params["model"])
     tmp_ckpt = outputs.checkpoint.with_name(f".{outputs.checkpoint.name}.tmp")
-    shutil.copyfile(best.last_model_path, tmp_ckpt)
+    if best_path:
+        shutil.copyfile(best_path, tmp_ckpt)
+    else:
+        trainer.save_checkpoint(tmp_ckpt)
     os.replace(tmp_ckpt, outputs.checkpoint)
 
     gpu_peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None

@@ -1,0 +1,195 @@
+"""Studies: a YAML grid of params, run as DVC experiments (the demo is a one-point study).
+
+A study file holds ``set`` (overrides for every point), an optional ``base`` (another study file
+whose ``set`` comes first), a ``grid`` (key -> list of values) and ``seeds`` (-> ``train.seed``).
+Each point becomes one ``dvc exp run`` with ``-S key=value`` overrides, so it reuses whatever
+DVC already has cached (download, prepare) and lands in ``dvc exp show`` and MLflow.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import ConfigError, defaults, read_yaml, validate
+
+QUEUE_POLL_S = 5.0
+STALL_RESTART_S = 60.0
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str
+    overrides: dict[str, Any]
+
+
+@dataclass
+class Study:
+    name: str
+    path: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+
+    def points(self) -> list[Point]:
+        keys = list(self.grid)
+        seeds = self.seeds or [None]
+        out = []
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            for seed in seeds:
+                overrides = {**self.overrides, **dict(zip(keys, values))}
+                label = [f"{k.split('.')[-1].replace('_', '')}{_short(v)}" for k, v in zip(keys, values)]
+                if seed is not None:
+                    overrides["train.seed"] = seed
+                    label.append(f"s{seed}")
+                out.append(Point("-".join([self.name, *label]), overrides))
+        return out
+
+
+def _short(value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "", str(value)).lower() or "x"
+
+
+def set_dotted(params: dict[str, Any], key: str, value: Any) -> None:
+    node = params
+    *parents, last = key.split(".")
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"unknown key {key}: {part!r} is not a section")
+        node = node[part]
+    if last not in node:
+        raise ConfigError(f"unknown key {key}; valid keys there: {', '.join(node)}")
+    node[last] = value
+
+
+def load_study(path: str | Path, extra: dict[str, Any] | None = None) -> Study:
+    """Read a study file; every point is validated against the params schema up front."""
+    path = Path(path)
+    raw = read_yaml(path) or {}
+    unknown = set(raw) - {"study", "description", "base", "set", "grid", "seeds"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; a study has study, description, "
+                          f"base, set, grid, seeds")
+    overrides: dict[str, Any] = {}
+    if raw.get("base"):
+        overrides.update(load_study(path.parent / raw["base"]).overrides)
+    overrides.update(raw.get("set") or {})
+    overrides.update(extra or {})
+    name = raw.get("study") or path.stem
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+        raise ConfigError(f"{path}: study name {name!r} must be letters, digits, '-' or '_'")
+    grid = raw.get("grid") or {}
+    if not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError(f"{path}: every grid entry must be a non-empty list of values")
+    study = Study(name, path, overrides, grid, list(raw.get("seeds") or []))
+    for point in study.points():
+        params = defaults()
+        try:
+            for key, value in point.overrides.items():
+                set_dotted(params, key, value)
+            validate(params, where=f"{path} (point {point.name})")
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    return study
+
+
+# ---------------------------------------------------------------------------------------
+def _dvc(repo: Path, *args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env,
+                            capture_output=capture, text=True)
+    if check and result.returncode != 0:
+        detail = (result.stderr or result.stdout or "").strip()[-2000:] if capture else ""
+        raise RuntimeError(f"dvc {' '.join(args[:3])} ... failed (exit {result.returncode}). {detail}")
+    return result
+
+
+def _set_args(overrides: dict[str, Any]) -> list[str]:
+    args = []
+    for key, value in overrides.items():
+        args += ["-S", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    return args
+
+
+def experiment_refs(repo: Path) -> dict[str, str]:
+    """Experiment name -> git ref, for every finished DVC experiment in the repo."""
+    out = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], cwd=repo,
+                         capture_output=True, text=True).stdout.split()
+    return {ref.rsplit("/", 1)[-1]: ref for ref in out if ref.count("/") >= 4}
+
+
+def read_from_experiment(repo: Path, ref: str, path: str) -> Any:
+    """A git-tracked file (metrics, params, run record) as committed in an experiment."""
+    result = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=repo, capture_output=True, text=True)
+    if result.returncode != 0:
+        return None
+    return json.loads(result.stdout) if path.endswith(".json") else yaml.safe_load(result.stdout)
+
+
+def run_foreground(repo: Path, point: Point) -> int:
+    """One experiment in a temporary copy, output streamed to the terminal (the demo)."""
+    args = ["exp", "run", "--temp", "-n", point.name, *_set_args(point.overrides)]
+    print(f"$ dvc {' '.join(args)}", flush=True)
+    return _dvc(repo, *args, check=False, capture=False).returncode
+
+
+def queue_status(repo: Path) -> tuple[dict[str, str], int]:
+    """``dvc queue status`` parsed: name -> status, and the number of active workers."""
+    text = _dvc(repo, "queue", "status", check=False).stdout
+    statuses, workers = {}, 0
+    for line in text.splitlines():
+        cols = line.split()
+        if line.startswith("Worker status:"):
+            workers = int(re.search(r"(\d+) active", line).group(1))
+        elif len(cols) >= 4 and cols[0] != "Task":
+            statuses[cols[1]] = cols[-1]
+    return statuses, workers
+
+
+def run_queue(repo: Path, points: list[Point], jobs: int, log_dir: Path) -> dict[str, str]:
+    """Queue the points that have no finished experiment yet, run them with ``jobs`` workers,
+    and return name -> Success/Failed/Skipped, with each point's log under ``log_dir``."""
+    done = experiment_refs(repo)
+    results = {p.name: "Skipped (already done)" for p in points if p.name in done}
+    todo = [p for p in points if p.name not in done]
+    for point in todo:
+        _dvc(repo, "queue", "remove", point.name, check=False)  # a failed earlier try of this point
+        _dvc(repo, "exp", "run", "--queue", "-n", point.name, *_set_args(point.overrides))
+        print(f"queued {point.name}", flush=True)
+    if todo:
+        _dvc(repo, "queue", "start", "-j", str(jobs))
+    pending, idle_since = {p.name for p in todo}, time.monotonic()
+    while pending:
+        time.sleep(QUEUE_POLL_S)
+        statuses, workers = queue_status(repo)
+        for name in sorted(pending):
+            if statuses.get(name) in ("Success", "Failed"):
+                pending.discard(name)
+                results[name] = statuses[name]
+                print(f"{name}: {statuses[name]}", flush=True)
+            elif name not in statuses:
+                pending.discard(name)
+                results[name] = "Success" if name in experiment_refs(repo) else "Failed (lost by the queue)"
+        if pending and workers == 0:
+            if time.monotonic() - idle_since > STALL_RESTART_S:  # DVC's workers can stop early
+                print("queue stalled with tasks left; restarting workers", flush=True)
+                _dvc(repo, "queue", "start", "-j", str(jobs), check=False)
+                idle_since = time.monotonic()
+        else:
+            idle_since = time.monotonic()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for point in todo:
+        log = _dvc(repo, "queue", "logs", point.name, check=False)
+        (log_dir / f"{point.name}.log").write_text(log.stdout + log.stderr)
+    return results
