@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
+import uuid
 from contextlib import contextmanager
 from math import gcd
 from pathlib import Path
@@ -121,16 +121,19 @@ def to_stereo(audio: np.ndarray, path: str | Path = "audio") -> np.ndarray:
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only on success."""
+    """Yield a temporary path beside ``path``; rename it into place only on success.
+
+    The temporary name is unique (pid + random) and the file is created by the writer, so it
+    gets the usual permissions (``mkstemp`` would make it owner-only).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str | None = None) -> None:

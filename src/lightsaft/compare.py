@@ -33,8 +33,7 @@ def collect(repo: Path, study: Study) -> pd.DataFrame:
             sdr = read_from_experiment(repo, ref, "metrics/sdr.json") or {}
             row["status"] = "done" if sdr else "incomplete"
             row.update({k: train.get(k) for k in METRIC_COLUMNS if k in train})
-            row.update({f"sdr_{t}": sdr.get("sdr", {}).get(t) for t in TARGETS})
-            row["sdr_mean"] = sdr.get("sdr_mean")
+            row.update({f"sdr_{t}": sdr.get(f"sdr_{t}") for t in [*TARGETS, "mean"]})
             run = read_from_experiment(repo, ref, "models/mlflow_run.json") or {}
             row["mlflow_run_id"] = run.get("run_id")
         rows.append(row)
@@ -134,7 +133,7 @@ def experiment_summary(repo: Path, name: str) -> str:
     lines = [f"\nExperiment {name}: test SDR (museval, median over frames then tracks, dB)",
              f"  {'target':<8} {'model':>7} {'mixture':>8} {'gain':>6}"]
     for target in TARGETS:
-        est, base = sdr.get("sdr", {}).get(target), sdr.get("baseline_sdr", {}).get(target)
+        est, base = sdr.get(f"sdr_{target}"), sdr.get(f"baseline_sdr_{target}")
         if est is not None and base is not None:
             lines.append(f"  {target:<8} {est:7.2f} {base:8.2f} {est - base:+6.2f}")
     if sdr.get("sdr_mean") is not None:

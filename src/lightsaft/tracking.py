@@ -154,3 +154,36 @@ def read_run_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(info, dict) or "run_id" not in info:
         raise ValueError(f"{path}: not an MLflow run record (no run_id); re-run the train stage")
     return info
+
+
+def log_evaluation(run_file: str | Path, params: dict[str, Any], metrics: dict[str, float],
+                   artifacts: list[Path], per_track=None) -> str:
+    """One evaluation = a child run of the training run, carrying the training's params plus
+    ``separate.*`` / ``evaluate.*`` (MLflow params are immutable, so a changed ``evaluate.jobs``
+    could not go on the parent). The parent gets ``test_<metric>`` copies of the latest scores,
+    so the UI shows one sortable row per trained model. Returns the child run id."""
+    from .config import flatten
+
+    parent_id = read_run_file(run_file)["run_id"]
+    mlflow_client = client()
+    parent = mlflow_client.get_run(parent_id)
+    tags = {**git_tags(), "stage": "evaluate", "mlflow.parentRunId": parent_id}
+    child = mlflow_client.create_run(parent.info.experiment_id, run_name=f"{parent.info.run_name}/evaluate",
+                                     tags=tags).info.run_id
+    own = flatten({"separate": params["separate"], "evaluate": params["evaluate"]})
+    log_params(mlflow_client, child, {**parent.data.params, **own})
+    log_metrics(mlflow_client, child, metrics)
+    for path in artifacts:
+        mlflow_client.log_artifact(child, str(path), "scores")
+    if per_track is not None:
+        mlflow_client.log_table(child, data=per_track, artifact_file="scores/per_track_sdr.json")
+    mlflow_client.set_terminated(child, "FINISHED")
+    log_metrics(mlflow_client, parent_id, {f"test_{k}": v for k, v in metrics.items()})
+    mlflow_client.set_tag(parent_id, "latest_evaluation", child)
+    return child
+
+
+def log_report(run_file: str | Path, report_dir: str | Path) -> None:
+    """The HTML report, as an artifact folder ``report/`` of the training run."""
+    mlflow_client = client()
+    mlflow_client.log_artifacts(read_run_file(run_file)["run_id"], str(report_dir), "report")

@@ -1,0 +1,256 @@
+"""The ``download`` stage: find, fetch or generate the data set and list its tracks.
+
+Sources (``data.source``): a local MUSDB18 / MUSDB18-HQ folder (only a pointer is written), a
+zip (``data.root`` or ``data.archive``, a path or an https URL), the public 7-second previews
+(``musdb18-sample``), or the synthetic demo set. Downloads resume (HTTP Range) from a ``.part``
+file kept in ``downloads_dir``; archives are checked (sha256 when pinned, otherwise their content)
+and extracted without letting any entry escape the target folder.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import shutil
+import stat
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.error import HTTPError, URLError
+from urllib.parse import unquote, urlparse
+
+from tqdm import tqdm
+
+from .audio import AudioError, probe
+from .synthetic import generate, track_names
+from .tracks import (STEMS, DataError, assign_splits, atomic_dir, file_sha256, find_tree,
+                     missing_dataset_message, musdb_validation_tracks, scan_tree, write_dataset)
+
+EXPECTED_TRACKS = {"train": 100, "test": 50}  # every MUSDB18 release, previews included
+CHUNK = 1 << 20
+
+
+def download(data_params: dict[str, Any], out_dir: str | Path,
+             downloads_dir: str | Path | None = None) -> Path:
+    """Prepare ``out_dir`` for the ``prepare`` stage; returns ``out_dir/dataset.json``.
+
+    ``downloads_dir`` (default: ``out_dir``'s sibling ``downloads``) keeps fetched archives and
+    their ``.part`` files outside the stage output, so a rerun resumes instead of starting over.
+    """
+    p, out_dir = data_params, Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if p["source"] == "synthetic":
+        s = p["synthetic"]
+        tree, sha256 = generate(out_dir / "synthetic", s["train_tracks"], s["valid_tracks"], s["test_tracks"],
+                                s["seconds"], s["seed"]), None
+    else:
+        tree, sha256 = _locate(p, out_dir, Path(downloads_dir or out_dir.parent / "downloads"))
+    tracks = assign_splits(scan_tree(tree, _layout(p["source"])), *_valid_names(p))
+    return write_dataset(out_dir / "dataset.json", p["source"], tree, sha256, tracks)
+
+
+def _layout(source: str) -> str:
+    return "musdb18" if source == "musdb18-sample" else source
+
+
+def _valid_names(p: dict[str, Any]) -> tuple[list[str], str]:
+    if p["valid_tracks"] is not None:
+        return p["valid_tracks"], "data.valid_tracks"
+    if p["source"] == "synthetic":
+        return track_names("valid", p["synthetic"]["valid_tracks"]), "synthetic validation tracks"
+    return musdb_validation_tracks(), "musdb's official validation tracks (data.valid_tracks: null)"
+
+
+def _locate(p: dict[str, Any], out_dir: Path, downloads_dir: Path) -> tuple[Path, str | None]:
+    """The tree of a MUSDB18 release and the sha256 of its archive (None for a plain folder)."""
+    source = p["source"]
+    location = p["sample_url"] if source == "musdb18-sample" else p["archive"]
+    if location is None and p["root"].lower().endswith(".zip"):
+        location = p["root"]
+    if location is None:
+        tree = find_tree(Path(p["root"]))
+        if tree is None:
+            raise DataError(missing_dataset_message(source, p["root"]))
+        return tree, None
+    if urlparse(location).scheme in ("http", "https"):
+        archive = fetch(location, downloads_dir / _url_filename(location), p["allow_insecure_http"])
+    elif Path(location).is_file():
+        archive = Path(location)
+    else:
+        raise DataError(f"{location}: archive not found" if source == "musdb18-sample"
+                        else missing_dataset_message(source, location))
+    sha256 = verify_sha256(archive, p["sha256"], delete=archive.parent == downloads_dir)
+    dest = extract_zip(archive, out_dir / source)
+    try:
+        tree = find_tree(dest)
+        if tree is None:
+            raise DataError(f"{archive}: holds no train/ and test/ folders; is it a {source} archive?")
+        if p["sha256"] is None:
+            check_content(tree, _layout(source))
+            print(f"{archive.name}: content checked; sha256 {sha256} (set data.sha256 to pin it)")
+    except DataError:
+        shutil.rmtree(dest)  # not what was asked for: leave nothing that looks usable
+        raise
+    return tree, sha256
+
+
+def _url_filename(url: str) -> str:
+    name = unquote(PurePosixPath(urlparse(url).path).name)
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "download.zip"
+
+
+# ---------------------------------------------------------------------------------------
+# HTTP
+class _NoDowngrade(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, but never from https to plain http (unless allowed)."""
+
+    def __init__(self, allow_http: bool):
+        self.allow_http = allow_http
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        _check_scheme(newurl, self.allow_http)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _check_scheme(url: str, allow_http: bool) -> None:
+    scheme = urlparse(url).scheme
+    if scheme == "http" and not allow_http:
+        raise DataError(f"{url}: plain http is refused (the data could be altered in transit); use "
+                        f"https, or set data.allow_insecure_http=true for a local test server")
+    if scheme not in ("http", "https"):
+        raise DataError(f"{url}: unsupported URL scheme {scheme!r}; use https or a local path")
+
+
+def fetch(url: str, dest: str | Path, allow_insecure_http: bool = False, timeout: float = 60) -> Path:
+    """Download ``url`` to ``dest`` with a progress bar, resuming ``dest.part`` when present.
+
+    An interrupted transfer keeps the ``.part`` file and raises; calling again continues it with
+    an HTTP Range request (or starts over when the server ignores ranges).
+    """
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+    _check_scheme(url, allow_insecure_http)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    offset = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    opener = urllib.request.build_opener(_NoDowngrade(allow_insecure_http))
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            resumed = response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+            if response.status != 206 or not resumed:
+                offset = 0  # the server sent the whole file
+            length = response.headers.get("Content-Length")
+            total = offset + int(length) if length is not None else None
+            with open(part, "ab" if offset else "wb") as f, tqdm(
+                    total=total, initial=offset, unit="B", unit_scale=True, desc=dest.name) as bar:
+                while chunk := response.read(CHUNK):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except HTTPError as e:
+        if e.code == 416 and offset and e.headers.get("Content-Range") == f"bytes */{offset}":
+            part.rename(dest)  # the previous run had received every byte
+            return dest
+        raise DataError(f"{url}: HTTP {e.code} {e.reason}") from None
+    except (URLError, OSError, http.client.HTTPException) as e:
+        raise DataError(_interrupted(url, part, e)) from None
+    if total is not None and part.stat().st_size != total:
+        raise DataError(_interrupted(url, part, f"{part.stat().st_size} of {total} bytes received"))
+    part.rename(dest)
+    return dest
+
+
+def _interrupted(url: str, part: Path, why: Any) -> str:
+    got = part.stat().st_size if part.is_file() else 0
+    return (f"{url}: download interrupted after {got} bytes ({why}); run the download stage again "
+            f"to resume from {part}")
+
+
+# ---------------------------------------------------------------------------------------
+# Checking and extracting
+def verify_sha256(path: Path, expected: str | None, delete: bool) -> str:
+    """The file's sha256; a mismatch with ``expected`` raises (and deletes a downloaded file)."""
+    actual = file_sha256(path)
+    if expected is not None and actual != expected:
+        if delete:
+            path.unlink()
+        raise DataError(f"{path}: sha256 {actual} does not match data.sha256 = {expected}"
+                        f"{' (the download was deleted)' if delete else ''}; check the URL/file and the "
+                        f"checksum you were given")
+    return actual
+
+
+def _unsafe(info: zipfile.ZipInfo) -> str | None:
+    """Why an archive entry must not be extracted, or None."""
+    name, kind = info.filename, stat.S_IFMT(info.external_attr >> 16)  # 0: no Unix file type
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "absolute path"
+    if "\\" in name or ".." in PurePosixPath(name).parts:
+        return "path leaves the target folder"
+    if kind == stat.S_IFLNK:
+        return "symbolic link"
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        return "special file"
+    return None
+
+
+def extract_zip(archive: str | Path, dest: str | Path) -> Path:
+    """Extract a zip into ``dest`` (replaced atomically); refuses unsafe or corrupt archives whole."""
+    archive, dest = Path(archive), Path(dest)
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"{archive}: not a readable zip ({e}); download it again") from None
+    with zf:
+        members = zf.infolist()
+        for info in members:
+            if (why := _unsafe(info)) is not None:
+                raise DataError(f"{archive}: refusing to extract entry {info.filename!r} ({why})")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        needed, free = sum(i.file_size for i in members), shutil.disk_usage(dest.parent).free
+        if needed > free:
+            raise DataError(f"{archive}: needs {needed / 1e9:.1f} GB to extract, {free / 1e9:.1f} GB free "
+                            f"under {dest.parent}")
+        try:
+            with atomic_dir(dest) as tmp:
+                root = tmp.resolve()
+                for info in members:
+                    target = (tmp / info.filename).resolve()
+                    if not target.is_relative_to(root):
+                        raise DataError(f"{archive}: refusing to extract entry {info.filename!r} (path "
+                                        f"leaves the target folder)")
+                    if info.is_dir():
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src, open(target, "wb") as dst:  # reading checks the CRC
+                        shutil.copyfileobj(src, dst, CHUNK)
+        except zipfile.BadZipFile as e:
+            raise DataError(f"{archive}: corrupt ({e}); download it again") from None
+    return dest
+
+
+def check_content(tree: Path, layout: str) -> None:
+    """An unpinned archive must look like MUSDB18: 100 train / 50 test tracks, five streams each."""
+    for split, expected in EXPECTED_TRACKS.items():
+        if layout == "musdb18":
+            found = sorted((tree / split).glob("*.stem.mp4"))
+        else:
+            folder = tree / split
+            found = sorted(d for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
+        if len(found) != expected:
+            raise DataError(f"{tree / split}: {len(found)} tracks, a complete {layout} release has "
+                            f"{expected}; the archive is incomplete or not MUSDB18")
+        for track in found:
+            if layout == "musdb18":
+                try:
+                    streams = len(probe(track)["audio"])
+                except AudioError as e:
+                    raise DataError(str(e)) from None
+            else:
+                streams = sum((track / f"{stem}.wav").is_file() for stem in STEMS)
+            if streams != len(STEMS):
+                raise DataError(f"{track}: {streams} audio streams, expected {len(STEMS)} (mixture, "
+                                f"drums, bass, other, vocals)")

@@ -1,0 +1,285 @@
+"""The download stage: a local HTTP server with Range support, checksums, resume, safe extraction."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import stat
+import subprocess
+import sys
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import REPO, require_ffmpeg, shared_path
+from lightsaft import download as dl
+from lightsaft.config import defaults
+from lightsaft.download import download, extract_zip
+from lightsaft.tracks import DataError
+
+ROCK = ("musdb", "musdb18-7", "train", "Music Delta - 80s Rock.stem.mp4")
+FALCON = ("musdb", "musdb18-7", "test", "The Easton Ellises - Falcon 69.stem.mp4")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        server = self.server
+        server.requests.append((self.path, self.headers.get("Range")))
+        body = server.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        start, status = 0, 200
+        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        if match and server.ranges:
+            start, status = int(match[1]), 206
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+        payload = body[start:]
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(payload)))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.end_headers()
+        if server.drop_after is not None:  # announce the whole file, then hang up halfway
+            payload, server.drop_after = payload[:server.drop_after], None
+            self.close_connection = True
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.files, httpd.requests, httpd.drop_after, httpd.ranges = {}, [], None, True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _zip(entries: dict[str, bytes], extra: list[zipfile.ZipInfo] = ()) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+        for info in extra:
+            zf.writestr(info, b"payload")
+    return buffer.getvalue()
+
+
+def _musdb_zip(train: dict[str, bytes], test: dict[str, bytes]) -> bytes:
+    """A zip shaped like MUSDB18-7-STEMS.zip: train/*.stem.mp4, test/*.stem.mp4."""
+    return _zip({f"{split}/{name}.stem.mp4": data
+                 for split, files in (("train", train), ("test", test)) for name, data in files.items()})
+
+
+def _params(**data) -> dict:
+    params = defaults()["data"]
+    params.update(data)
+    return params
+
+
+def _sample_params(server, body: bytes, **data) -> dict:
+    server.files["/MUSDB18-7-STEMS.zip"] = body
+    return _params(**{"source": "musdb18-sample", "sample_url": f"{server.url}/MUSDB18-7-STEMS.zip",
+                      "allow_insecure_http": True, "valid_tracks": ["B"], **data})
+
+
+DUMMY = _musdb_zip({"A": b"a" * 5000, "B": b"b" * 5000}, {"C": b"c" * 5000})
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def test_pinned_download_extracts_and_lists_tracks(server, tmp_path):
+    params = _sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
+    dataset_json = download(params, tmp_path / "raw")
+    data = json.loads(dataset_json.read_text())
+    assert data["format"] == 1 and data["source"] == "musdb18-sample"
+    assert data["sha256"] == params["sha256"]
+    assert {t["name"]: t["split"] for t in data["tracks"]} == {"A": "train", "B": "valid", "C": "test"}
+    for track in data["tracks"]:
+        assert Path(track["stem_file"]).read_bytes() == track["name"].lower().encode() * 5000
+        assert Path(track["stem_file"]).is_relative_to(tmp_path / "raw")
+    assert (tmp_path / "downloads" / "MUSDB18-7-STEMS.zip").read_bytes() == DUMMY
+    # A rerun uses the verified archive instead of fetching it again.
+    download(params, tmp_path / "raw")
+    assert len(server.requests) == 1
+
+
+def test_checksum_mismatch_leaves_nothing(server, tmp_path):
+    params = _sample_params(server, DUMMY, sha256="0" * 64)
+    with pytest.raises(DataError, match="sha256 .* does not match data.sha256"):
+        download(params, tmp_path / "raw")
+    assert _leftovers(tmp_path / "downloads") == []
+    assert _leftovers(tmp_path / "raw") == []
+
+
+def test_interrupted_download_resumes(server, tmp_path):
+    params = _sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
+    server.drop_after = len(DUMMY) // 3
+    with pytest.raises(DataError, match="interrupted .* run the download stage again"):
+        download(params, tmp_path / "raw")
+    part = tmp_path / "downloads" / "MUSDB18-7-STEMS.zip.part"
+    assert part.stat().st_size == len(DUMMY) // 3
+    assert not (tmp_path / "raw" / "dataset.json").exists()
+
+    download(params, tmp_path / "raw")
+    assert server.requests[-1] == ("/MUSDB18-7-STEMS.zip", f"bytes={len(DUMMY) // 3}-")
+    assert (tmp_path / "downloads" / "MUSDB18-7-STEMS.zip").read_bytes() == DUMMY
+    assert not part.exists()
+
+
+def test_server_without_ranges_restarts_from_zero(server, tmp_path):
+    server.ranges = False
+    params = _sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / "MUSDB18-7-STEMS.zip.part").write_bytes(b"stale bytes of another file")
+    download(params, tmp_path / "raw")
+    assert (tmp_path / "downloads" / "MUSDB18-7-STEMS.zip").read_bytes() == DUMMY
+
+
+def test_complete_part_file_is_accepted(server, tmp_path):
+    """A run killed after the last byte but before the rename: the server answers 416."""
+    params = _sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / "MUSDB18-7-STEMS.zip.part").write_bytes(DUMMY)
+    download(params, tmp_path / "raw")
+    assert (tmp_path / "downloads" / "MUSDB18-7-STEMS.zip").read_bytes() == DUMMY
+
+
+def test_plain_http_is_refused(server, tmp_path):
+    params = _sample_params(server, DUMMY, allow_insecure_http=False)
+    with pytest.raises(DataError, match="plain http is refused.*allow_insecure_http"):
+        download(params, tmp_path / "raw")
+    assert server.requests == []
+
+
+def _symlink(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
+
+
+@pytest.mark.parametrize("bad", [zipfile.ZipInfo("../../escaped"), zipfile.ZipInfo("train/../../escaped"),
+                                 zipfile.ZipInfo("/tmp/absolute"), _symlink("train/link.stem.mp4")],
+                         ids=["dotdot", "nested-dotdot", "absolute", "symlink"])
+def test_unsafe_archive_entries_are_refused(tmp_path, bad):
+    archive = tmp_path / "user" / "musdb18.zip"
+    archive.parent.mkdir()
+    good = {"train/A.stem.mp4": b"a", "test/C.stem.mp4": b"c"}
+    archive.write_bytes(_zip(good, [bad]))
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    params = _params(source="musdb18", archive=str(archive), sha256=digest)
+    with pytest.raises(DataError, match=f"refusing to extract entry {re.escape(repr(bad.filename))}"):
+        download(params, tmp_path / "work" / "raw")
+    assert _leftovers(tmp_path / "work") == ["raw"]  # the created output folder, empty
+    assert not (tmp_path / "escaped").exists() and archive.is_file()  # the user's file is kept
+
+
+def test_corrupt_archive_leaves_nothing(tmp_path):
+    body = bytearray(_zip({"train/A.stem.mp4": b"x" * 1000, "test/C.stem.mp4": b"y" * 1000}))
+    body[body.index(b"x" * 1000) + 500] ^= 0xFF  # one flipped bit in the stored data: CRC mismatch
+    archive = tmp_path / "bad.zip"
+    archive.write_bytes(bytes(body))
+    with pytest.raises(DataError, match="corrupt"):
+        extract_zip(archive, tmp_path / "out" / "tree")
+    assert _leftovers(tmp_path / "out") == []
+
+
+def test_unpinned_archive_is_checked_and_its_sha256_recorded(server, tmp_path, monkeypatch, capsys):
+    require_ffmpeg()
+    rock, falcon = shared_path(*ROCK).read_bytes(), shared_path(*FALCON).read_bytes()
+    body = _musdb_zip({"A": rock, "B": rock}, {"C": falcon})
+    params = _sample_params(server, body)
+
+    with pytest.raises(DataError, match="2 tracks, a complete musdb18 release has 100"):
+        download(params, tmp_path / "raw")  # the real counts: 100 train / 50 test
+    assert _leftovers(tmp_path / "raw") == []
+
+    monkeypatch.setattr(dl, "EXPECTED_TRACKS", {"train": 2, "test": 1})
+    data = json.loads(download(params, tmp_path / "raw").read_text())
+    digest = hashlib.sha256(body).hexdigest()
+    assert data["sha256"] == digest
+    assert f"sha256 {digest} (set data.sha256 to pin it)" in capsys.readouterr().out
+
+
+def test_unpinned_archive_with_a_non_stem_file_is_refused(server, tmp_path, monkeypatch):
+    require_ffmpeg()
+    wav = io.BytesIO()
+    sf.write(wav, np.zeros((4410, 2), dtype=np.float32), 44100, format="WAV")
+    body = _musdb_zip({"A": shared_path(*ROCK).read_bytes(), "B": wav.getvalue()},
+                      {"C": shared_path(*FALCON).read_bytes()})
+    monkeypatch.setattr(dl, "EXPECTED_TRACKS", {"train": 2, "test": 1})
+    with pytest.raises(DataError, match=r"B.stem.mp4: 1 audio streams, expected 5"):
+        download(_sample_params(server, body), tmp_path / "raw")
+
+
+@pytest.mark.parametrize("source,url", [("musdb18", "https://zenodo.org/records/1117372"),
+                                        ("musdb18hq", "https://zenodo.org/records/3338373")])
+def test_missing_dataset_says_how_to_get_it(tmp_path, source, url):
+    with pytest.raises(DataError) as error:
+        download(_params(source=source, root=str(tmp_path / "musdb")), tmp_path / "raw")
+    message = str(error.value)
+    for needle in (url, str(tmp_path / "musdb"), "data.archive", "musdb18-sample", "synthetic"):
+        assert needle in message
+
+
+def test_local_folder_gets_a_pointer_only(tmp_path):
+    root = shared_path("musdb", "musdb18-7")
+    params = _params(source="musdb18", root=str(root), valid_tracks=["Music Delta - 80s Rock"])
+    data = json.loads(download(params, tmp_path / "raw").read_text())
+    assert _leftovers(tmp_path / "raw") == ["dataset.json"]
+    assert data["root"] == str(root.resolve()) and data["sha256"] is None
+    assert [(t["name"], t["split"], t["stem_file"]) for t in data["tracks"]] == [
+        ("Music Delta - 80s Rock", "valid", str(shared_path(*ROCK).resolve())),
+        ("The Easton Ellises - Falcon 69", "test", str(shared_path(*FALCON).resolve()))]
+
+
+@pytest.mark.parametrize("valid,error", [
+    (None, r"musdb's official validation tracks .*'Actions - One Minute Smile' is not a train track"),
+    ([], "the validation split is empty"),
+    (["The Easton Ellises - Falcon 69"], "data.valid_tracks: 'The Easton Ellises - Falcon 69' is not a"),
+])
+def test_bad_validation_split_is_an_error(tmp_path, valid, error):
+    params = _params(source="musdb18", root=str(shared_path("musdb", "musdb18-7")), valid_tracks=valid)
+    with pytest.raises(DataError, match=error):
+        download(params, tmp_path / "raw")
+
+
+def test_synthetic_source(tmp_path):
+    synthetic = {"train_tracks": 2, "valid_tracks": 1, "test_tracks": 1, "seconds": 0.5, "seed": 1}
+    dataset_json = download(_params(source="synthetic", synthetic=synthetic), tmp_path / "raw")
+    data = json.loads(dataset_json.read_text())
+    assert [(t["name"], t["split"]) for t in data["tracks"]] == [
+        ("synthetic train 000", "train"), ("synthetic train 001", "train"),
+        ("synthetic valid 000", "valid"), ("synthetic test 000", "test")]
+    assert all(Path(path).is_file() for t in data["tracks"] for path in t["files"].values())
+
+
+def test_stage_script_reports_one_line_error(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  source: musdb18hq\n  root: {tmp_path / 'nowhere'}\n")
+    result = subprocess.run([sys.executable, str(REPO / "pipeline" / "download.py"), "--params", str(params),
+                             "--out", str(tmp_path / "raw")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: download: musdb18hq not found")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "raw" / "dataset.json").exists()
