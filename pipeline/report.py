@@ -1,0 +1,23 @@
+"""DVC stage `report`: scores, estimates, training curves and weights -> results/report (+ MLflow)."""
+
+from lightsaft.audio import AudioError
+from lightsaft.cache import Cache
+from lightsaft.report import ReportError, build_report
+from lightsaft.stage import register_user_error, run_stage
+from lightsaft.tracking import log_report
+from lightsaft.tracks import DataError
+
+
+def report(params: dict, args) -> None:
+    cache = Cache("data/cache")
+    out = build_report("results/report", cache=cache, scores_dir="results/scores",
+                       estimates_dir="results/estimates", curves_csv="plots/train_curves.csv",
+                       train_metrics="metrics/train.json", weights="models/weights.pt",
+                       dataset=cache.manifest["source"], **params["report"])
+    print(f"report: {out / 'index.html'}")
+    log_report("models/mlflow_run.json", out)
+
+
+if __name__ == "__main__":
+    register_user_error(AudioError, DataError, ReportError)
+    run_stage("report", report)

@@ -1,0 +1,301 @@
+"""The ``report`` stage: a self-contained results page in the style of the LightSAFT demo page.
+
+``results/report/`` holds ``index.html`` (inline CSS, no scripts, no external resources: it
+opens from disk, offline, and as an MLflow artifact), ``curves.png`` (the training curves;
+``dvc plots show`` would load vega from a CDN) and ``audio/<track-slug>/<source>.<fmt>``:
+compressed excerpts of the mixture and of the four estimates, so the page stays small.
+The folder is written beside its place and renamed into it, so it is complete or absent.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from .audio import write_audio
+from .evaluate import METRICS
+from .model import load_weights
+from .spectral import SAMPLE_RATE, TARGETS
+from .tracks import atomic_dir
+
+FORMATS = ("mp3", "ogg", "wav")
+CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "lr")  # of the train stage's plots/train_curves.csv
+VARIANTS = {"lightsaft": "LightSAFT", "lasaft": "LaSAFT"}
+
+
+class ReportError(RuntimeError):
+    """An input of the report is missing or does not match the others."""
+
+
+def build_report(out_dir: str | Path, *, cache: Any, scores_dir: str | Path, estimates_dir: str | Path,
+                 curves_csv: str | Path, train_metrics: str | Path, weights: str | Path,
+                 excerpt_seconds: float = 15.0, excerpt_offset: float = 0.0, audio_format: str = "mp3",
+                 dataset: str | None = None) -> Path:
+    """Write the report of the test tracks of ``cache`` to ``out_dir`` (replaced as a whole).
+
+    ``cache``: anything with ``.tracks("test")`` and ``.load_audio(track, start, stop, stems)``
+    (:class:`lightsaft.cache.Cache`). ``scores_dir``: the evaluate stage's ``scores.csv`` and
+    ``summary.csv``. Excerpts start ``excerpt_offset`` seconds in and end after
+    ``excerpt_seconds`` or at the end of the track. ``dataset`` names the data on the page.
+    """
+    if audio_format not in FORMATS:
+        raise ReportError(f"report.audio_format = {audio_format!r}: use one of {', '.join(FORMATS)}")
+    if not excerpt_seconds > 0 or not excerpt_offset >= 0:
+        raise ReportError(f"report.excerpt_seconds = {excerpt_seconds!r}, report.excerpt_offset = "
+                          f"{excerpt_offset!r}: the length must be > 0 and the offset >= 0")
+    tracks = list(cache.tracks("test"))
+    scores = _read_csv(Path(scores_dir) / "scores.csv", ("track", "target", "metric", "frame", "value", "kind"))
+    summary = _read_csv(Path(scores_dir) / "summary.csv", ("target", "metric", "estimate", "baseline", "improvement"))
+    per_track = track_sdr(scores, tracks, Path(scores_dir) / "scores.csv")
+    curves = _read_csv(Path(curves_csv), CURVE_COLUMNS)
+    facts = run_facts(train_metrics, weights, len(tracks), dataset)
+    slugs = unique_slugs(tracks)
+    with atomic_dir(out_dir) as tmp:
+        plot_curves(curves, tmp / "curves.png")
+        rows = [write_excerpts(cache, track, Path(estimates_dir), tmp, slugs[track], audio_format,
+                               excerpt_seconds, excerpt_offset) for track in tracks]
+        page = render_page(facts, summary, tracks, rows, per_track, excerpt_seconds)
+        (tmp / "index.html").write_text(page, encoding="utf-8")
+    return Path(out_dir)
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs
+def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    if not path.is_file():
+        raise ReportError(f"{path}: not found; run the stage that writes it first (dvc repro)")
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ReportError(f"{path}: not a readable CSV table ({e}); rerun the stage that writes it") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ReportError(f"{path}: columns {missing} missing (it has {list(table.columns)}); "
+                          f"rerun the stage that writes it")
+    if table.empty:
+        raise ReportError(f"{path}: no rows; rerun the stage that writes it")
+    return table
+
+
+def track_sdr(scores: pd.DataFrame, tracks: list[str], path: Path) -> pd.DataFrame:
+    """Median SDR over frames (NaN frames skipped, as museval does) per track and target, one
+    column per kind (``estimate``, ``baseline``); the scored tracks must be the test tracks."""
+    scored = set(scores["track"])
+    if scored != set(tracks):
+        raise ReportError(f"{path}: scores are for {sorted(scored)} but the test tracks are {sorted(tracks)}; "
+                          f"rerun the separate and evaluate stages")
+    sdr = scores[scores["metric"] == "SDR"]
+    return sdr.groupby(["track", "target", "kind"])["value"].median().unstack("kind")
+
+
+def run_facts(train_metrics: str | Path, weights: str | Path, tracks: int, dataset: str | None) -> dict[str, str]:
+    """The header: the model's config (from the weights file) and how its training went."""
+    path = Path(train_metrics)
+    try:
+        metrics = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ReportError(f"{path}: not found; run the train stage first (dvc repro train)") from None
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{path}: not valid JSON ({e}); rerun the train stage") from None
+    for key in ("param_count", "steps", "epochs", "best_val_loss"):
+        if key not in metrics:
+            raise ReportError(f"{path}: no {key!r}; rerun the train stage")
+    m = load_weights(weights).params
+    facts = {"Model": VARIANTS[m["variant"]], "dk": str(m["dk"]), "TDFs": str(m["num_tdfs"]),
+             "Parameters": f"{metrics['param_count']:,}", "STFT": f"{m['n_fft']} / hop {m['hop_length']}",
+             "Steps": f"{metrics['steps']:,} ({metrics['epochs']} epochs)",
+             "Best val loss": _number(metrics["best_val_loss"], ".4g"), "Test tracks": str(tracks)}
+    if dataset:
+        facts["Data"] = dataset
+    return facts
+
+
+def unique_slugs(tracks: list[str]) -> dict[str, str]:
+    """File-system and URL safe folder names, distinct even when two names differ only in
+    punctuation or case."""
+    slugs: dict[str, str] = {}
+    for track in tracks:
+        base = re.sub(r"[^a-z0-9]+", "-", track.lower()).strip("-") or "track"
+        slug, n = base, 1
+        while slug in slugs.values():
+            n += 1
+            slug = f"{base}-{n}"
+        slugs[track] = slug
+    return slugs
+
+
+# ---------------------------------------------------------------------------------------
+# Outputs
+def write_excerpts(cache: Any, track: str, estimates_dir: Path, report_dir: Path, slug: str,
+                   audio_format: str, seconds: float, offset: float) -> dict[str, str]:
+    """Encode the same excerpt of the mixture and of each estimate into ``audio/<slug>/``;
+    returns source -> path relative to ``report_dir``. Samples beyond [-1, 1] are clipped, as a player would."""
+    files = {t: estimates_dir / "test" / track / f"{t}.wav" for t in TARGETS}
+    for path in files.values():
+        if not path.is_file():
+            raise ReportError(f"{path}: estimate not found; rerun the separate stage")
+    length = sf.info(str(files[TARGETS[0]])).frames
+    start = round(offset * SAMPLE_RATE)
+    if start >= length:
+        raise ReportError(f"report.excerpt_offset = {offset}: beyond the end of {track!r} "
+                          f"({length / SAMPLE_RATE:.1f} s); lower it")
+    stop = min(length, start + round(seconds * SAMPLE_RATE))
+    audio = {"mixture": cache.load_audio(track, start=start, stop=stop, stems=("mixture",))["mixture"]}
+    for target, path in files.items():
+        audio[target], rate = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+        if rate != SAMPLE_RATE or audio[target].shape != audio["mixture"].shape:
+            raise ReportError(f"{path}: {rate} Hz, excerpt {audio[target].shape}; expected {SAMPLE_RATE} Hz "
+                              f"and the mixture's {audio['mixture'].shape}; rerun the separate stage")
+    (report_dir / "audio" / slug).mkdir(parents=True)
+    subtype = "PCM_16" if audio_format == "wav" else None  # browsers play 16-bit PCM, not float wav
+    relative = {}
+    for name, wave in audio.items():
+        relative[name] = f"audio/{slug}/{name}.{audio_format}"
+        write_audio(report_dir / relative[name], np.clip(wave, -1.0, 1.0), SAMPLE_RATE, subtype=subtype)
+    return relative
+
+
+def plot_curves(curves: pd.DataFrame, path: Path) -> None:
+    """Training loss, validation loss (its best epoch marked) and learning rate per epoch, side
+    by side: the two losses are different functions, on different scales."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), dpi=110, layout="constrained",
+                             gridspec_kw={"width_ratios": [2, 2, 1.2]})
+    for ax, column, color, title in zip(axes, ("train_loss", "val_loss", "lr"), ("#3465a4", "#c4540c", "#555555"),
+                                        ("Training loss", "Validation loss", "Learning rate")):
+        data = curves.dropna(subset=[column])
+        marker = "." if len(data) < 30 else None
+        if column == "lr":
+            ax.step(data["epoch"], data[column], where="post", color=color, marker=marker)
+            ax.set_yscale("log")
+        else:
+            ax.plot(data["epoch"], data[column], color=color, marker=marker)
+        ax.set(title=title, xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+    valid = curves.dropna(subset=["val_loss"])
+    if len(valid):
+        best = valid.loc[valid["val_loss"].idxmin()]
+        axes[1].plot([best["epoch"]], [best["val_loss"]], "o", color="#c4540c", mfc="white", ms=8,
+                     label=f"best {best['val_loss']:.4g} (epoch {int(best['epoch'])})")
+        axes[1].legend(frameon=False)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def _number(value: Any, spec: str = ".2f") -> str:
+    return "–" if value is None or pd.isna(value) else format(float(value), spec)
+
+
+def _summary_table(summary: pd.DataFrame) -> str:
+    """Per target: SDR, the mixture's SDR, the gain, then SIR/ISR/SAR (model values)."""
+    table = summary.set_index(["target", "metric"])
+    head = ("<tr><th>Target</th><th>SDR</th><th>Mixture SDR</th><th>Improvement</th>"
+            + "".join(f"<th>{m}</th>" for m in METRICS[1:]) + "</tr>")
+    rows = []
+    for target in (*TARGETS, "mean"):
+        value = {m: table.loc[(target, m)] if (target, m) in table.index else {} for m in METRICS}
+        sdr = value["SDR"]
+        others = "".join(f"<td>{_number(value[m].get('estimate'))}</td>" for m in METRICS[1:])
+        rows.append(f'<tr class="{"mean" if target == "mean" else "target"}"><th>{target.capitalize()}</th>'
+                    f"<td><b>{_number(sdr.get('estimate'))}</b></td><td>{_number(sdr.get('baseline'))}</td>"
+                    f"<td>{_number(sdr.get('improvement'), '+.2f')}</td>{others}</tr>")
+    return f'<table class="summary"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _track_row(track: str, files: dict[str, str], sdr: pd.DataFrame) -> str:
+    cells = []
+    for name, path in files.items():
+        label = "Original" if name == "mixture" else name.capitalize()
+        score = ""
+        if name != "mixture":
+            values = sdr.loc[(track, name)] if (track, name) in sdr.index else {}
+            score = (f'<p class="score"><span class="sdr">{_number(values.get("estimate"))}</span> dB SDR '
+                     f'<span class="baseline">mixture {_number(values.get("baseline"))}</span></p>')
+        cells.append(f'<figure class="source" data-source="{name}"><figcaption>{label}</figcaption>'
+                     f'<audio controls preload="metadata" src="{html.escape(path)}"></audio>{score}</figure>')
+    name = html.escape(track)
+    return (f'<section class="track" data-track="{name}"><h3>{name}</h3>'
+            f'<div class="sources">{"".join(cells)}</div></section>')
+
+
+def render_page(facts: dict[str, str], summary: pd.DataFrame, tracks: list[str], rows: list[dict[str, str]],
+                sdr: pd.DataFrame, excerpt_seconds: float) -> str:
+    """The whole page; every text from the inputs is HTML-escaped."""
+    header = "".join(f"<div><dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd></div>" for k, v in facts.items())
+    grid = "\n".join(_track_row(track, files, sdr) for track, files in zip(tracks, rows))
+    return PAGE.format(title=f"{html.escape(facts['Model'])} separation results", facts=header,
+                       summary=_summary_table(summary), tracks=grid, seconds=f"{excerpt_seconds:g}")
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body {{ margin: 0; background: #f6f7f9; color: #1d2330;
+       font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }}
+main {{ max-width: 1180px; margin: 0 auto; padding: 28px 24px 48px; }}
+h1 {{ font-size: 30px; margin: 0 0 4px; }}
+h2 {{ font-size: 20px; margin: 36px 0 10px; border-bottom: 1px solid #d8dce3; padding-bottom: 4px; }}
+h3 {{ font-size: 16px; margin: 0 0 10px; }}
+p.lead {{ color: #4a5263; max-width: 62em; margin: 0 0 18px; }}
+dl.facts {{ display: flex; flex-wrap: wrap; gap: 8px; margin: 0; }}
+dl.facts div {{ background: #fff; border: 1px solid #dde1e8; border-radius: 6px; padding: 6px 12px; }}
+dl.facts dt {{ font-size: 11px; text-transform: uppercase; letter-spacing: .05em; color: #6b7385; }}
+dl.facts dd {{ margin: 0; font-weight: 600; }}
+table.summary {{ border-collapse: collapse; background: #fff; font-variant-numeric: tabular-nums; }}
+table.summary th, table.summary td {{ padding: 6px 16px; border-bottom: 1px solid #e4e7ec; text-align: right; }}
+table.summary thead th {{ background: #eef1f5; font-size: 13px; }}
+table.summary tbody th {{ text-align: left; }}
+table.summary tr.mean {{ border-top: 2px solid #b9c0cc; background: #fafbfc; }}
+p.note {{ font-size: 13px; color: #6b7385; margin: 6px 0 0; }}
+img.curves {{ max-width: 100%; background: #fff; border: 1px solid #dde1e8; border-radius: 6px; }}
+section.track {{ background: #fff; border: 1px solid #dde1e8; border-radius: 8px; padding: 14px 16px;
+                 margin: 0 0 14px; }}
+div.sources {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(200px, 1fr)); gap: 12px; }}
+figure.source {{ margin: 0; }}
+figure.source[data-source="mixture"] figcaption {{ color: #3465a4; }}
+figcaption {{ font-weight: 600; font-size: 14px; margin-bottom: 4px; }}
+audio {{ width: 100%; height: 36px; }}
+p.score {{ margin: 4px 0 0; font-size: 14px; font-variant-numeric: tabular-nums; }}
+span.sdr {{ font-weight: 700; }}
+span.baseline {{ display: block; font-size: 12px; color: #6b7385; }}
+</style>
+</head>
+<body>
+<main>
+<h1>{title}</h1>
+<p class="lead">Conditioned music source separation: one network, told which target to extract,
+separates vocals, drums, bass and other from the mixture. Scores are museval BSSEval v4 on the
+test tracks (median over 1-second frames, then over tracks, in dB); <em>mixture</em> scores the
+unprocessed mixture as the estimate, so the improvement is what separation gains.</p>
+<dl class="facts">{facts}</dl>
+<h2>Test scores</h2>
+{summary}
+<p class="note">SIR, ISR and SAR are the model's; the mean row averages the four target SDRs.</p>
+<h2>Training</h2>
+<img class="curves" src="curves.png" alt="Training and validation loss per epoch">
+<h2>Listen</h2>
+<p class="note">{seconds}-second excerpts. Beside each estimate: its SDR on the whole track and, below,
+the mixture's.</p>
+{tracks}
+</main>
+</body>
+</html>
+"""

@@ -1,0 +1,275 @@
+"""The results page: its content against the scores, its audio excerpts, its errors, and a real
+headless Chromium that loads it from disk and plays every player."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from conftest import TINY_MODEL, require
+from lightsaft.audio import write_audio
+from lightsaft.evaluate import KINDS, METRICS, summarize
+from lightsaft.model import build_model, count_parameters, save_weights
+from lightsaft.report import ReportError, build_report, unique_slugs
+from lightsaft.spectral import SAMPLE_RATE, TARGETS
+from lightsaft.train import EpochCurves
+
+TRACKS = ('Tom & Jerry - <Live> "Take 2"', "Zoë - Two Seconds")
+SECONDS = 3.0
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+class MemoryCache:
+    """``lightsaft.cache.Cache``'s reading interface, over in-memory test tracks."""
+
+    def __init__(self, audio: dict[str, dict[str, np.ndarray]]):
+        self.audio = audio
+
+    def tracks(self, split: str) -> list[str]:
+        return list(self.audio) if split == "test" else []
+
+    def load_audio(self, track, start=0, stop=None, stems=("mixture",) + TARGETS):
+        return {stem: self.audio[track][stem][start:stop] for stem in stems}
+
+
+def make_inputs(root: Path) -> SimpleNamespace:
+    """Two noise-stem tracks, estimates = stems + noise, the evaluate stage's score tables (random
+    frame scores, some NaN as museval writes for silent frames, aggregated by its ``summarize``),
+    a tiny weights file, train.json and three epochs of curves."""
+    rng = np.random.default_rng(0)
+    audio, rows = {}, []
+    for track in TRACKS:
+        stems = {t: (rng.standard_normal((int(SECONDS * SAMPLE_RATE), 2)) * 0.1).astype(np.float32) for t in TARGETS}
+        audio[track] = {"mixture": sum(stems.values()), **stems}
+        for target in TARGETS:
+            write_audio(root / "est" / "test" / track / f"{target}.wav",
+                        stems[target] + rng.standard_normal(stems[target].shape) * 0.02, SAMPLE_RATE)
+            for metric, kind, frame in itertools.product(METRICS, KINDS, range(4)):
+                value = np.nan if frame == 3 and target == "bass" else rng.normal(5 if kind == "estimate" else -5, 3)
+                rows.append((track, target, metric, frame, value, kind))
+    scores = pd.DataFrame(rows, columns=["track", "target", "metric", "frame", "value", "kind"])
+    (root / "scores").mkdir()
+    scores.to_csv(root / "scores" / "scores.csv", index=False, float_format="%.5f")
+    summarize(scores)[0].to_csv(root / "scores" / "summary.csv", index=False, float_format="%.5f")
+    model = build_model(TINY_MODEL)
+    save_weights(root / "weights.pt", model, TINY_MODEL)
+    (root / "train.json").write_text(json.dumps({"best_val_loss": 0.04321, "epochs": 3, "steps": 300,
+                                                 "param_count": count_parameters(model), "precision": "32-true"}))
+    epochs = [(0.09, 1e-3), (0.04321, 1e-3), (0.05, 5e-4)]  # (val_loss, lr)
+    curves = [",".join(EpochCurves.COLUMNS)] + [f"{e},{100 * (e + 1)},{0.5 / (e + 1)},{v},{lr},1.5,0.0"
+                                                 for e, (v, lr) in enumerate(epochs)]
+    (root / "curves.csv").write_text("\n".join(curves) + "\n")
+    return SimpleNamespace(cache=MemoryCache(audio), scores_dir=root / "scores", estimates_dir=root / "est",
+                           curves_csv=root / "curves.csv", train_metrics=root / "train.json",
+                           weights=root / "weights.pt")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> SimpleNamespace:
+    return make_inputs(tmp_path_factory.mktemp("report_inputs"))
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, inputs) -> Path:
+    """The default report (mp3 excerpts) of the two tracks."""
+    out = tmp_path_factory.mktemp("report") / "report"
+    return build_report(out, **vars(inputs), excerpt_seconds=2.0, excerpt_offset=0.5, dataset="synthetic")
+
+
+class Page(HTMLParser):
+    """The parts of the page the tests check: track rows with their players and scores, the
+    summary table's cells, every src/href, and the visible text."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.rows: list[dict] = []
+        self.summary: list[list[str]] = []
+        self.links: list[str] = []
+        self.text: list[str] = []
+        self._capture: list | None = None
+        self._in_summary = False
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.links += [a[k] for k in ("src", "href") if a.get(k) is not None]
+        cls = a.get("class", "")
+        if tag == "section" and cls == "track":
+            self.rows.append({"track": a["data-track"], "audio": {}, "sdr": {}, "baseline": {}})
+        elif tag == "figure" and cls == "source":
+            self._source = a["data-source"]
+        elif tag == "audio":
+            self.rows[-1]["audio"][self._source] = a
+        elif tag == "span" and cls in ("sdr", "baseline"):
+            self._capture = [self.rows[-1][cls], self._source]
+        elif tag == "table" and cls == "summary":
+            self._in_summary = True
+        elif tag == "tr" and self._in_summary:
+            self.summary.append([])
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._in_summary = False
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._capture is not None:
+            target, key = self._capture
+            target[key] = data.replace("mixture", "").strip()
+            self._capture = None
+        elif self._in_summary and self.summary and data.strip():
+            self.summary[-1].append(data.strip())
+
+
+def test_page_shows_every_track_with_its_players_and_scores(report, inputs):
+    page = Page((report / "index.html").read_text(encoding="utf-8"))
+    assert [row["track"] for row in page.rows] == list(TRACKS)  # escaped in the HTML, intact once parsed
+    assert "<Live>" not in (report / "index.html").read_text(encoding="utf-8")
+
+    scores = pd.read_csv(inputs.scores_dir / "scores.csv")
+    medians = scores[scores["metric"] == "SDR"].groupby(["track", "target", "kind"])["value"].median()
+    for row in page.rows:
+        assert list(row["audio"]) == ["mixture", *TARGETS]
+        for attrs in row["audio"].values():
+            assert "controls" in attrs and attrs["preload"] == "metadata"
+            assert not os.path.isabs(attrs["src"]) and (report / attrs["src"]).is_file()
+            assert sf.info(str(report / attrs["src"])).duration == pytest.approx(2.0, abs=0.01)
+        for target in TARGETS:
+            assert row["sdr"][target] == f"{medians[(row['track'], target, 'estimate')]:.2f}"
+            assert row["baseline"][target] == f"{medians[(row['track'], target, 'baseline')]:.2f}"
+    # The estimates were made worse target by target: the page must not show one number for all.
+    assert len({row["sdr"][t] for row in page.rows for t in TARGETS}) == 8
+
+    summary = pd.read_csv(inputs.scores_dir / "summary.csv").set_index(["target", "metric"])
+    header, *body = page.summary
+    assert header == ["Target", "SDR", "Mixture SDR", "Improvement", "SIR", "ISR", "SAR"]
+    assert [cells[0] for cells in body] == ["Vocals", "Drums", "Bass", "Other", "Mean"]
+    for cells, target in zip(body, (*TARGETS, "mean")):
+        sdr = summary.loc[(target, "SDR")]
+        assert cells[1:4] == [f"{sdr['estimate']:.2f}", f"{sdr['baseline']:.2f}", f"{sdr['improvement']:+.2f}"]
+        others = [f"{summary.loc[(target, m), 'estimate']:.2f}" if target != "mean" else "–" for m in METRICS[1:]]
+        assert cells[4:] == others
+
+    text = " ".join(page.text)
+    for fact in ("LightSAFT", "Parameters", f"{count_parameters(build_model(TINY_MODEL)):,}", "300 (3 epochs)",
+                 "0.04321", "synthetic", "256 / hop 64"):
+        assert fact in text
+    assert "curves.png" in page.links and (report / "curves.png").read_bytes()[:8] == PNG
+    assert not [link for link in page.links if "://" in link or link.startswith("//")]
+    assert sorted(p.name for p in report.iterdir()) == ["audio", "curves.png", "index.html"]
+
+
+@pytest.mark.parametrize("offset,seconds,expected", [(0.5, 1.0, 1.0), (2.5, 10.0, 0.5)])
+def test_excerpts_are_the_requested_slice_of_every_source(tmp_path, inputs, offset, seconds, expected):
+    out = build_report(tmp_path / "r", **vars(inputs), excerpt_seconds=seconds, excerpt_offset=offset,
+                       audio_format="wav")
+    track = TRACKS[1]
+    start, stop = round(offset * SAMPLE_RATE), round((offset + expected) * SAMPLE_RATE)
+    folder = out / "audio" / unique_slugs(list(TRACKS))[track]
+    mixture, rate = sf.read(folder / "mixture.wav", dtype="float32")
+    assert rate == SAMPLE_RATE and sf.info(str(folder / "mixture.wav")).subtype == "PCM_16"
+    np.testing.assert_allclose(mixture, inputs.cache.audio[track]["mixture"][start:stop], atol=1 / 32768)
+    estimate, _ = sf.read(inputs.estimates_dir / "test" / track / "bass.wav", dtype="float32")
+    np.testing.assert_allclose(sf.read(folder / "bass.wav", dtype="float32")[0], estimate[start:stop], atol=1 / 32768)
+
+
+def test_slugs_are_safe_and_distinct():
+    assert unique_slugs(["A b", "a-B", "!!!", "Zoë - x"]) == {"A b": "a-b", "a-B": "a-b-2", "!!!": "track",
+                                                              "Zoë - x": "zo-x"}
+
+
+def test_bad_input_names_the_problem_and_keeps_the_old_report(tmp_path, inputs, report):
+    out, estimates, scores = tmp_path / "report", tmp_path / "estimates", tmp_path / "scores"
+    for source, copy in ((report, out), (inputs.estimates_dir, estimates), (inputs.scores_dir, scores)):
+        shutil.copytree(source, copy)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+
+    def fails(match, **changes):
+        args = {**vars(inputs), **changes}
+        with pytest.raises(ReportError, match=match):
+            build_report(out, **args)
+        assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["estimates", "report", "scores"]
+
+    os.remove(estimates / "test" / TRACKS[1] / "drums.wav")
+    fails(r"drums\.wav: estimate not found; rerun the separate stage", estimates_dir=estimates)
+    fails(r"report\.excerpt_offset = 3\.5: beyond the end of .*\(3\.0 s\)", excerpt_offset=3.5)
+    fails(r"report\.audio_format = 'flac'", audio_format="flac")
+    table = pd.read_csv(scores / "scores.csv")
+    table[table["track"] != TRACKS[0]].to_csv(scores / "scores.csv", index=False)
+    fails(r"scores\.csv: scores are for \['Zoë - Two Seconds'\] but the test tracks are", scores_dir=scores)
+    (scores / "summary.csv").write_text("target,metric\nvocals,SDR\n")
+    fails(r"summary\.csv: columns \['estimate', 'baseline', 'improvement'\] missing", scores_dir=scores)
+
+
+# ---------------------------------------------------------------------------------------
+# A real browser
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def chromium(profile: Path):
+    require(os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER),
+            "chromium + chromedriver (apt-get install -y chromium chromium-driver)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        require(False, "selenium (pip install -e '.[dev]')")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={profile}",
+                 "--window-size=1280,900"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+
+
+def wait_for(driver, script: str, timeout: float = 20.0):
+    """Poll a JS expression until it is truthy; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = driver.execute_script(script)
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def test_chromium_loads_and_plays_every_player(report, tmp_path):
+    driver = chromium(tmp_path / "profile")
+    try:
+        driver.get((report / "index.html").as_uri())
+        audios = "Array.from(document.querySelectorAll('audio'))"
+        assert driver.execute_script(f"return {audios}.length") == 5 * len(TRACKS)
+        ready = wait_for(driver, f"return {audios}.every(a => a.readyState >= 1 && a.duration > 0)")
+        states = driver.execute_script(f"return {audios}.map(a => [a.currentSrc, a.readyState, a.duration, "
+                                       f"a.error && a.error.code])")
+        assert ready, f"not every player loaded its metadata: {states}"
+        assert all(duration == pytest.approx(2.0, abs=0.05) for _, _, duration, _ in states)
+        driver.execute_script(f"{audios}.forEach(a => {{ a.muted = true; a.play(); }})")
+        played = wait_for(driver, f"return {audios}.every(a => a.currentTime > 0)")
+        assert played, driver.execute_script(f"return {audios}.map(a => [a.currentSrc, a.currentTime, a.paused])")
+        driver.execute_script(f"{audios}.forEach(a => a.pause())")
+        assert driver.execute_script("const i = document.querySelector('img.curves'); "
+                                     "return i.complete && i.naturalWidth > 0")
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1280, height + 140)  # the whole page in one screenshot
+        shot = tmp_path / "report.png"
+        assert driver.save_screenshot(str(shot))
+        assert shot.read_bytes()[:8] == PNG and shot.stat().st_size > 20_000
+        if keep := os.environ.get("LIGHTSAFT_REPORT_SCREENSHOT"):
+            shutil.copyfile(shot, keep)
+    finally:
+        driver.quit()
