@@ -1,11 +1,9 @@
 """DVC stage `report`: scores, estimates, training curves and weights -> results/report (+ MLflow)."""
 
-from lightsaft.audio import AudioError
 from lightsaft.cache import Cache
-from lightsaft.report import ReportError, build_report
-from lightsaft.stage import register_user_error, run_stage
+from lightsaft.report import build_report
+from lightsaft.stage import run_stage
 from lightsaft.tracking import log_report
-from lightsaft.tracks import DataError
 
 
 def report(params: dict, args) -> None:
@@ -19,5 +17,4 @@ def report(params: dict, args) -> None:
 
 
 if __name__ == "__main__":
-    register_user_error(AudioError, DataError, ReportError)
     run_stage("report", report)

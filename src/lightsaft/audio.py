@@ -19,6 +19,8 @@ from typing import Iterator
 import numpy as np
 import soundfile as sf
 
+from .errors import LightSAFTError
+
 SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 FFMPEG_SUFFIXES = {".mp3", ".mp4", ".m4a", ".aac", ".opus", ".webm"}
 SUPPORTED_SUFFIXES = SOUNDFILE_SUFFIXES | FFMPEG_SUFFIXES
@@ -26,7 +28,7 @@ SUPPORTED_SUFFIXES = SOUNDFILE_SUFFIXES | FFMPEG_SUFFIXES
 STEM_STREAMS = {"mixture": 0, "drums": 1, "bass": 2, "other": 3, "vocals": 4}
 
 
-class AudioError(RuntimeError):
+class AudioError(LightSAFTError, RuntimeError):
     """An audio file is missing, unreadable or not what the pipeline needs."""
 
 
@@ -134,6 +136,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path`` that replaces ``path`` only on success, so an
+    interrupted stage never leaves a folder that looks complete. The temporary name is fixed:
+    what a killed run (SIGKILL) left behind is removed by the next run."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str | None = None) -> None:

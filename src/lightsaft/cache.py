@@ -27,7 +27,8 @@ import torch
 from tqdm import tqdm
 
 from .spectral import SAMPLE_RATE, TARGETS, SpectralFrontEnd, num_frames
-from .tracks import (SPLITS, STEMS, DataError, atomic_dir, file_sha256, load_track, read_dataset,
+from .audio import atomic_dir
+from .tracks import (SPLITS, STEMS, DataError, file_sha256, load_track, read_dataset,
                      source_files, track_samples)
 
 CACHE_FORMAT = 1

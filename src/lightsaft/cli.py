@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .config import ConfigError, load_params
+from .errors import LightSAFTError
 
 
 def _parse_sets(items: list[str]) -> dict:
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, RuntimeError) as e:
+    except (LightSAFTError, FileNotFoundError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

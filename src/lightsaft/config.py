@@ -14,11 +14,13 @@ from typing import Any
 
 import yaml
 
+from .errors import LightSAFTError
+
 SOURCES = ("musdb18", "musdb18hq", "musdb18-sample", "synthetic")
 MUSDB_SAMPLE_URL = "https://github.com/sigsep/sigsep-mus-db/releases/download/v0.4.0/MUSDB18-7-STEMS.zip"
 
 
-class ConfigError(ValueError):
+class ConfigError(LightSAFTError, ValueError):
     """A parameter is unknown, of the wrong type or impossible."""
 
 

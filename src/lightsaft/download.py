@@ -22,9 +22,9 @@ from urllib.parse import unquote, urlparse
 
 from tqdm import tqdm
 
-from .audio import AudioError, probe
+from .audio import AudioError, atomic_dir, probe
 from .synthetic import generate, track_names
-from .tracks import (STEMS, DataError, assign_splits, atomic_dir, file_sha256, find_tree,
+from .tracks import (STEMS, DataError, assign_splits, file_sha256, find_tree,
                      missing_dataset_message, musdb_validation_tracks, scan_tree, write_dataset)
 
 EXPECTED_TRACKS = {"train": 100, "test": 50}  # every MUSDB18 release, previews included

@@ -22,9 +22,14 @@ from typing import Any
 import yaml
 
 from .config import ConfigError, defaults, read_yaml, validate
+from .errors import LightSAFTError
 
 QUEUE_POLL_S = 5.0
 STALL_RESTART_S = 60.0
+
+
+class ExperimentError(LightSAFTError):
+    """A DVC experiment command failed."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,7 @@ def _dvc(repo: Path, *args: str, check: bool = True, capture: bool = True) -> su
                             capture_output=capture, text=True)
     if check and result.returncode != 0:
         detail = (result.stderr or result.stdout or "").strip()[-2000:] if capture else ""
-        raise RuntimeError(f"dvc {' '.join(args[:3])} ... failed (exit {result.returncode}). {detail}")
+        raise ExperimentError(f"dvc {' '.join(args[:3])} ... failed (exit {result.returncode}). {detail}")
     return result
 
 

@@ -19,18 +19,18 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from .audio import write_audio
-from .evaluate import METRICS
+from .errors import LightSAFTError
+from .audio import atomic_dir, write_audio
+from .evaluate import METRICS, per_track_sdr
 from .model import load_weights
 from .spectral import SAMPLE_RATE, TARGETS
-from .tracks import atomic_dir
 
 FORMATS = ("mp3", "ogg", "wav")
 CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "lr")  # of the train stage's plots/train_curves.csv
 VARIANTS = {"lightsaft": "LightSAFT", "lasaft": "LaSAFT"}
 
 
-class ReportError(RuntimeError):
+class ReportError(LightSAFTError, RuntimeError):
     """An input of the report is missing or does not match the others."""
 
 
@@ -91,8 +91,7 @@ def track_sdr(scores: pd.DataFrame, tracks: list[str], path: Path) -> pd.DataFra
     if scored != set(tracks):
         raise ReportError(f"{path}: scores are for {sorted(scored)} but the test tracks are {sorted(tracks)}; "
                           f"rerun the separate and evaluate stages")
-    sdr = scores[scores["metric"] == "SDR"]
-    return sdr.groupby(["track", "target", "kind"])["value"].median().unstack("kind")
+    return per_track_sdr(scores)
 
 
 def run_facts(train_metrics: str | Path, weights: str | Path, tracks: int, dataset: str | None) -> dict[str, str]:

@@ -12,15 +12,10 @@ import signal
 import sys
 from typing import Any, Callable
 
-from .config import ConfigError, load_params
+from .config import load_params
+from .errors import LightSAFTError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, PermissionError, ValueError)
-
-
-def register_user_error(*errors: type[BaseException]) -> None:
-    """Modules with their own error types (data, audio) declare them user-facing here."""
-    global USER_ERRORS
-    USER_ERRORS = tuple(dict.fromkeys(USER_ERRORS + errors))
+USER_ERRORS = (LightSAFTError, FileNotFoundError, PermissionError, IsADirectoryError)
 
 
 class Terminated(Exception):

@@ -12,20 +12,17 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import struct
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import soundfile as sf
 import yaml
 
+from .errors import LightSAFTError
 from .audio import AudioError, atomic_path, probe, read_audio, read_stems
 from .spectral import SAMPLE_RATE, TARGETS
-from .stage import register_user_error
 
 STEMS = ("mixture",) + TARGETS
 SPLITS = ("train", "valid", "test")
@@ -34,28 +31,10 @@ MUSDB18_URL = "https://zenodo.org/records/1117372"
 MUSDB18HQ_URL = "https://zenodo.org/records/3338373"
 
 
-class DataError(RuntimeError):
+class DataError(LightSAFTError, RuntimeError):
     """The data set is missing, incomplete, or not what the pipeline needs."""
 
 
-register_user_error(DataError, AudioError)  # stages report them as one "error: ..." line
-
-
-@contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path`` that replaces ``path`` only on success, so an
-    interrupted stage never leaves a folder that looks complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        os.chmod(tmp, 0o755)
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------

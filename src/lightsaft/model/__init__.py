@@ -12,13 +12,18 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, validate_section
+from ..errors import LightSAFTError
 from .official import load_official_state_dict
 from .unet import ConditionedUNet, Separator
 
 __all__ = ["build_model", "load_official_state_dict", "save_weights", "load_weights",
-           "count_parameters", "Separator", "ConditionedUNet", "WEIGHTS_FORMAT"]
+           "count_parameters", "Separator", "ConditionedUNet", "WEIGHTS_FORMAT", "WeightsError"]
 
 WEIGHTS_FORMAT = 1
+
+
+class WeightsError(LightSAFTError, ValueError):
+    """A weights file or state_dict that does not fit (wrong file, other config, unsafe pickle)."""
 
 
 def build_model(model_params: dict[str, Any]) -> Separator:
@@ -57,19 +62,19 @@ def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        raise ValueError(f"{path}: not a LightSAFT weights file, or it holds code that "
+        raise WeightsError(f"{path}: not a LightSAFT weights file, or it holds code that "
                          f"weights_only loading refuses to run: {str(e).splitlines()[0]}") from None
     if not isinstance(payload, dict) or "state_dict" not in payload or "model_params" not in payload:
-        raise ValueError(f"{path}: not a LightSAFT weights file (expected keys format, model_params, "
+        raise WeightsError(f"{path}: not a LightSAFT weights file (expected keys format, model_params, "
                          f"state_dict; a Lightning checkpoint is models/checkpoints/*.ckpt, the weights "
                          f"file is models/weights.pt)")
     if payload.get("format") != WEIGHTS_FORMAT:
-        raise ValueError(f"{path}: weights format {payload.get('format')!r}, this version reads "
+        raise WeightsError(f"{path}: weights format {payload.get('format')!r}, this version reads "
                          f"{WEIGHTS_FORMAT}; re-export it with this version")
     try:
         model = build_model(payload["model_params"])
     except ConfigError as e:
-        raise ValueError(f"{path}: invalid model params in weights file: {e}") from None
+        raise WeightsError(f"{path}: invalid model params in weights file: {e}") from None
     load_state_dict_checked(model, payload["state_dict"], source=str(path))
     return model.eval()
 
@@ -79,10 +84,10 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor
     ours = model.state_dict()
     for key, tensor in state_dict.items():
         if key in ours and tuple(ours[key].shape) != tuple(tensor.shape):
-            raise ValueError(f"{source}: weights do not fit this model config: first mismatch at {key}: "
+            raise WeightsError(f"{source}: weights do not fit this model config: first mismatch at {key}: "
                              f"file {tuple(tensor.shape)} vs model {tuple(ours[key].shape)}")
     missing, unexpected = sorted(set(ours) - set(state_dict)), sorted(set(state_dict) - set(ours))
     if missing or unexpected:
-        raise ValueError(f"{source}: weights do not fit this model: missing {missing[:5]}, "
+        raise WeightsError(f"{source}: weights do not fit this model: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     model.load_state_dict(state_dict, strict=True)

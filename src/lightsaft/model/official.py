@@ -68,6 +68,8 @@ def load_official_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Te
                 ("our keys with no official value", missing)]
     if any(items for _, items in problems):
         lines = [f"{title} ({len(items)}):\n  " + "\n  ".join(items) for title, items in problems if items]
-        raise ValueError("official state_dict does not fit this model (check the model config):\n"
+        from . import WeightsError
+
+        raise WeightsError("official state_dict does not fit this model (check the model config):\n"
                          + "\n".join(lines))
     net.load_state_dict(converted, strict=True)

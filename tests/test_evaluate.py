@@ -1,0 +1,172 @@
+"""museval scoring: the sigsep regression values, sanity bounds, tables, failures per track."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import museval
+import numpy as np
+import pandas as pd
+import pytest
+import simplejson
+
+from conftest import require_ffmpeg, shared_path
+from lightsaft.audio import read_stems, write_audio
+from lightsaft.evaluate import (METRICS, EvaluationError, evaluate_tracks, score_track, summarize,
+                                write_metrics, write_sdr_plot)
+
+TWO = ("vocals", "drums")  # two targets keep museval's cost (cubic in the source count) low
+
+
+def test_reproduces_sigsep_regression_scores():
+    """sigsep-mus-eval's regression: random vocals/accompaniment estimates of 80s Rock.
+
+    musdb decodes stems to 16-bit PCM. These DC-heavy random estimates make SIR/ISR/SAR
+    sensitive to the references' sub-LSB content, so the references are rounded as musdb's
+    are; SDR, which only projects onto its own reference, matches either way."""
+    require_ffmpeg()
+    stems, rate = read_stems(shared_path("musdb", "musdb18-7", "train", "Music Delta - 80s Rock.stem.mp4"))
+    reference = json.loads(shared_path("musdb", "reference_scores", "Music Delta - 80s Rock.json").read_text())
+    np.random.seed(0)
+    estimates = {"vocals": np.random.random(stems["mixture"].shape),
+                 "accompaniment": np.random.random(stems["mixture"].shape)}
+
+    def scores(stems, metrics):
+        refs = {"vocals": stems["vocals"], "accompaniment": stems["drums"] + stems["bass"] + stems["other"]}
+        got = json.loads(score_track(refs, estimates, "Music Delta - 80s Rock", rate).json)
+        for target in reference["targets"]:
+            mine = next(t for t in got["targets"] if t["name"] == target["name"])
+            assert len(mine["frames"]) == len(target["frames"]) == 6  # whole seconds only
+            for metric in metrics:
+                expected = [f["metrics"][metric] for f in target["frames"]]
+                np.testing.assert_allclose([f["metrics"][metric] for f in mine["frames"]], expected, atol=0.1)
+
+    pcm16 = {k: np.clip(np.round(v.astype(np.float64) * 32768), -32768, 32767) / 32768 for k, v in stems.items()}
+    scores(pcm16, METRICS)
+    scores({k: v.astype(np.float64) for k, v in stems.items()}, ["SDR"])
+
+
+class MemoryCache:
+    """``lightsaft.cache.Cache``'s interface, in memory; a track can raise or kill its worker."""
+
+    def __init__(self, audio: dict[str, dict[str, np.ndarray]], crash: str | None = None):
+        self.audio, self.crash = audio, crash
+
+    def tracks(self, split: str) -> list[str]:
+        return list(self.audio)
+
+    def load_audio(self, track: str) -> dict[str, np.ndarray]:
+        if track == self.crash:
+            os._exit(3)  # what an out-of-memory kill looks like to the pool
+        return self.audio[track]
+
+
+def make_tracks(names, seconds=2.0, seed=0):
+    rng = np.random.default_rng(seed)
+    tracks = {}
+    for name in names:
+        stems = {t: (rng.standard_normal((int(44100 * seconds), 2)) * 0.1).astype(np.float32) for t in TWO}
+        stems["mixture"] = sum(stems.values())
+        tracks[name] = stems
+    return tracks
+
+
+def write_estimates(root, tracks, make):
+    for name, stems in tracks.items():
+        for target in TWO:
+            write_audio(root / "test" / name / f"{target}.wav", make(stems, target), 44100)
+
+
+def test_true_stems_score_high_and_are_written_in_museval_format(tmp_path):
+    tracks = make_tracks(["A - One"])
+    rng = np.random.default_rng(1)
+    # An exact copy scores +inf, which museval stores as NaN; a -60 dB noise floor keeps it finite.
+    write_estimates(tmp_path / "est", tracks, lambda s, t: s[t] + 1e-4 * rng.standard_normal(s[t].shape))
+    result = evaluate_tracks(MemoryCache(tracks), tmp_path / "est", tmp_path / "scores", jobs=1, targets=TWO)
+    assert result.failed == {}
+    for target in TWO:
+        assert result.metrics[f"sdr_{target}"] > 50
+        assert result.metrics[f"sdr_improvement_{target}"] > 45
+    assert abs(result.metrics["baseline_sdr_vocals"]) < 1  # two equal-power sources: input SDR ~ 0 dB
+
+    document = simplejson.loads((tmp_path / "scores" / "museval" / "test" / "A - One.json").read_text())
+    store = museval.TrackStore(track_name="A - One")
+    store.scores = document
+    assert store.validate() is None  # museval's own JSON schema
+    frames = museval.aggregate.json2df(document, "A - One")
+    assert set(frames["target"]) == set(TWO) and len(frames) == 2 * 4 * 2  # targets x metrics x frames
+    table = pd.read_csv(tmp_path / "scores" / "scores.csv")
+    assert list(table.columns) == ["track", "target", "metric", "frame", "value", "kind"]
+    assert len(table) == 2 * len(frames) and set(table["kind"]) == {"estimate", "baseline"}
+    assert sorted(os.listdir(tmp_path)) == ["est", "scores"]
+
+
+def test_mixture_as_estimate_equals_the_baseline(tmp_path):
+    tracks = make_tracks(["a", "b"])
+    write_estimates(tmp_path / "est", tracks, lambda s, t: s["mixture"])
+    result = evaluate_tracks(MemoryCache(tracks), tmp_path / "est", None, jobs=2, targets=TWO)
+    scores = result.scores.set_index(["track", "target", "metric", "frame"])
+    estimate, baseline = scores[scores["kind"] == "estimate"], scores[scores["kind"] == "baseline"]
+    assert len(estimate) == len(baseline) == 2 * 2 * 4 * 2
+    pd.testing.assert_series_equal(estimate["value"], baseline["value"])
+    summary = result.summary.set_index(["target", "metric"])
+    np.testing.assert_allclose(summary["improvement"].dropna(), 0, atol=1e-9)
+    assert result.metrics["sdr_improvement_mean"] == pytest.approx(0, abs=1e-9)
+
+
+def test_failing_tracks_are_named_and_the_others_kept(tmp_path):
+    tracks = make_tracks(["good", "no estimates", "crash", "short"], seconds=1.2)
+    write_estimates(tmp_path / "est", tracks, lambda s, t: s[t] * 0.9)
+    for target in TWO:
+        os.remove(tmp_path / "est" / "test" / "no estimates" / f"{target}.wav")
+        write_audio(tmp_path / "est" / "test" / "short" / f"{target}.wav", tracks["short"][target][:1000], 44100)
+    result = evaluate_tracks(MemoryCache(tracks, crash="crash"), tmp_path / "est", tmp_path / "scores",
+                             jobs=2, targets=TWO)
+    assert sorted(result.failed) == ["crash", "no estimates", "short"]
+    assert "vocals.wav: file not found" in result.failed["no estimates"]
+    assert "worker process died" in result.failed["crash"]
+    assert "short/vocals: estimate (1000, 2), reference (52920, 2)" in result.failed["short"]
+    assert set(result.scores["track"]) == {"good"}
+    assert os.listdir(tmp_path / "scores" / "museval" / "test") == ["good.json"]
+    with pytest.raises(EvaluationError, match=r"3 of 4 track\(s\): 'no estimates'.*'crash'.*'short'"):
+        result.check()
+
+
+def test_nothing_to_evaluate_is_an_error(tmp_path):
+    with pytest.raises(EvaluationError, match="run the separate stage first"):
+        evaluate_tracks(MemoryCache(make_tracks(["a"], 0.1)), tmp_path / "none", None, targets=TWO)
+
+
+def test_summary_is_median_of_frames_then_tracks():
+    rows = []
+    per_track = {"t1": [1.0, 2.0, 9.0, np.nan], "t2": [4.0, 6.0], "t3": [0.0]}  # medians 2, 5, 0 -> 2
+    for target in ("vocals", "drums", "bass", "other"):
+        for track, values in per_track.items():
+            for metric in METRICS:
+                for frame, value in enumerate(values):
+                    offset = {"vocals": 0, "drums": 1, "bass": 2, "other": 3}[target]
+                    rows.append((track, target, metric, frame, value + offset, "estimate"))
+                    rows.append((track, target, metric, frame, value - 1, "baseline"))
+    scores = pd.DataFrame(rows, columns=["track", "target", "metric", "frame", "value", "kind"])
+    summary, metrics = summarize(scores)
+    table = summary.set_index(["target", "metric"])
+    assert table.loc[("vocals", "SIR"), "estimate"] == 2.0 and table.loc[("other", "SAR"), "estimate"] == 5.0
+    assert table.loc[("drums", "SDR"), "baseline"] == 1.0
+    assert table.loc[("bass", "SDR"), "improvement"] == 3.0
+    assert table.loc[("mean", "SDR")].tolist() == [3.5, 1.0, 2.5]
+    assert metrics["sdr_mean"] == 3.5 and metrics["baseline_sdr_drums"] == 1.0 and metrics["tracks"] == 3
+
+
+def test_sdr_plot_table(tmp_path):
+    summary = pd.DataFrame([("vocals", "SDR", 5.0, 1.0, 4.0), ("vocals", "SIR", 9.0, 2.0, 7.0),
+                            ("mean", "SDR", 5.0, 1.0, 4.0)],
+                           columns=["target", "metric", "estimate", "baseline", "improvement"])
+    write_sdr_plot(tmp_path / "plots" / "sdr.csv", summary)
+    assert (tmp_path / "plots" / "sdr.csv").read_text().splitlines() == ["target,sdr,baseline_sdr",
+                                                                         "vocals,5.00000,1.00000"]
+
+
+def test_metrics_file_writes_nan_as_null(tmp_path):
+    write_metrics(tmp_path / "metrics" / "sdr.json", {"sdr_vocals": 4.123456789, "sdr_bass": float("nan")})
+    assert json.loads((tmp_path / "metrics" / "sdr.json").read_text()) == {"sdr_vocals": 4.12346, "sdr_bass": None}
