@@ -184,7 +184,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
                                    hint="expected 'auto', a device count or a list of device ids")),
         "strategy": ("auto", choice("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")),
         "sync_batchnorm": (False, boolean()),
-        "precision": ("auto", choice("auto", "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true")),
+        "precision": ("auto", choice("auto", 32, "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true")),
         "max_epochs": (1000, integer(-1)),
         "max_steps": (-1, integer(-1)),
         "limit_train_batches": (1.0, number(0, lo_open=True)),

@@ -123,7 +123,7 @@ def _dvc(repo: Path, *args: str, check: bool = True, capture: bool = True) -> su
 def _set_args(overrides: dict[str, Any]) -> list[str]:
     args = []
     for key, value in overrides.items():
-        args += ["-S", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+        args += ["-S", f"{key}={json.dumps(value)}"]  # JSON is YAML: "32" stays a string
     return args
 
 
