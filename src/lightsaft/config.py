@@ -199,7 +199,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
     },
     "separate": {
         "overlap": (0.5, number(0, 0.9)),
-        "batch_size": (4, integer(1)),
+        "batch_size": (8, integer(1)),
         "device": ("auto", text()),
     },
     "evaluate": {
