@@ -8,7 +8,10 @@ LightSAFT: best of --repeats runs after one warm-up; LaSAFT (slow): --lasaft-rep
 a warm-up only when that is > 1. The official implementation's published figures (README §7)
 are printed beside ours. With CUDA, also bf16 autocast at batch 8 on the GPU.
 
-The machine is shared: wall times are noisy; compare the ratios measured in one run.
+The machine is shared: wall times are noisy; compare the ratios measured in one run. Measuring
+processes get OMP_WAIT_POLICY=PASSIVE (unless set): with OpenMP threads spinning at barriers, two
+2-thread processes on 2 cores stall each other (measured here: 2x slower seed forward, 150x
+slower tiny forward); sleeping threads make the figures close to a quiet machine's.
 
     .venv/bin/python benchmarks/model_speed.py [--variants lightsaft,lasaft] [--batches 1,2,4]
         [--repeats 2] [--lasaft-repeats 1] [--quick]
@@ -64,6 +67,11 @@ def peak_rss_gb() -> float:
 def synchronize(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def quiet_openmp() -> None:
+    """Idle OpenMP threads sleep instead of spinning (inherited by the measuring processes)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def isolated(fn: Callable[..., dict], **kwargs: Any) -> dict:
@@ -229,6 +237,7 @@ def main() -> None:
                         help="LaSAFT timed runs (a warm-up precedes them only when > 1)")
     parser.add_argument("--quick", action="store_true", help="tiny config: a smoke run of this script")
     args = parser.parse_args()
+    quiet_openmp()
     for variant in args.variants:
         if variant not in ("lightsaft", "lasaft"):
             parser.error(f"--variants: unknown variant {variant!r} (choose from lightsaft, lasaft)")
@@ -238,7 +247,7 @@ def main() -> None:
     lasaft_protocol = (f"best of {args.lasaft_repeats} after one warm-up" if args.lasaft_repeats > 1
                        else "single run, no warm-up")
     print(f"CPU, {config}, input [B, 4, {p['num_frame']}, {p['n_fft'] // 2 + 1}] float32, {CPU_THREADS} "
-          f"threads ({os.cpu_count()} cores). LightSAFT: best of {args.repeats} after one warm-up; "
+          f"threads ({os.cpu_count()} cores, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}). LightSAFT: best of {args.repeats} after one warm-up; "
           f"LaSAFT: {lasaft_protocol}. Load average at start {os.getloadavg()[0]:.1f} "
           f"(shared machine: timings are noisy)")
     results = bench_cpu(args)

@@ -75,7 +75,7 @@ def tiny_params(**overrides) -> dict:
 
 
 def make_project(root: Path) -> Path:
-    """A directory that tracking.project_root() takes for a DVC project (MLflow DB lands here)."""
+    """A directory that paths.project_root() takes for a DVC project (paths.project_root) (MLflow DB lands here)."""
     (root / ".dvc").mkdir(parents=True, exist_ok=True)
     return root
 

@@ -61,6 +61,13 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.fixture(autouse=True)
+def project(tmp_path, monkeypatch):
+    """Each test is its own project: downloads go to <tmp_path>/data/downloads."""
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    return tmp_path
+
+
 @pytest.fixture
 def server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -118,7 +125,7 @@ def test_pinned_download_extracts_and_lists_tracks(server, tmp_path):
     for track in data["tracks"]:
         assert Path(track["stem_file"]).read_bytes() == track["name"].lower().encode() * 5000
         assert Path(track["stem_file"]).is_relative_to(tmp_path / "raw")
-    assert (tmp_path / "downloads" / "MUSDB18-7-STEMS.zip").read_bytes() == DUMMY
+    assert (tmp_path / "data" / "downloads" / "MUSDB18-7-STEMS.zip").read_bytes() == DUMMY
     # A rerun uses the verified archive instead of fetching it again.
     download(params, tmp_path / "raw")
     assert len(server.requests) == 1
@@ -128,7 +135,7 @@ def test_checksum_mismatch_leaves_nothing(server, tmp_path):
     params = _sample_params(server, DUMMY, sha256="0" * 64)
     with pytest.raises(DataError, match="sha256 .* does not match data.sha256"):
         download(params, tmp_path / "raw")
-    assert _leftovers(tmp_path / "downloads") == []
+    assert _leftovers(tmp_path / "data" / "downloads") == []
     assert _leftovers(tmp_path / "raw") == []
 
 
@@ -137,32 +144,32 @@ def test_interrupted_download_resumes(server, tmp_path):
     server.drop_after = len(DUMMY) // 3
     with pytest.raises(DataError, match="interrupted .* run the download stage again"):
         download(params, tmp_path / "raw")
-    part = tmp_path / "downloads" / "MUSDB18-7-STEMS.zip.part"
+    part = tmp_path / "data" / "downloads" / "MUSDB18-7-STEMS.zip.part"
     assert part.stat().st_size == len(DUMMY) // 3
     assert not (tmp_path / "raw" / "dataset.json").exists()
 
     download(params, tmp_path / "raw")
     assert server.requests[-1] == ("/MUSDB18-7-STEMS.zip", f"bytes={len(DUMMY) // 3}-")
-    assert (tmp_path / "downloads" / "MUSDB18-7-STEMS.zip").read_bytes() == DUMMY
+    assert (tmp_path / "data" / "downloads" / "MUSDB18-7-STEMS.zip").read_bytes() == DUMMY
     assert not part.exists()
 
 
 def test_server_without_ranges_restarts_from_zero(server, tmp_path):
     server.ranges = False
     params = _sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
-    (tmp_path / "downloads").mkdir()
-    (tmp_path / "downloads" / "MUSDB18-7-STEMS.zip.part").write_bytes(b"stale bytes of another file")
+    (tmp_path / "data" / "downloads").mkdir(parents=True)
+    (tmp_path / "data" / "downloads" / "MUSDB18-7-STEMS.zip.part").write_bytes(b"stale bytes of another file")
     download(params, tmp_path / "raw")
-    assert (tmp_path / "downloads" / "MUSDB18-7-STEMS.zip").read_bytes() == DUMMY
+    assert (tmp_path / "data" / "downloads" / "MUSDB18-7-STEMS.zip").read_bytes() == DUMMY
 
 
 def test_complete_part_file_is_accepted(server, tmp_path):
     """A run killed after the last byte but before the rename: the server answers 416."""
     params = _sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
-    (tmp_path / "downloads").mkdir()
-    (tmp_path / "downloads" / "MUSDB18-7-STEMS.zip.part").write_bytes(DUMMY)
+    (tmp_path / "data" / "downloads").mkdir(parents=True)
+    (tmp_path / "data" / "downloads" / "MUSDB18-7-STEMS.zip.part").write_bytes(DUMMY)
     download(params, tmp_path / "raw")
-    assert (tmp_path / "downloads" / "MUSDB18-7-STEMS.zip").read_bytes() == DUMMY
+    assert (tmp_path / "data" / "downloads" / "MUSDB18-7-STEMS.zip").read_bytes() == DUMMY
 
 
 def test_plain_http_is_refused(server, tmp_path):

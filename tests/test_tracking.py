@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
 
 from lightsaft import tracking
+from lightsaft.paths import in_project, portable, project_root, resolve
 
 
 @pytest.fixture
@@ -30,9 +32,9 @@ def test_experiment_copy_resolves_to_the_main_repo(repo, monkeypatch):
     (copy / "dvc.yaml").write_text("stages: {}\n")
     (copy / ".dvc").mkdir()
     monkeypatch.chdir(copy)
-    assert tracking.project_root() == repo           # from the path alone
+    assert project_root() == repo           # from the path alone
     monkeypatch.setenv("DVC_ROOT", str(copy))        # even if DVC_ROOT named the copy
-    assert tracking.project_root() == repo
+    assert project_root() == repo
     monkeypatch.setenv("DVC_ROOT", str(repo))
     assert tracking.tracking_uri() == f"sqlite:///{repo / 'mlflow.db'}"
 
@@ -82,3 +84,23 @@ def test_run_file_roundtrip_and_errors(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="corrupt MLflow run record"):
         tracking.read_run_file(tmp_path / "bad.json")
+
+
+def test_user_paths_are_relative_to_the_main_repo(repo, monkeypatch):
+    copy = repo / ".dvc" / "tmp" / "exps" / "standalone" / "tmpabc123"
+    monkeypatch.chdir(copy)
+    assert in_project("data/musdb18") == repo / "data" / "musdb18"
+    assert in_project("/abs/musdb") == Path("/abs/musdb")
+
+
+def test_outputs_are_recorded_relative_so_they_move_with_a_copy(repo, monkeypatch):
+    monkeypatch.chdir(repo)
+    raw = repo / "data" / "raw"
+    inside = raw / "synthetic" / "test" / "a" / "mixture.wav"
+    recorded = portable(inside, repo / "data" / "cache")
+    assert recorded == "../raw/synthetic/test/a/mixture.wav"
+    moved = repo.parent / "elsewhere" / "data" / "cache"
+    assert resolve(recorded, moved) == moved / "../raw/synthetic/test/a/mixture.wav"
+    outside = Path("/srv/musdb18/train/x.stem.mp4")
+    assert portable(outside, repo / "data" / "raw") == str(outside)
+    assert resolve(str(outside), moved) == outside

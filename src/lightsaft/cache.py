@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from .spectral import SAMPLE_RATE, TARGETS, SpectralFrontEnd, num_frames
 from .audio import atomic_dir
+from .paths import portable, resolve
 from .tracks import (SPLITS, STEMS, DataError, file_sha256, load_track, read_dataset,
                      source_files, track_samples)
 
@@ -60,7 +61,7 @@ def prepare(dataset_json: str | Path, out_dir: str | Path, n_fft: int, hop_lengt
                         f"{' or use prepare.dtype=float16 (half the size)' if dtype == 'float32' else ''}")
     front = SpectralFrontEnd(n_fft, hop_length)
     with atomic_dir(out_dir) as tmp:
-        entries = [_prepare_track(i, t, tmp, front, dtype) for i, t in
+        entries = [_prepare_track(i, t, tmp, out_dir, front, dtype) for i, t in
                    enumerate(tqdm(tracks, desc="prepare", unit="track"))]
         manifest = {"format": CACHE_FORMAT, "source": dataset["source"], "dataset_sha256": dataset["sha256"],
                     "sample_rate": SAMPLE_RATE, "n_fft": n_fft, "hop_length": hop_length, "dtype": dtype,
@@ -70,14 +71,14 @@ def prepare(dataset_json: str | Path, out_dir: str | Path, n_fft: int, hop_lengt
     return out_dir
 
 
-def _prepare_track(index: int, track: dict[str, Any], tmp: Path, front: SpectralFrontEnd,
+def _prepare_track(index: int, track: dict[str, Any], tmp: Path, out_dir: Path, front: SpectralFrontEnd,
                    dtype: str) -> dict[str, Any]:
     audio = load_track(track)
     samples = len(audio["mixture"])
     entry: dict[str, Any] = {
         "name": track["name"], "split": track["split"], "samples": samples,
         "frames": num_frames(samples, front.hop_length),
-        "sources": [{"path": str(p), "size": p.stat().st_size, "sha256": file_sha256(p)}
+        "sources": [{"path": portable(p, out_dir), "size": p.stat().st_size, "sha256": file_sha256(p)}
                     for p in source_files(track)]}
     if track["split"] == "train":
         entry["spec"] = f"spec/{index:04d}.npy"
@@ -87,7 +88,7 @@ def _prepare_track(index: int, track: dict[str, Any], tmp: Path, front: Spectral
         (tmp / "audio").mkdir(exist_ok=True)
         np.save(tmp / entry["audio"], np.stack([audio[stem] for stem in STEMS]).astype(np.float32))
     else:
-        entry["files"] = track["files"]
+        entry["files"] = {stem: portable(p, out_dir) for stem, p in track["files"].items()}
     return entry
 
 
@@ -178,8 +179,9 @@ class Cache:
         sizes = {s["path"]: s["size"] for s in entry["sources"]}
         out = {}
         for stem in stems:
-            path = entry["files"][stem]
-            if not os.path.isfile(path) or os.path.getsize(path) != sizes[path]:
+            recorded = entry["files"][stem]
+            path = resolve(recorded, self.path)
+            if not os.path.isfile(path) or os.path.getsize(path) != sizes[recorded]:
                 raise DataError(f"{path}: missing or changed since the cache was prepared; rerun the "
                                 f"download and prepare stages")
             out[stem], _ = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)

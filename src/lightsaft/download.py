@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from .audio import AudioError, atomic_dir, probe
 from .synthetic import generate, track_names
+from .paths import in_project
 from .tracks import (STEMS, DataError, assign_splits, file_sha256, find_tree,
                      missing_dataset_message, musdb_validation_tracks, scan_tree, write_dataset)
 
@@ -35,8 +36,9 @@ def download(data_params: dict[str, Any], out_dir: str | Path,
              downloads_dir: str | Path | None = None) -> Path:
     """Prepare ``out_dir`` for the ``prepare`` stage; returns ``out_dir/dataset.json``.
 
-    ``downloads_dir`` (default: ``out_dir``'s sibling ``downloads``) keeps fetched archives and
-    their ``.part`` files outside the stage output, so a rerun resumes instead of starting over.
+    ``downloads_dir`` (default: ``data/downloads`` of the main repository) keeps fetched archives
+    and their ``.part`` files outside the stage output (and outside DVC experiment copies), so a
+    rerun resumes or reuses them instead of starting over.
     """
     p, out_dir = data_params, Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -45,7 +47,7 @@ def download(data_params: dict[str, Any], out_dir: str | Path,
         tree, sha256 = generate(out_dir / "synthetic", s["train_tracks"], s["valid_tracks"], s["test_tracks"],
                                 s["seconds"], s["seed"]), None
     else:
-        tree, sha256 = _locate(p, out_dir, Path(downloads_dir or out_dir.parent / "downloads"))
+        tree, sha256 = _locate(p, out_dir, Path(downloads_dir or in_project("data/downloads")))
     tracks = assign_splits(scan_tree(tree, _layout(p["source"])), *_valid_names(p))
     return write_dataset(out_dir / "dataset.json", p["source"], tree, sha256, tracks)
 
@@ -69,14 +71,14 @@ def _locate(p: dict[str, Any], out_dir: Path, downloads_dir: Path) -> tuple[Path
     if location is None and p["root"].lower().endswith(".zip"):
         location = p["root"]
     if location is None:
-        tree = find_tree(Path(p["root"]))
+        tree = find_tree(in_project(p["root"]))
         if tree is None:
             raise DataError(missing_dataset_message(source, p["root"]))
         return tree, None
     if urlparse(location).scheme in ("http", "https"):
         archive = fetch(location, downloads_dir / _url_filename(location), p["allow_insecure_http"])
-    elif Path(location).is_file():
-        archive = Path(location)
+    elif in_project(location).is_file():
+        archive = in_project(location)
     else:
         raise DataError(f"{location}: archive not found" if source == "musdb18-sample"
                         else missing_dataset_message(source, location))

@@ -19,23 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .paths import project_root
+
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 RUN_FILE_FORMAT = 1
-
-
-def project_root(start: str | Path | None = None) -> Path:
-    """The main repository: ``DVC_ROOT`` or the nearest DVC project above ``start`` (cwd),
-    stepping out of DVC experiment copies (``.dvc/tmp/exps/...``)."""
-    path = Path(start or os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
-    parts = path.parts
-    for i in range(len(parts) - 3):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    for candidate in (path, *path.parents):
-        if (candidate / ".dvc").is_dir() or (candidate / "dvc.yaml").is_file():
-            return candidate
-    return path
 
 
 def tracking_uri() -> str:

@@ -22,6 +22,7 @@ import yaml
 
 from .errors import LightSAFTError
 from .audio import AudioError, atomic_path, probe, read_audio, read_stems
+from .paths import portable, resolve
 from .spectral import SAMPLE_RATE, TARGETS
 
 STEMS = ("mixture",) + TARGETS
@@ -135,10 +136,12 @@ def assign_splits(tracks: list[dict[str, Any]], valid_names: list[str],
 # dataset.json
 def write_dataset(path: str | Path, source: str, root: str | Path, sha256: str | None,
                   tracks: list[dict[str, Any]]) -> Path:
-    """Write the track list atomically; paths are absolute."""
+    """Write the track list atomically. Paths inside this checkout are recorded relative to the
+    file (they move with DVC experiment copies), others (the user's data set) absolute."""
     path = Path(path)
-    payload = {"format": DATASET_FORMAT, "source": source, "root": str(Path(root).resolve()),
-               "sha256": sha256, "tracks": tracks}
+    base = path.parent
+    payload = {"format": DATASET_FORMAT, "source": source, "root": portable(root, base),
+               "sha256": sha256, "tracks": [_map_paths(t, lambda p: portable(p, base)) for t in tracks]}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=1) + "\n")
         tmp.chmod(0o644)
@@ -161,7 +164,17 @@ def read_dataset(path: str | Path) -> dict[str, Any]:
         if not isinstance(track, dict) or track.get("split") not in SPLITS or not (
                 "files" in track or "stem_file" in track):
             raise DataError(f"{path}: malformed track entry {track!r}; rerun the download stage")
+    base = path.parent
+    data["root"] = str(resolve(data["root"], base))
+    data["tracks"] = [_map_paths(t, lambda p: str(resolve(p, base))) for t in data["tracks"]]
     return data
+
+
+def _map_paths(track: dict[str, Any], convert) -> dict[str, Any]:
+    """A track entry with ``convert`` applied to its file paths."""
+    if "stem_file" in track:
+        return dict(track, stem_file=convert(track["stem_file"]))
+    return dict(track, files={stem: convert(p) for stem, p in track["files"].items()})
 
 
 def file_sha256(path: str | Path) -> str:

@@ -31,6 +31,7 @@ from .cache import Cache
 from .config import flatten
 from .datasets import TrainDataset, ValidDataset
 from .model import count_parameters, save_weights
+from .paths import project_root
 from .stage import Terminated
 from .training import LightSAFTModule
 
@@ -185,7 +186,7 @@ def train(params: dict[str, Any], cache_dir: str | Path = "data/cache",
     started = time.time()
     m, t, tr = params["model"], params["train"], params["trainer"]
     cache = Cache(cache_dir, n_fft=m["n_fft"], hop_length=m["hop_length"])
-    run_dir = tracking.project_root() / ".lightsaft" / "train" / fingerprint(params)
+    run_dir = project_root() / ".lightsaft" / "train" / fingerprint(params)
     ckpt_dir = run_dir / "checkpoints"
     resume_from = _latest_checkpoint(ckpt_dir) if t["resume"] else None
     # DDP re-executes this script per GPU: only rank zero touches files and MLflow.

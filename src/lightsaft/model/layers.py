@@ -73,11 +73,14 @@ class TFC(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Channels-last convolutions are faster in oneDNN (CPU) and cuDNN; the Linear layers
+        # that follow act on the frequency axis and want it contiguous again.
+        x = x.contiguous(memory_format=torch.channels_last)
         out = self.layers[0](x)
         for layer in self.layers[1:]:
             x = torch.cat([out, x], dim=1)
             out = layer(x)
-        return out
+        return out.contiguous()
 
 
 class LatentSourceAttention(nn.Module):
