@@ -7,6 +7,9 @@ GRID   ?= experiments/demo_grid.yaml
 JOBS   ?= 1
 
 export PATH := $(abspath $(BIN)):$(PATH)
+# Idle OpenMP threads sleep instead of spinning: tests, museval workers and data loaders share
+# the cores, and spinning threads of one process stall the others (up to 100x on 2 cores).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup system-deps test test-fast demo repro ui ablate bench clean
 

@@ -1,12 +1,13 @@
 """Training steps per second: forward + spec_mse loss + backward + Adam step, random batches.
 
 No data loading (see benchmarks/loader.py for that): this is the model's share of a training
-step. CPU, 2 torch threads: the tests' tiny config at batch 8 and 2, the seed config at batch
-2. With CUDA also the seed config at batch 8 under bf16 autocast, LightSAFT vs LaSAFT, with
-peak GPU memory. Each row runs in its own fresh process; rate = timed steps / wall time, best
-of --repeats after warm-up steps. The machine is shared: figures are noisy.
+step. CPU, 2 torch threads (--threads): the tests' tiny config at batch 8 and 2, the seed
+config at batch 2. With CUDA also the seed config at batch 8 under bf16 autocast, LightSAFT vs
+LaSAFT, with peak GPU memory. Each row runs in its own fresh process; rate = timed steps / wall
+time, best of --repeats after warm-up steps. The machine is shared: figures are noisy.
 
-    .venv/bin/python benchmarks/train_speed.py [--steps 20] [--seed-steps 2] [--repeats 2] [--quick]
+    .venv/bin/python benchmarks/train_speed.py [--steps 20] [--seed-steps 2] [--repeats 2]
+        [--threads 2] [--quick]
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ GPU_WARMUP, GPU_STEPS = 3, 20
 
 
 def steps_per_second(variant: str, tiny: bool, batch: int, device: str, warmup: int, steps: int,
-                     repeats: int) -> dict:
+                     repeats: int, threads: int = CPU_THREADS) -> dict:
     """Best-of-``repeats`` rate of ``steps`` optimizer steps after ``warmup`` steps."""
-    torch.set_num_threads(CPU_THREADS)
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     params = model_params(variant, tiny)
     model = build_model(params).to(device).train()
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per run, tiny config")
     parser.add_argument("--seed-steps", type=int, default=2, help="timed steps per run, seed config (CPU)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per row (the best counts)")
+    parser.add_argument("--threads", type=int, default=CPU_THREADS, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny config everywhere, few steps")
     args = parser.parse_args()
     quiet_openmp()
@@ -73,13 +75,13 @@ def main() -> None:
     # (label, tiny config?, batch, warm-up steps, timed steps)
     cpu_rows = [("tiny", True, 8, 3, args.steps), ("tiny", True, 2, 3, args.steps),
                 ("seed", args.quick, 2, 1, seed_steps)]
-    print(f"CPU, {CPU_THREADS} threads ({os.cpu_count()} cores, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), "
+    print(f"CPU, {args.threads} threads ({os.cpu_count()} cores, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), "
           f"LightSAFT, float32, Adam; best of {args.repeats} runs after warm-up. Load average at start "
           f"{os.getloadavg()[0]:.1f} (shared machine: timings are noisy)")
     rows = []
     for label, tiny, batch, warmup, steps in cpu_rows:
         result = isolated(steps_per_second, variant="lightsaft", tiny=tiny, batch=batch, device="cpu",
-                          warmup=warmup, steps=steps, repeats=args.repeats)
+                          warmup=warmup, steps=steps, repeats=args.repeats, threads=args.threads)
         p = model_params("lightsaft", tiny)
         rows.append([label + (" (tiny: --quick)" if tiny and label == "seed" else ""), batch,
                      f"[{batch}, 4, {p['num_frame']}, {p['n_fft'] // 2 + 1}]", f"{warmup} + {steps}",

@@ -77,9 +77,9 @@ def _ui(args: argparse.Namespace) -> int:
     uri = tracking.tracking_uri()
     tracking.client()  # creates the database (WAL mode) if this is the first use
     print(f"MLflow UI for {tracking.redact(uri)} at http://{args.host}:{args.port}  (Ctrl+C to stop)")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port), "--workers", "1"]
-    return subprocess.call(cmd, env=dict(os.environ))
+    # The store URI goes through the environment: command lines (with any password) are public in `ps`.
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    return subprocess.call(cmd, env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri})
 
 
 def _separate(args: argparse.Namespace) -> int:

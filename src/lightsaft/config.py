@@ -33,14 +33,14 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def integer(lo: int | None = None, hi: int | None = None, nullable: bool = False) -> Check:
+def integer(lo: int | None = None, hi: int | None = None, nullable: bool = False, why: str = "") -> Check:
     def check(v):
         if v is None and nullable:
             return None
         if not _is_int(v):
             return "expected an integer" + (" or null" if nullable else "")
         if lo is not None and v < lo:
-            return f"must be >= {lo}"
+            return f"must be >= {lo}{why}"
         if hi is not None and v > hi:
             return f"must be <= {hi}"
         return None
@@ -189,7 +189,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "max_steps": (-1, integer(-1)),
         "limit_train_batches": (1.0, number(0, lo_open=True)),
         "limit_val_batches": (1.0, number(0, lo_open=True)),
-        "batch_size": (8, integer(1)),
+        "batch_size": (8, integer(2, why=" (BatchNorm cannot train on batches of one item)")),
         "num_workers": (2, integer(0)),
         "gradient_clip_val": (None, number(0, nullable=True)),
         "accumulate_grad_batches": (1, integer(1)),
@@ -238,8 +238,11 @@ def read_yaml(path: str | Path) -> Any:
             return yaml.load(f, Loader=_Loader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except yaml.YAMLError as e:  # on one line: where, what, and in which construct
+        mark, context = getattr(e, "problem_mark", None), getattr(e, "context", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}"
+                          f"{f' ({context})' if context else ''}") from None
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:

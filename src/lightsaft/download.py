@@ -9,6 +9,7 @@ and extracted without letting any entry escape the target folder.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import re
 import shutil
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from .audio import AudioError, atomic_dir, probe
 from .synthetic import generate, track_names
 from .paths import in_project
+from .tracking import redact
 from .tracks import (STEMS, DataError, assign_splits, file_sha256, find_tree,
                      missing_dataset_message, musdb_validation_tracks, scan_tree, write_dataset)
 
@@ -118,10 +120,10 @@ class _NoDowngrade(urllib.request.HTTPRedirectHandler):
 def _check_scheme(url: str, allow_http: bool) -> None:
     scheme = urlparse(url).scheme
     if scheme == "http" and not allow_http:
-        raise DataError(f"{url}: plain http is refused (the data could be altered in transit); use "
+        raise DataError(f"{redact(url)}: plain http is refused (the data could be altered in transit); use "
                         f"https, or set data.allow_insecure_http=true for a local test server")
     if scheme not in ("http", "https"):
-        raise DataError(f"{url}: unsupported URL scheme {scheme!r}; use https or a local path")
+        raise DataError(f"{redact(url)}: unsupported URL scheme {scheme!r}; use https or a local path")
 
 
 def fetch(url: str, dest: str | Path, allow_insecure_http: bool = False, timeout: float = 60) -> Path:
@@ -146,6 +148,10 @@ def fetch(url: str, dest: str | Path, allow_insecure_http: bool = False, timeout
                 offset = 0  # the server sent the whole file
             length = response.headers.get("Content-Length")
             total = offset + int(length) if length is not None else None
+            free = shutil.disk_usage(dest.parent).free
+            if length is not None and int(length) > free:
+                raise DataError(f"{dest.parent}: {int(length) / 1e6:,.1f} MB still to download but "
+                                f"{free / 1e6:,.1f} MB free; free some space, then run the download stage again")
             with open(part, "ab" if offset else "wb") as f, tqdm(
                     total=total, initial=offset, unit="B", unit_scale=True, desc=dest.name) as bar:
                 while chunk := response.read(CHUNK):
@@ -155,7 +161,7 @@ def fetch(url: str, dest: str | Path, allow_insecure_http: bool = False, timeout
         if e.code == 416 and offset and e.headers.get("Content-Range") == f"bytes */{offset}":
             part.rename(dest)  # the previous run had received every byte
             return dest
-        raise DataError(f"{url}: HTTP {e.code} {e.reason}") from None
+        raise DataError(f"{redact(url)}: HTTP {e.code} {e.reason}") from None
     except (URLError, OSError, http.client.HTTPException) as e:
         raise DataError(_interrupted(url, part, e)) from None
     if total is not None and part.stat().st_size != total:
@@ -166,7 +172,9 @@ def fetch(url: str, dest: str | Path, allow_insecure_http: bool = False, timeout
 
 def _interrupted(url: str, part: Path, why: Any) -> str:
     got = part.stat().st_size if part.is_file() else 0
-    return (f"{url}: download interrupted after {got} bytes ({why}); run the download stage again "
+    full = isinstance(why, OSError) and why.errno in (errno.ENOSPC, errno.EDQUOT)
+    return (f"{redact(url)}: download interrupted after {got} bytes ({why}); "
+            f"{'free some space on that disk, then ' if full else ''}run the download stage again "
             f"to resume from {part}")
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -93,6 +96,14 @@ _CACHE: Any = None  # the worker's cache, set once per process (not pickled with
 def _init_worker(cache: Any) -> None:
     global _CACHE
     _CACHE = cache
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Workers of a stage killed with SIGKILL (no shutdown) would otherwise wait for tasks forever."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
 
 
 def _score_one(track: str, estimates_dir: Path, targets: tuple[str, ...]) -> tuple[str, str]:

@@ -1,13 +1,15 @@
 """Shared entry point of the ``pipeline/*.py`` stage scripts: params in, clean errors out.
 
-A user mistake (bad params, missing data, unreadable audio, wrong weights) ends the stage with
-one ``error: ...`` line and exit code 2, not a traceback; Ctrl+C / SIGTERM exit with 130 / 143.
+A user mistake (bad params, missing data, unreadable audio, wrong weights) or a full disk ends
+the stage with one ``error: ...`` line and exit code 2, not a traceback; Ctrl+C / SIGTERM exit
+with 130 / 143.
 Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 from typing import Any, Callable
@@ -52,4 +54,9 @@ def run_stage(name: str, body: Callable[[dict[str, Any], argparse.Namespace], An
         sys.exit(143)
     except USER_ERRORS as e:
         print(f"error: {name}: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: {name}: {e}; free some space and run the stage again", file=sys.stderr)
         sys.exit(2)

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import LightSAFTError
 from .paths import project_root
 
 DB_NAME = "mlflow.db"
@@ -30,9 +31,18 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / DB_NAME}"
 
 
+_SECRET_QUERY = re.compile(r"(?i)([?&][^=&#\s]*(?:token|key|secret|passw|signature|sig|credential|auth)"
+                           r"[^=&#\s]*=)[^&#\s]+")
+
+
+class TrackingError(LightSAFTError, ValueError):
+    """The record of a training's MLflow run is unreadable."""
+
+
 def redact(uri: str) -> str:
-    """Hide credentials in a URI (``https://user:token@host`` -> ``https://***@host``)."""
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri)
+    """Hide credentials in a URI or URL: ``https://user:token@host`` -> ``https://***@host``, and
+    secret query values (``?token=...``, signed-URL signatures) -> ``***``."""
+    return _SECRET_QUERY.sub(r"\1***", re.sub(r"(?<=://)[^/@\s]+@", "***@", uri))
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -103,10 +113,11 @@ def git_tags(root: Path | None = None) -> dict[str, str]:
 
 
 def log_params(mlflow_client, run_id: str, flat_params: dict[str, Any]) -> None:
-    """Log params in batches (MLflow caps a batch at 100); values as text, None as 'null'."""
+    """Log params in batches (MLflow caps a batch at 100); values as text (credentials in URLs
+    such as ``data.archive`` redacted), None as 'null'."""
     from mlflow.entities import Param
 
-    items = [Param(k, "null" if v is None else str(v)) for k, v in sorted(flat_params.items())]
+    items = [Param(k, "null" if v is None else redact(str(v))) for k, v in sorted(flat_params.items())]
     for start in range(0, len(items), 100):
         mlflow_client.log_batch(run_id, params=items[start:start + 100])
 
@@ -138,9 +149,9 @@ def read_run_file(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: no MLflow run record; run the train stage first "
                                 f"(dvc repro train)") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: corrupt MLflow run record ({e}); re-run the train stage") from None
+        raise TrackingError(f"{path}: corrupt MLflow run record ({e}); re-run the train stage") from None
     if not isinstance(info, dict) or "run_id" not in info:
-        raise ValueError(f"{path}: not an MLflow run record (no run_id); re-run the train stage")
+        raise TrackingError(f"{path}: not an MLflow run record (no run_id); re-run the train stage")
     return info
 
 

@@ -8,28 +8,31 @@ writes the DVC outputs, each through a temporary file and a rename.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import resource
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from . import tracking
 from .cache import Cache
-from .config import flatten
+from .config import ConfigError, flatten
 from .datasets import TrainDataset, ValidDataset
+from .errors import LightSAFTError
 from .model import count_parameters, save_weights
 from .paths import project_root
 from .stage import Terminated
@@ -152,8 +155,8 @@ def _loaders(params: dict[str, Any], cache: Cache) -> tuple[DataLoader, DataLoad
     common = {"batch_size": tr["batch_size"], "num_workers": tr["num_workers"],
               "pin_memory": torch.cuda.is_available(), "persistent_workers": tr["num_workers"] > 0}
     if len(train_set) < tr["batch_size"]:
-        raise ValueError(f"trainer.batch_size = {tr['batch_size']} is larger than an epoch "
-                         f"({len(train_set)} items): lower it or set train.items_per_epoch")
+        raise ConfigError(f"trainer.batch_size = {tr['batch_size']} is larger than an epoch "
+                          f"({len(train_set)} items): lower it or set train.items_per_epoch")
     # drop_last: train-mode BatchNorm1d in the control model cannot take a batch of one.
     return (DataLoader(train_set, shuffle=False, drop_last=True, **common),
             DataLoader(valid_set, shuffle=False, **common))
@@ -180,15 +183,62 @@ def _start_run(params: dict[str, Any], run_dir: Path, resume_from: Path | None, 
     return client, run_id
 
 
+@contextmanager
+def _exclusive(run_dir: Path) -> Iterator[None]:
+    """One training per configuration at a time: a duplicate experiment running at the same time
+    (queued twice) would share this one's checkpoint folder, and delete it when it finished."""
+    lock = run_dir.parent.parent / "locks" / f"{run_dir.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LightSAFTError(f"another training of this configuration is running (checkpoints in "
+                                 f"{run_dir}); wait for it to finish (a rerun then reuses its result), or "
+                                 f"change train.seed to train a second model") from None
+        yield
+
+
 def train(params: dict[str, Any], cache_dir: str | Path = "data/cache",
           outputs: TrainOutputs = TrainOutputs()) -> dict[str, Any]:
     """Train (or resume) the model of ``params``; write weights, checkpoint, metrics and curves."""
+    run_dir = project_root() / ".lightsaft" / "train" / fingerprint(params)
+    if rank_zero_only.rank != 0:  # DDP: the other ranks follow rank zero
+        return _train(params, cache_dir, outputs, run_dir)
+    with _exclusive(run_dir):
+        return _train(params, cache_dir, outputs, run_dir)
+
+
+def _train(params: dict[str, Any], cache_dir: str | Path, outputs: TrainOutputs,
+           run_dir: Path) -> dict[str, Any]:
     started = time.time()
     m, t, tr = params["model"], params["train"], params["trainer"]
     cache = Cache(cache_dir, n_fft=m["n_fft"], hop_length=m["hop_length"])
-    run_dir = project_root() / ".lightsaft" / "train" / fingerprint(params)
     ckpt_dir = run_dir / "checkpoints"
     resume_from = _latest_checkpoint(ckpt_dir) if t["resume"] else None
+    pl.seed_everything(t["seed"], workers=True)
+    train_loader, valid_loader = _loaders(params, cache)
+    module = LightSAFTModule(m, t)
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch}-{val_loss:.5f}", monitor="val_loss",
+                           mode="min", save_top_k=t["save_top_k"], save_last=True)
+    curves = EpochCurves(outputs.curves)
+    callbacks = [best, curves, InterruptCheckpoint(ckpt_dir / "interrupted.ckpt"),
+                 EarlyStopping(monitor="val_loss", mode="min", patience=t["early_stop_patience"],
+                               min_delta=t["early_stop_min_delta"], check_on_train_epoch_end=False),
+                 LearningRateMonitor(logging_interval="epoch")]
+    precision = resolve_precision(str(tr["precision"]), tr["accelerator"])
+    try:  # before the MLflow run: a setting this machine cannot run must not leave a run behind
+        trainer = pl.Trainer(
+            accelerator=tr["accelerator"], devices=tr["devices"], strategy=tr["strategy"],
+            sync_batchnorm=tr["sync_batchnorm"], precision=precision, max_epochs=tr["max_epochs"],
+            max_steps=tr["max_steps"], limit_train_batches=tr["limit_train_batches"],
+            limit_val_batches=tr["limit_val_batches"], gradient_clip_val=tr["gradient_clip_val"],
+            accumulate_grad_batches=tr["accumulate_grad_batches"], deterministic=tr["deterministic"],
+            log_every_n_steps=tr["log_every_n_steps"], check_val_every_n_epoch=tr["check_val_every_n_epoch"],
+            callbacks=callbacks, logger=False, default_root_dir=run_dir, enable_model_summary=False)
+    except MisconfigurationException as e:
+        raise ConfigError(f"trainer settings accelerator={tr['accelerator']!r}, devices={tr['devices']!r}, "
+                          f"strategy={tr['strategy']!r}, precision={precision!r} cannot run here: {e}") from None
     # DDP re-executes this script per GPU: only rank zero touches files and MLflow.
     client, run_id = None, None
     if rank_zero_only.rank == 0:
@@ -198,27 +248,7 @@ def train(params: dict[str, Any], cache_dir: str | Path = "data/cache",
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         client, run_id = _start_run(params, run_dir, resume_from, cache)
-
-    pl.seed_everything(t["seed"], workers=True)
-    train_loader, valid_loader = _loaders(params, cache)
-    module = LightSAFTModule(m, t)
-    logger = MLFlowLogger(tracking_uri=tracking.tracking_uri(), run_id=run_id)
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch}-{val_loss:.5f}", monitor="val_loss",
-                           mode="min", save_top_k=t["save_top_k"], save_last=True)
-    curves = EpochCurves(outputs.curves)
-    callbacks = [best, curves, InterruptCheckpoint(ckpt_dir / "interrupted.ckpt"),
-                 EarlyStopping(monitor="val_loss", mode="min", patience=t["early_stop_patience"],
-                               min_delta=t["early_stop_min_delta"], check_on_train_epoch_end=False),
-                 LearningRateMonitor(logging_interval="epoch")]
-    precision = resolve_precision(str(tr["precision"]), tr["accelerator"])
-    trainer = pl.Trainer(
-        accelerator=tr["accelerator"], devices=tr["devices"], strategy=tr["strategy"],
-        sync_batchnorm=tr["sync_batchnorm"], precision=precision, max_epochs=tr["max_epochs"],
-        max_steps=tr["max_steps"], limit_train_batches=tr["limit_train_batches"],
-        limit_val_batches=tr["limit_val_batches"], gradient_clip_val=tr["gradient_clip_val"],
-        accumulate_grad_batches=tr["accumulate_grad_batches"], deterministic=tr["deterministic"],
-        log_every_n_steps=tr["log_every_n_steps"], check_val_every_n_epoch=tr["check_val_every_n_epoch"],
-        callbacks=callbacks, logger=logger, default_root_dir=run_dir, enable_model_summary=False)
+    trainer.logger = MLFlowLogger(tracking_uri=tracking.tracking_uri(), run_id=run_id)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     try:

@@ -1,0 +1,55 @@
+"""Servers bind to loopback unless asked; credentials and access tokens never reach the
+terminal, the process list, MLflow params/tags or the files the stages write."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import make_project, tiny_params
+from lightsaft import cli, tracking
+from lightsaft.train import TrainOutputs, train
+
+SECRET_URI = "https://alice:s3cret@mlflow.example.org"
+
+
+@pytest.mark.parametrize("args,host", [([], "127.0.0.1"), (["--host", "0.0.0.0", "--port", "8080"], "0.0.0.0")])
+def test_ui_binds_loopback_unless_a_host_is_given(monkeypatch, capsys, args, host):
+    calls = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 0)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", SECRET_URI)
+    assert cli.main(["ui", *args]) == 0
+    [(cmd, env)] = calls
+    assert cmd[cmd.index("--host") + 1] == host and cmd[1:4] == ["-m", "mlflow", "ui"]
+    assert "s3cret" not in " ".join(cmd)  # command lines are visible to every user (ps)
+    assert env["MLFLOW_BACKEND_STORE_URI"] == SECRET_URI
+    out = capsys.readouterr().out
+    assert "https://***@mlflow.example.org" in out and "s3cret" not in out
+
+
+def test_no_secret_in_mlflow_params_tags_or_outputs(tmp_path, monkeypatch, capfd, synthetic_cache):
+    """A granted archive URL with a token in params.yaml: the training's MLflow params and tags,
+    its run record and everything printed carry it redacted."""
+    root = make_project(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = tiny_params(**{"data.archive": "https://zenodo.org/records/1117372/files/musdb18.zip?token=S3CRET",
+                            "data.sample_url": "https://bob:S3CRET@example.org/sample.zip",
+                            "train.items_per_epoch": 16, "trainer.max_epochs": 1, "trainer.limit_val_batches": 1,
+                            "mlflow.experiment": "secrets"})
+    outputs = TrainOutputs(models=root / "models", metrics=root / "metrics" / "train.json",
+                           curves=root / "plots" / "train_curves.csv")
+    train(params, synthetic_cache, outputs)
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("secrets").experiment_id])
+    assert run.data.params["data.archive"] == "https://zenodo.org/records/1117372/files/musdb18.zip?token=***"
+    assert run.data.params["data.sample_url"] == "https://***@example.org/sample.zip"
+    recorded = json.dumps([run.data.params, run.data.tags]) + outputs.run_file.read_text()
+    printed = "".join(capfd.readouterr())
+    assert "S3CRET" not in recorded and "S3CRET" not in printed
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", SECRET_URI)  # a team server: its record names it redacted
+    tracking.write_run_file(outputs.run_file, run.info.run_id, "secrets")
+    assert json.loads(outputs.run_file.read_text())["tracking_uri"] == "https://***@mlflow.example.org"
