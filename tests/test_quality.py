@@ -3,11 +3,14 @@ set better than the unprocessed mixture and better than silence (0 dB SDR)."""
 
 from __future__ import annotations
 
+import pytest
+
 from lightsaft.cache import Cache
 from lightsaft.evaluate import evaluate_tracks
 from lightsaft.separate import separate_tracks
 
 
+@pytest.mark.slow
 def test_trained_model_beats_the_mixture_baseline(trained, tmp_path):
     cache = Cache(trained.cache)
     estimates = separate_tracks(trained.outputs.weights, cache, tmp_path / "estimates",

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import json
 import os
 import resource
 import shutil
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,19 @@ from .stage import Terminated
 from .training import LightSAFTModule
 
 TRACKED_SECTIONS = ("data", "prepare", "model", "train", "trainer", "mlflow")
+
+
+class _QuietLightning(logging.Filter):
+    """Drop Lightning's advertisements and restatements of our own settings from the stage log."""
+
+    NOISE = ("litlogger", "was configured so 100%")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.NOISE)
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_QuietLightning())
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 @dataclass(frozen=True)
