@@ -7,7 +7,10 @@ A missing fixture (../shared data, ffmpeg, Chromium) skips a test when run by ha
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -110,3 +113,109 @@ def trained(tmp_path_factory, synthetic_cache):
         metrics = train(params, synthetic_cache, outputs)
     return SimpleNamespace(root=root, params=params, outputs=outputs, metrics=metrics, cache=synthetic_cache,
                            tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+# ---------------------------------------------------------------------------------------
+# Data sets and caches shared by test_cache, test_datasets and others (built once per session)
+ROCK = "Music Delta - 80s Rock"
+FALCON = "The Easton Ellises - Falcon 69"
+SYNTHETIC = {"train_tracks": 3, "valid_tracks": 1, "test_tracks": 1, "seconds": 1.0, "seed": 5}
+
+
+def dataset_json(folder: Path, **data) -> Path:
+    """Run the download stage into ``folder/raw`` with ``data`` overrides."""
+    from lightsaft.config import defaults
+    from lightsaft.download import download
+
+    params = defaults()["data"]
+    params.update(data)
+    return download(params, folder / "raw")
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory):
+    return dataset_json(tmp_path_factory.mktemp("synthetic"), source="synthetic", synthetic=SYNTHETIC)
+
+
+@pytest.fixture(scope="session")
+def small_cache(small_dataset):
+    from lightsaft.cache import Cache, prepare
+
+    return Cache(prepare(small_dataset, small_dataset.parent.parent / "cache", 256, 64))
+
+
+@pytest.fixture(scope="session")
+def real_cache(tmp_path_factory):
+    """80s Rock twice (train, and a copy as valid) and Falcon 69 (test), at the seed STFT."""
+    from lightsaft.cache import Cache, prepare
+
+    require_ffmpeg()
+    folder = tmp_path_factory.mktemp("real")
+    copies = (("train", ROCK, "train", ROCK), ("train", f"{ROCK} (valid)", "train", ROCK),
+              ("test", FALCON, "test", FALCON))
+    for split, name, original_split, original in copies:
+        (folder / "tree" / split).mkdir(parents=True, exist_ok=True)
+        source = shared_path("musdb", "musdb18-7", original_split, f"{original}.stem.mp4")
+        shutil.copy(source, folder / "tree" / split / f"{name}.stem.mp4")
+    dataset = dataset_json(folder, source="musdb18", root=str(folder / "tree"), valid_tracks=[f"{ROCK} (valid)"])
+    return Cache(prepare(dataset, folder / "cache", 4096, 1024, "float16"), n_fft=4096, hop_length=1024)
+
+
+@pytest.fixture
+def weights(tmp_path):
+    """A weights file of the (untrained) tiny model."""
+    import torch
+
+    from lightsaft.model import build_model, save_weights
+
+    torch.manual_seed(0)
+    path = tmp_path / "weights.pt"
+    save_weights(path, build_model(TINY_MODEL), TINY_MODEL)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# A loopback HTTP server with Range support (download tests)
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        server = self.server
+        server.requests.append((self.path, self.headers.get("Range")))
+        body = server.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        start, status = 0, 200
+        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        if match and server.ranges:
+            start, status = int(match[1]), 206
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+        payload = body[start:]
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(payload)))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.end_headers()
+        if server.drop_after is not None:  # announce the whole file, then hang up halfway
+            payload, server.drop_after = payload[:server.drop_after], None
+            self.close_connection = True
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.files, httpd.requests, httpd.drop_after, httpd.ranges = {}, [], None, True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()

@@ -1,6 +1,6 @@
 """The spectrogram cache: content, manifest, atomic writes, disk check, refusing a mismatched cache.
 
-The fixtures here (a synthetic and a real-audio cache) are shared with test_datasets.py.
+The caches (small_dataset, small_cache, real_cache) are session fixtures in conftest.py.
 """
 
 from __future__ import annotations
@@ -18,55 +18,17 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import REPO, require_ffmpeg, shared_path
+from conftest import FALCON, REPO, ROCK, SYNTHETIC, dataset_json, shared_path
 from lightsaft import cache as cache_module
 from lightsaft.audio import read_stems
 from lightsaft.cache import Cache, prepare
-from lightsaft.config import defaults
-from lightsaft.download import download
 from lightsaft.spectral import TARGETS, SpectralFrontEnd
 from lightsaft.tracks import STEMS, DataError
-
-ROCK = "Music Delta - 80s Rock"
-FALCON = "The Easton Ellises - Falcon 69"
-SYNTHETIC = {"train_tracks": 3, "valid_tracks": 1, "test_tracks": 1, "seconds": 1.0, "seed": 5}
-
-
-def _dataset(folder, **data):
-    params = defaults()["data"]
-    params.update(data)
-    return download(params, folder / "raw")
-
 
 def _stft(wave: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     with torch.no_grad():
         wave = torch.from_numpy(np.ascontiguousarray(wave))[None]
         return SpectralFrontEnd(n_fft, hop).stft(wave)[0].numpy()
-
-
-@pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory):
-    return _dataset(tmp_path_factory.mktemp("synthetic"), source="synthetic", synthetic=SYNTHETIC)
-
-
-@pytest.fixture(scope="module")
-def small_cache(small_dataset):
-    return Cache(prepare(small_dataset, small_dataset.parent.parent / "cache", 256, 64))
-
-
-@pytest.fixture(scope="module")
-def real_cache(tmp_path_factory):
-    """80s Rock twice (train, and a copy as valid) and Falcon 69 (test), at the seed STFT."""
-    require_ffmpeg()
-    folder = tmp_path_factory.mktemp("real")
-    copies = (("train", ROCK, "train", ROCK), ("train", f"{ROCK} (valid)", "train", ROCK),
-              ("test", FALCON, "test", FALCON))
-    for split, name, original_split, original in copies:
-        (folder / "tree" / split).mkdir(parents=True, exist_ok=True)
-        source = shared_path("musdb", "musdb18-7", original_split, f"{original}.stem.mp4")
-        shutil.copy(source, folder / "tree" / split / f"{name}.stem.mp4")
-    dataset = _dataset(folder, source="musdb18", root=str(folder / "tree"), valid_tracks=[f"{ROCK} (valid)"])
-    return Cache(prepare(dataset, folder / "cache", 4096, 1024, "float16"), n_fft=4096, hop_length=1024)
 
 
 def _wav_track(dataset_json, name: str) -> dict[str, np.ndarray]:
@@ -116,8 +78,8 @@ def test_load_audio_of_wav_tracks(small_dataset, small_cache):
 
 
 def test_changed_source_file_is_detected(tmp_path):
-    dataset_json = _dataset(tmp_path, source="synthetic", synthetic=SYNTHETIC)
-    cache = Cache(prepare(dataset_json, tmp_path / "cache", 256, 64))
+    dataset = dataset_json(tmp_path, source="synthetic", synthetic=SYNTHETIC)
+    cache = Cache(prepare(dataset, tmp_path / "cache", 256, 64))
     path = cache.track("synthetic test 000")["files"]["vocals"]
     sf.write(path, np.zeros((100, 2)), 44100)
     with pytest.raises(DataError, match="vocals.wav: missing or changed since the cache was prepared"):

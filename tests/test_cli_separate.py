@@ -14,7 +14,7 @@ import lightsaft.separate
 from conftest import require_ffmpeg, shared_path
 from lightsaft.cli import main
 from lightsaft.spectral import TARGETS
-from test_separate import SpecModel, identity, weights  # noqa: F401 (weights: a fixture)
+from test_separate import SpecModel, identity
 
 
 def tone(rate: int, seconds: float, channels: int) -> np.ndarray:

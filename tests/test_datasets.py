@@ -12,7 +12,8 @@ from conftest import shared_path
 from lightsaft.audio import read_stems
 from lightsaft.datasets import Draw, TrainDataset, ValidDataset
 from lightsaft.tracks import DataError
-from test_cache import ROCK, _stft, real_cache, small_cache, small_dataset  # noqa: F401 (fixtures)
+from conftest import ROCK
+from test_cache import _stft
 
 NUM_FRAME = 16
 

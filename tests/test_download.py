@@ -9,9 +9,7 @@ import re
 import stat
 import subprocess
 import sys
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -28,56 +26,11 @@ ROCK = ("musdb", "musdb18-7", "train", "Music Delta - 80s Rock.stem.mp4")
 FALCON = ("musdb", "musdb18-7", "test", "The Easton Ellises - Falcon 69.stem.mp4")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        server = self.server
-        server.requests.append((self.path, self.headers.get("Range")))
-        body = server.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        start, status = 0, 200
-        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-        if match and server.ranges:
-            start, status = int(match[1]), 206
-            if start >= len(body):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(body)}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-        payload = body[start:]
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(payload)))
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        self.end_headers()
-        if server.drop_after is not None:  # announce the whole file, then hang up halfway
-            payload, server.drop_after = payload[:server.drop_after], None
-            self.close_connection = True
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(autouse=True)
 def project(tmp_path, monkeypatch):
     """Each test is its own project: downloads go to <tmp_path>/data/downloads."""
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     return tmp_path
-
-
-@pytest.fixture
-def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.files, httpd.requests, httpd.drop_after, httpd.ranges = {}, [], None, True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def _zip(entries: dict[str, bytes], extra: list[zipfile.ZipInfo] = ()) -> bytes:

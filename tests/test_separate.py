@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import TINY_MODEL
-from lightsaft.model import build_model, save_weights
+from lightsaft.model import build_model
 from lightsaft.separate import (SeparationError, crossfade, edge_trim, separate_track, separate_tracks,
                                 song_name)
 from lightsaft.spectral import SAMPLE_RATE, TARGETS, SpectralFrontEnd, window_samples
@@ -144,14 +144,6 @@ class MemoryCache:
         if track == self.fail:
             raise OSError(f"{track}: cannot read")
         return self.audio[track]
-
-
-@pytest.fixture
-def weights(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "weights.pt"
-    save_weights(path, build_model(TINY_MODEL), TINY_MODEL)
-    return path
 
 
 def test_stage_writes_musdb_estimates_layout(tmp_path, weights):

@@ -17,7 +17,7 @@ import pytest
 from lightsaft import download as dl
 from lightsaft.download import download
 from lightsaft.tracks import DataError
-from test_download import DUMMY, _sample_params, server  # noqa: F401 (server: a fixture)
+from test_download import DUMMY, _sample_params
 
 
 def _disk_fills_after(limit: int):
