@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 GRID   ?= experiments/demo_grid.yaml
 JOBS   ?= 1
+GPUS   ?=
 
 export PATH := $(abspath $(BIN)):$(PATH)
 # Idle OpenMP threads sleep instead of spinning: tests, museval workers and data loaders share
@@ -47,7 +48,7 @@ ui: setup
 	$(BIN)/lightsaft ui
 
 ablate: setup
-	$(BIN)/lightsaft ablate $(GRID) --jobs $(JOBS)
+	$(BIN)/lightsaft ablate $(GRID) --jobs $(JOBS) $(if $(GPUS),--gpus $(GPUS))
 
 bench: setup
 	$(BIN)/python benchmarks/model_speed.py

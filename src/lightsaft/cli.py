@@ -7,10 +7,10 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from .config import ConfigError, load_params
 from .errors import LightSAFTError
+from .paths import project_root
 
 
 def _parse_sets(items: list[str]) -> dict:
@@ -37,8 +37,8 @@ def _demo(args: argparse.Namespace) -> int:
     from .compare import experiment_summary
     from .experiments import Point, load_study, run_foreground
 
-    repo = Path.cwd()
-    study = load_study(args.study, _parse_sets(args.set))
+    repo = project_root()
+    study = load_study(args.study or repo / "experiments" / "demo.yaml", _parse_sets(args.set))
     point = Point(f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", study.overrides)
     code = run_foreground(repo, point)
     if code != 0:
@@ -53,12 +53,14 @@ def _ablate(args: argparse.Namespace) -> int:
     from .compare import collect, ensure_mlflow_runs, write_comparison
     from .experiments import load_study, run_queue
 
-    repo = Path.cwd()
+    repo = project_root()
     study = load_study(args.grid, _parse_sets(args.set))
     out_dir = repo / "results" / "ablations" / study.name
     points = study.points()
-    print(f"study {study.name}: {len(points)} experiments, {args.jobs} at a time")
-    results = {} if args.compare_only else run_queue(repo, points, args.jobs, out_dir / "logs")
+    print(f"study {study.name}: {len(points)} experiments, "
+          f"{len(args.gpus.split(',')) if args.gpus else args.jobs} at a time")
+    gpus = args.gpus.split(",") if args.gpus else None
+    results = {} if args.compare_only else run_queue(repo, points, args.jobs, out_dir / "logs", gpus)
     table = collect(repo, study)
     ensure_mlflow_runs(repo, table, study.overrides.get("mlflow.experiment", "lightsaft"))
     paths = write_comparison(table, study, out_dir)
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_model_summary)
 
     p = sub.add_parser("demo", help="run the whole pipeline offline on synthetic data (a DVC experiment)")
-    p.add_argument("--study", default="experiments/demo.yaml", help="overrides that make the demo")
+    p.add_argument("--study", help="overrides that make the demo (default: experiments/demo.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override")
     p.set_defaults(func=_demo)
 
@@ -109,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("grid", help="study file, e.g. experiments/dk_num_tdfs.yaml")
     p.add_argument("--jobs", type=int, default=1, help="experiments at once (queue workers)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override")
+    p.add_argument("--gpus", help="comma-separated GPU ids: one queue worker (one training) per GPU, "
+                                   "e.g. --gpus 0,1,2,3 (overrides --jobs)")
     p.add_argument("--compare-only", action="store_true", help="only rebuild the comparison tables")
     p.set_defaults(func=_ablate)
 
