@@ -5,7 +5,6 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 GRID   ?= experiments/demo_grid.yaml
 JOBS   ?= 1
-GPUS   ?=
 
 export PATH := $(abspath $(BIN)):$(PATH)
 # Idle OpenMP threads sleep instead of spinning: tests, museval workers and data loaders share
@@ -48,10 +47,11 @@ ui: setup
 	$(BIN)/lightsaft ui
 
 ablate: setup
-	$(BIN)/lightsaft ablate $(GRID) --jobs $(JOBS) $(if $(GPUS),--gpus $(GPUS))
+	$(BIN)/lightsaft ablate $(GRID) --jobs $(JOBS)
 
 bench: setup
 	$(BIN)/python benchmarks/model_speed.py
+	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/separate_eval.py
 

@@ -5,7 +5,7 @@ fwd+bwd = train mode, loss = mean(y**2). B = 1 in train mode keeps the control m
 mode (its BatchNorm1d needs two items), as the official figures did. Every measurement runs in
 its own fresh process, so "peak RSS" is that measurement's process peak and peaks don't mix.
 LightSAFT: best of --repeats runs after one warm-up; LaSAFT (slow): --lasaft-repeats runs, with
-a warm-up only when that is > 1. The official implementation's published figures (README §7)
+a warm-up only when that is > 1. The official implementation's published figures (../shared/reference/README.md §7)
 are printed beside ours. With CUDA, also bf16 autocast at batch 8 on the GPU.
 
 The machine is shared: wall times are noisy; compare the ratios measured in one run. Measuring
@@ -42,7 +42,7 @@ CPU_THREADS = 2
 GPU_BATCH, GPU_WARMUP, GPU_REPEATS = 8, 3, 10
 LASAFT_FWDBWD_MIN_AVAILABLE_GB = 16
 MODES = ("fwd", "fwdbwd")  # eval forward; train forward + backward
-# Reference figures (official code, README §7): same kind of machine (2-core AMD EPYC, torch
+# Reference figures (official code, ../shared/reference/README.md §7): same kind of machine (2-core AMD EPYC, torch
 # 2.13 CPU, 2 threads). Published, not measured by us. Seconds / GB; None = not run there.
 REFERENCE = {
     ("lightsaft", 1): {"fwd": 3.2, "fwdbwd": 7.9, "rss_fwd": 0.85, "rss_fwdbwd": 3.3},
@@ -190,7 +190,7 @@ def print_cpu(results: dict, args: argparse.Namespace) -> None:
     print("  * B=1 fwd+bwd keeps the control model in eval mode, as the official figures did.\n"
           "  peak RSS = process peak over all runs (warm-up included); the glibc heap fragments over\n"
           "  repeated runs, so the peak after the first run is shown too.\n"
-          "  official = reference figures (official code, README §7): published, not measured here.")
+          "  official = reference figures (official code, ../shared/reference/README.md §7): published, not measured here.")
     if not {"lightsaft", "lasaft"} <= set(args.variants):
         return
 
@@ -203,7 +203,7 @@ def print_cpu(results: dict, args: argparse.Namespace) -> None:
         official = [ratio(reference.get(("lasaft", batch), {}).get(key),
                           reference.get(("lightsaft", batch), {}).get(key)) for key in ref_keys]
         rows.append([batch, *measured, *official])
-    print("\nLaSAFT / LightSAFT: measured here in this run | official (README §7)")
+    print("\nLaSAFT / LightSAFT: measured here in this run | official (../shared/reference/README.md §7)")
     print(tabulate(rows, stralign="right", headers=[
         "B", "time fwd", "time f+b", "RSS fwd", "RSS f+b",
         "official\ntime fwd", "official\ntime f+b", "official\nRSS fwd", "official\nRSS f+b"]))

@@ -37,7 +37,7 @@ class MemoryCache:
     def tracks(self, split: str) -> list[str]:
         return list(self.audio)
 
-    def load_audio(self, track: str) -> dict[str, np.ndarray]:
+    def load_audio(self, track: str, stems=None) -> dict[str, np.ndarray]:
         return self.audio[track]
 
 

@@ -68,7 +68,7 @@ def tiny_params(**overrides) -> dict:
     base = {
         "data.source": "synthetic", "data.synthetic.train_tracks": 4, "data.synthetic.valid_tracks": 1,
         "data.synthetic.test_tracks": 2, "data.synthetic.seconds": 6.0,
-        "train.items_per_epoch": 800, "train.valid_chunks_per_track": 8,
+        "train.init": "pytorch", "train.items_per_epoch": 800, "train.valid_chunks_per_track": 8,
         "trainer.accelerator": "cpu", "trainer.precision": "32", "trainer.max_epochs": 3,
         "trainer.num_workers": 0, "trainer.log_every_n_steps": 5, "mlflow.experiment": "tests",
     }

@@ -23,7 +23,7 @@ from lightsaft import cache as cache_module
 from lightsaft.audio import read_stems
 from lightsaft.cache import Cache, prepare
 from lightsaft.spectral import TARGETS, SpectralFrontEnd
-from lightsaft.tracks import STEMS, DataError
+from lightsaft.tracks import STEMS, DataError, read_dataset
 
 def _stft(wave: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     with torch.no_grad():
@@ -32,7 +32,7 @@ def _stft(wave: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
 
 
 def _wav_track(dataset_json, name: str) -> dict[str, np.ndarray]:
-    dataset = json.loads(dataset_json.read_text())
+    dataset = read_dataset(dataset_json)
     files = next(t["files"] for t in dataset["tracks"] if t["name"] == name)
     return {stem: sf.read(files[stem], dtype="float32")[0] for stem in STEMS}
 
@@ -58,7 +58,7 @@ def test_manifest_records_params_and_sources(small_cache):
     assert [(t["name"], t["split"]) for t in m["tracks"]][-2:] == [("synthetic valid 000", "valid"),
                                                                     ("synthetic test 000", "test")]
     for source in m["tracks"][0]["sources"]:
-        with open(source["path"], "rb") as f:
+        with open(small_cache.resolve(source["path"]), "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == source["sha256"]
 
 
@@ -80,7 +80,7 @@ def test_load_audio_of_wav_tracks(small_dataset, small_cache):
 def test_changed_source_file_is_detected(tmp_path):
     dataset = dataset_json(tmp_path, source="synthetic", synthetic=SYNTHETIC)
     cache = Cache(prepare(dataset, tmp_path / "cache", 256, 64))
-    path = cache.track("synthetic test 000")["files"]["vocals"]
+    path = cache.resolve(cache.track("synthetic test 000")["files"]["vocals"])
     sf.write(path, np.zeros((100, 2)), 44100)
     with pytest.raises(DataError, match="vocals.wav: missing or changed since the cache was prepared"):
         cache.load_audio("synthetic test 000")

@@ -20,7 +20,7 @@ from conftest import REPO, require_ffmpeg, shared_path
 from lightsaft import download as dl
 from lightsaft.config import defaults
 from lightsaft.download import download, extract_zip
-from lightsaft.tracks import DataError
+from lightsaft.tracks import DataError, read_dataset
 
 ROCK = ("musdb", "musdb18-7", "train", "Music Delta - 80s Rock.stem.mp4")
 FALCON = ("musdb", "musdb18-7", "test", "The Easton Ellises - Falcon 69.stem.mp4")
@@ -71,7 +71,7 @@ def _leftovers(folder: Path) -> list[str]:
 def test_pinned_download_extracts_and_lists_tracks(server, tmp_path):
     params = _sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
     dataset_json = download(params, tmp_path / "raw")
-    data = json.loads(dataset_json.read_text())
+    data = read_dataset(dataset_json)  # paths resolved against the file
     assert data["format"] == 1 and data["source"] == "musdb18-sample"
     assert data["sha256"] == params["sha256"]
     assert {t["name"]: t["split"] for t in data["tracks"]} == {"A": "train", "B": "valid", "C": "test"}
@@ -227,7 +227,7 @@ def test_bad_validation_split_is_an_error(tmp_path, valid, error):
 def test_synthetic_source(tmp_path):
     synthetic = {"train_tracks": 2, "valid_tracks": 1, "test_tracks": 1, "seconds": 0.5, "seed": 1}
     dataset_json = download(_params(source="synthetic", synthetic=synthetic), tmp_path / "raw")
-    data = json.loads(dataset_json.read_text())
+    data = read_dataset(dataset_json)  # paths resolved against the file
     assert [(t["name"], t["split"]) for t in data["tracks"]] == [
         ("synthetic train 000", "train"), ("synthetic train 001", "train"),
         ("synthetic valid 000", "valid"), ("synthetic test 000", "test")]

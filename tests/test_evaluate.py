@@ -56,7 +56,7 @@ class MemoryCache:
     def tracks(self, split: str) -> list[str]:
         return list(self.audio)
 
-    def load_audio(self, track: str) -> dict[str, np.ndarray]:
+    def load_audio(self, track: str, stems=None) -> dict[str, np.ndarray]:
         if track == self.crash:
             os._exit(3)  # what an out-of-memory kill looks like to the pool
         return self.audio[track]

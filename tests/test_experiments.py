@@ -47,17 +47,6 @@ def test_shipped_studies_are_valid():
     assert len(load_study(REPO / "experiments" / "demo.yaml").points()) == 1
 
 
-def test_one_worker_per_gpu_sees_only_its_gpu(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(experiments, "_dvc", lambda repo, *args, **kw: calls.append((args, kw.get("extra_env"))))
-    experiments.start_workers(tmp_path, jobs=3, gpus=["0", "2"])
-    assert calls == [(("queue", "start", "-j", "1"), {"CUDA_VISIBLE_DEVICES": "0"}),
-                     (("queue", "start", "-j", "1"), {"CUDA_VISIBLE_DEVICES": "2"})]
-    calls.clear()
-    experiments.start_workers(tmp_path, jobs=3, gpus=None)
-    assert calls == [(("queue", "start", "-j", "3"), None)]
-
-
 def test_set_values_keep_their_yaml_types():
     args = experiments._set_args({"trainer.precision": "32", "model.dk": 16, "data.valid_tracks": None})
     assert args == ["-S", 'trainer.precision="32"', "-S", "model.dk=16", "-S", "data.valid_tracks=null"]

@@ -140,7 +140,7 @@ class MemoryCache:
         assert split == "test"
         return list(self.audio)
 
-    def load_audio(self, track: str) -> dict[str, np.ndarray]:
+    def load_audio(self, track: str, stems=None) -> dict[str, np.ndarray]:
         if track == self.fail:
             raise OSError(f"{track}: cannot read")
         return self.audio[track]

@@ -97,10 +97,11 @@ def test_outputs_are_recorded_relative_so_they_move_with_a_copy(repo, monkeypatc
     monkeypatch.chdir(repo)
     raw = repo / "data" / "raw"
     inside = raw / "synthetic" / "test" / "a" / "mixture.wav"
-    recorded = portable(inside, repo / "data" / "cache")
+    recorded = portable(inside, repo / "data" / "cache", movable=raw)
     assert recorded == "../raw/synthetic/test/a/mixture.wav"
     moved = repo.parent / "elsewhere" / "data" / "cache"
     assert resolve(recorded, moved) == moved / "../raw/synthetic/test/a/mixture.wav"
-    outside = Path("/srv/musdb18/train/x.stem.mp4")
-    assert portable(outside, repo / "data" / "raw") == str(outside)
-    assert resolve(str(outside), moved) == outside
+    # user data, even inside the repository (data/musdb18hq), stays where it is: absolute
+    for user_data in (Path("/srv/musdb18/train/x.stem.mp4"), repo / "data" / "musdb18hq" / "train" / "x"):
+        assert portable(user_data, raw, movable=raw) == str(user_data)
+        assert resolve(str(user_data), moved) == user_data

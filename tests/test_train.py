@@ -130,3 +130,34 @@ def test_killed_training_resumes_with_the_same_run(tmp_path, synthetic_cache, si
     epochs = [int(line.split(",")[0]) for line in (root / "plots" / "train_curves.csv").read_text().splitlines()[1:]]
     assert epochs == [0, 1, 2, 3]
     assert json.loads((root / "metrics" / "train.json").read_text())["steps"] == 4 * 8
+
+
+def test_each_training_takes_a_free_gpu(tmp_path):
+    """Queued trainings on a multi-GPU machine spread over the GPUs (locks; no GPU needed)."""
+    from lightsaft.paths import file_lock
+    from lightsaft.train import claim_gpu
+
+    with claim_gpu(1, ["0", "1", "2"], tmp_path) as first:
+        with file_lock(tmp_path / "gpu-1.lock"):                  # held by some other training
+            with claim_gpu(1, ["0", "1", "2"], tmp_path) as second:
+                assert (first, second) == ([0], [2])
+    with claim_gpu(1, ["0", "1"], tmp_path) as again:             # released on exit
+        assert again == [0]
+    with claim_gpu(4, ["0", "1"], tmp_path) as ddp, claim_gpu(1, ["0"], tmp_path) as single:
+        assert (ddp, single) == (4, 1)                             # DDP / one GPU: as configured
+
+
+def test_official_init_is_xavier_normal():
+    params = tiny_params()
+    torch.manual_seed(0)
+    official = LightSAFTModule(params["model"], dict(params["train"], init="official")).model
+    torch.manual_seed(0)
+    default = LightSAFTModule(params["model"], dict(params["train"], init="pytorch")).model
+    keys = official.net.encoders[0].saft.attention.keys        # [dk, K] = [8, 4]
+    std = (2 / (keys.shape[0] + keys.shape[1])) ** 0.5
+    weights = torch.cat([p.detach().flatten() / (2 / sum(p.shape[:2]) / (p[0, 0].numel() if p.dim() > 2 else 1)) ** 0.5
+                         for p in official.parameters() if p.dim() >= 2])
+    assert abs(weights.std().item() - 1) < 0.05                  # every >=2-d parameter: N(0, xavier std)
+    assert abs(keys.std().item() - std) < std
+    emb_o, emb_d = official.net.embedding.weight, default.net.embedding.weight
+    assert not torch.allclose(emb_o, emb_d)                      # PyTorch's default is N(0, 1) there

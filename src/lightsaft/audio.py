@@ -7,19 +7,16 @@ rename, so a killed process never leaves a truncated file that looks complete.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import uuid
-from contextlib import contextmanager
 from math import gcd
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import soundfile as sf
 
 from .errors import LightSAFTError
+from .paths import atomic_path
 
 SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 FFMPEG_SUFFIXES = {".mp3", ".mp4", ".m4a", ".aac", ".opus", ".webm"}
@@ -119,42 +116,6 @@ def to_stereo(audio: np.ndarray, path: str | Path = "audio") -> np.ndarray:
     if audio.shape[1] != 2:
         raise AudioError(f"{path}: {audio.shape[1]} channels; only mono and stereo are supported")
     return audio
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only on success.
-
-    The temporary name is unique (pid + random) and the file is created by the writer, so it
-    gets the usual permissions (``mkstemp`` would make it owner-only).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path`` that replaces ``path`` only on success, so an
-    interrupted stage never leaves a folder that looks complete. The temporary name is fixed:
-    what a killed run (SIGKILL) left behind is removed by the next run."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: str | None = None) -> None:

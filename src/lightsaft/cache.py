@@ -27,8 +27,7 @@ import torch
 from tqdm import tqdm
 
 from .spectral import SAMPLE_RATE, TARGETS, SpectralFrontEnd, num_frames
-from .audio import atomic_dir
-from .paths import portable, resolve
+from .paths import atomic_dir, portable, resolve
 from .tracks import (SPLITS, STEMS, DataError, file_sha256, load_track, read_dataset,
                      source_files, track_samples)
 
@@ -61,7 +60,8 @@ def prepare(dataset_json: str | Path, out_dir: str | Path, n_fft: int, hop_lengt
                         f"{' or use prepare.dtype=float16 (half the size)' if dtype == 'float32' else ''}")
     front = SpectralFrontEnd(n_fft, hop_length)
     with atomic_dir(out_dir) as tmp:
-        entries = [_prepare_track(i, t, tmp, out_dir, front, dtype) for i, t in
+        raw_dir = Path(dataset_json).parent  # the download stage's output: moves with a DVC copy
+        entries = [_prepare_track(i, t, tmp, out_dir, raw_dir, front, dtype) for i, t in
                    enumerate(tqdm(tracks, desc="prepare", unit="track"))]
         manifest = {"format": CACHE_FORMAT, "source": dataset["source"], "dataset_sha256": dataset["sha256"],
                     "sample_rate": SAMPLE_RATE, "n_fft": n_fft, "hop_length": hop_length, "dtype": dtype,
@@ -71,14 +71,14 @@ def prepare(dataset_json: str | Path, out_dir: str | Path, n_fft: int, hop_lengt
     return out_dir
 
 
-def _prepare_track(index: int, track: dict[str, Any], tmp: Path, out_dir: Path, front: SpectralFrontEnd,
-                   dtype: str) -> dict[str, Any]:
+def _prepare_track(index: int, track: dict[str, Any], tmp: Path, out_dir: Path, raw_dir: Path,
+                   front: SpectralFrontEnd, dtype: str) -> dict[str, Any]:
     audio = load_track(track)
     samples = len(audio["mixture"])
     entry: dict[str, Any] = {
         "name": track["name"], "split": track["split"], "samples": samples,
         "frames": num_frames(samples, front.hop_length),
-        "sources": [{"path": portable(p, out_dir), "size": p.stat().st_size, "sha256": file_sha256(p)}
+        "sources": [{"path": portable(p, out_dir, raw_dir), "size": p.stat().st_size, "sha256": file_sha256(p)}
                     for p in source_files(track)]}
     if track["split"] == "train":
         entry["spec"] = f"spec/{index:04d}.npy"
@@ -88,7 +88,7 @@ def _prepare_track(index: int, track: dict[str, Any], tmp: Path, out_dir: Path, 
         (tmp / "audio").mkdir(exist_ok=True)
         np.save(tmp / entry["audio"], np.stack([audio[stem] for stem in STEMS]).astype(np.float32))
     else:
-        entry["files"] = {stem: portable(p, out_dir) for stem, p in track["files"].items()}
+        entry["files"] = {stem: portable(p, out_dir, raw_dir) for stem, p in track["files"].items()}
     return entry
 
 
@@ -159,6 +159,10 @@ class Cache:
                 raise DataError(f"{path}: unreadable ({e}); rerun the prepare stage") from None
         return self._open[relative]
 
+    def resolve(self, recorded: str) -> Path:
+        """A source path as recorded in the manifest (relative to the cache or absolute)."""
+        return resolve(recorded, self.path)
+
     def spec(self, track: str) -> np.ndarray:
         """Read-only memory map ``[4 targets, 4 channels, frames, bins]`` of a train track."""
         entry = self.track(track)
@@ -180,7 +184,7 @@ class Cache:
         out = {}
         for stem in stems:
             recorded = entry["files"][stem]
-            path = resolve(recorded, self.path)
+            path = self.resolve(recorded)
             if not os.path.isfile(path) or os.path.getsize(path) != sizes[recorded]:
                 raise DataError(f"{path}: missing or changed since the cache was prepared; rerun the "
                                 f"download and prepare stages")

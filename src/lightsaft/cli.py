@@ -57,12 +57,11 @@ def _ablate(args: argparse.Namespace) -> int:
     study = load_study(args.grid, _parse_sets(args.set))
     out_dir = repo / "results" / "ablations" / study.name
     points = study.points()
-    print(f"study {study.name}: {len(points)} experiments, "
-          f"{len(args.gpus.split(',')) if args.gpus else args.jobs} at a time")
-    gpus = args.gpus.split(",") if args.gpus else None
-    results = {} if args.compare_only else run_queue(repo, points, args.jobs, out_dir / "logs", gpus)
+    print(f"study {study.name}: {len(points)} experiments, {args.jobs} at a time")
+    results = {} if args.compare_only else run_queue(repo, points, args.jobs, out_dir / "logs")
     table = collect(repo, study)
-    ensure_mlflow_runs(repo, table, study.overrides.get("mlflow.experiment", "lightsaft"))
+    experiment = study.overrides.get("mlflow.experiment") or load_params(repo / "params.yaml")["mlflow"]["experiment"]
+    ensure_mlflow_runs(repo, table, experiment)
     paths = write_comparison(table, study, out_dir)
     print("\n" + paths["markdown"].read_text())
     failed = [name for name, status in results.items() if status.startswith("Failed")]
@@ -77,6 +76,9 @@ def _ui(args: argparse.Namespace) -> int:
     from . import tracking
 
     uri = tracking.tracking_uri()
+    if uri.split(":", 1)[0] in ("http", "https", "databricks"):
+        raise ConfigError(f"MLFLOW_TRACKING_URI is {tracking.redact(uri)}: that tracking server has its own "
+                          f"UI; open it in a browser (make ui serves a database: mlflow.db, or a SQL URI)")
     tracking.client()  # creates the database (WAL mode) if this is the first use
     print(f"MLflow UI for {tracking.redact(uri)} at http://{args.host}:{args.port}  (Ctrl+C to stop)")
     # The store URI goes through the environment: command lines (with any password) are public in `ps`.
@@ -109,10 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ablate", help="queue one DVC experiment per grid point, run them, compare")
     p.add_argument("grid", help="study file, e.g. experiments/dk_num_tdfs.yaml")
-    p.add_argument("--jobs", type=int, default=1, help="experiments at once (queue workers)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="experiments at once (queue workers); on a multi-GPU machine each training "
+                        "takes a free GPU, so use the number of GPUs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override")
-    p.add_argument("--gpus", help="comma-separated GPU ids: one queue worker (one training) per GPU, "
-                                   "e.g. --gpus 0,1,2,3 (overrides --jobs)")
     p.add_argument("--compare-only", action="store_true", help="only rebuild the comparison tables")
     p.set_defaults(func=_ablate)
 

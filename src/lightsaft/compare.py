@@ -111,7 +111,8 @@ def _plot(summary: pd.DataFrame, study: Study, path: Path) -> None:
                                  zip(others, label if isinstance(label, tuple) else (label,)))
                 ax.errorbar(group[key], group["sdr_mean_mean"], yerr=group.get("sdr_mean_std"),
                             marker="o", capsize=3, label=name or None)
-            ax.set_xscale("log", base=2)
+            if pd.api.types.is_numeric_dtype(summary[key]) and (summary[key] > 0).all():
+                ax.set_xscale("log", base=2)
             ax.set_xlabel(key)
             ax.set_ylabel("mean test SDR (dB)")
             if others:

@@ -161,6 +161,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
     },
     "train": {
         "seed": (2020, integer(0)),
+        "init": ("official", choice("official", "pytorch")),
         "optimizer": ("adam", choice("adam", "adamw")),
         "lr": (0.001, number(0, lo_open=True)),
         "train_loss": ("spec_mse", choice("spec_mse", "spec_l1", "raw_l1")),
@@ -180,9 +181,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
     },
     "trainer": {
         "accelerator": ("auto", choice("auto", "cpu", "gpu", "cuda", "mps")),
-        "devices": ("auto", one_of(choice("auto"), integer(-1), list_of(integer(0), nullable=False),
+        "devices": (1, one_of(choice("auto"), integer(-1), list_of(integer(0), nullable=False),
                                    hint="expected 'auto', a device count or a list of device ids")),
-        "strategy": ("auto", choice("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")),
+        "strategy": ("auto", choice("auto", "ddp", "ddp_find_unused_parameters_true")),
         "sync_batchnorm": (False, boolean()),
         "precision": ("auto", choice("auto", 32, "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true")),
         "max_epochs": (1000, integer(-1)),

@@ -23,9 +23,9 @@ from urllib.parse import unquote, urlparse
 
 from tqdm import tqdm
 
-from .audio import AudioError, atomic_dir, probe
+from .audio import AudioError, probe
 from .synthetic import generate, track_names
-from .paths import in_project
+from .paths import atomic_dir, file_lock, in_project
 from .tracking import redact
 from .tracks import (STEMS, DataError, assign_splits, file_sha256, find_tree,
                      missing_dataset_message, musdb_validation_tracks, scan_tree, write_dataset)
@@ -78,7 +78,9 @@ def _locate(p: dict[str, Any], out_dir: Path, downloads_dir: Path) -> tuple[Path
             raise DataError(missing_dataset_message(source, p["root"]))
         return tree, None
     if urlparse(location).scheme in ("http", "https"):
-        archive = fetch(location, downloads_dir / _url_filename(location), p["allow_insecure_http"])
+        archive = downloads_dir / _url_filename(location)
+        with file_lock(in_project(".lightsaft/locks") / f"download-{archive.name}.lock"):  # shared by queued runs
+            fetch(location, archive, p["allow_insecure_http"])
     elif in_project(location).is_file():
         archive = in_project(location)
     else:

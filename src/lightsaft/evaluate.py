@@ -26,7 +26,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from .errors import LightSAFTError
-from .audio import AudioError, atomic_dir, atomic_path, read_audio
+from .audio import AudioError, read_audio
+from .paths import atomic_dir, atomic_path
 from .spectral import SAMPLE_RATE, TARGETS
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")

@@ -23,6 +23,7 @@ import yaml
 
 from .config import ConfigError, defaults, read_yaml, validate
 from .errors import LightSAFTError
+from .tracking import redact
 
 QUEUE_POLL_S = 5.0
 STALL_RESTART_S = 60.0
@@ -109,9 +110,8 @@ def load_study(path: str | Path, extra: dict[str, Any] | None = None) -> Study:
 
 
 # ---------------------------------------------------------------------------------------
-def _dvc(repo: Path, *args: str, check: bool = True, capture: bool = True,
-         extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, **(extra_env or {})}
+def _dvc(repo: Path, *args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env,
                             capture_output=capture, text=True)
@@ -146,7 +146,7 @@ def read_from_experiment(repo: Path, ref: str, path: str) -> Any:
 def run_foreground(repo: Path, point: Point) -> int:
     """One experiment in a temporary copy, output streamed to the terminal (the demo)."""
     args = ["exp", "run", "--temp", "-n", point.name, *_set_args(point.overrides)]
-    print(f"$ dvc {' '.join(args)}", flush=True)
+    print(redact(f"$ dvc {' '.join(args)}"), flush=True)
     return _dvc(repo, *args, check=False, capture=False).returncode
 
 
@@ -163,17 +163,7 @@ def queue_status(repo: Path) -> tuple[dict[str, str], int]:
     return statuses, workers
 
 
-def start_workers(repo: Path, jobs: int, gpus: list[str] | None, check: bool = True) -> None:
-    """``jobs`` queue workers; with ``gpus``, one worker per GPU that sees only its own GPU
-    (workers pass their environment, CUDA_VISIBLE_DEVICES included, to the runs they start)."""
-    if not gpus:
-        _dvc(repo, "queue", "start", "-j", str(jobs), check=check)
-    for gpu in gpus or []:
-        _dvc(repo, "queue", "start", "-j", "1", check=check, extra_env={"CUDA_VISIBLE_DEVICES": gpu})
-
-
-def run_queue(repo: Path, points: list[Point], jobs: int, log_dir: Path,
-              gpus: list[str] | None = None) -> dict[str, str]:
+def run_queue(repo: Path, points: list[Point], jobs: int, log_dir: Path) -> dict[str, str]:
     """Queue the points that have no finished experiment yet, run them with ``jobs`` workers,
     and return name -> Success/Failed/Skipped, with each point's log under ``log_dir``."""
     done = experiment_refs(repo)
@@ -184,7 +174,7 @@ def run_queue(repo: Path, points: list[Point], jobs: int, log_dir: Path,
         _dvc(repo, "exp", "run", "--queue", "-n", point.name, *_set_args(point.overrides))
         print(f"queued {point.name}", flush=True)
     if todo:
-        start_workers(repo, jobs, gpus)
+        _dvc(repo, "queue", "start", "-j", str(jobs))
     pending, idle_since = {p.name for p in todo}, time.monotonic()
     while pending:
         time.sleep(QUEUE_POLL_S)
@@ -200,7 +190,7 @@ def run_queue(repo: Path, points: list[Point], jobs: int, log_dir: Path,
         if pending and workers == 0:
             if time.monotonic() - idle_since > STALL_RESTART_S:  # DVC's workers can stop early
                 print("queue stalled with tasks left; restarting workers", flush=True)
-                start_workers(repo, jobs, gpus, check=False)
+                _dvc(repo, "queue", "start", "-j", str(jobs), check=False)
                 idle_since = time.monotonic()
         else:
             idle_since = time.monotonic()

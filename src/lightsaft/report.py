@@ -20,7 +20,8 @@ import pandas as pd
 import soundfile as sf
 
 from .errors import LightSAFTError
-from .audio import atomic_dir, write_audio
+from .audio import write_audio
+from .paths import atomic_dir
 from .evaluate import METRICS, per_track_sdr
 from .model import load_weights
 from .spectral import SAMPLE_RATE, TARGETS

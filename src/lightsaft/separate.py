@@ -22,7 +22,8 @@ import torch
 from tqdm import tqdm
 
 from .errors import LightSAFTError
-from .audio import AudioError, atomic_dir, read_audio, resample, to_stereo, write_audio
+from .audio import AudioError, read_audio, resample, to_stereo, write_audio
+from .paths import atomic_dir
 from .model import Separator, load_weights
 from .spectral import SAMPLE_RATE, TARGETS, window_samples
 
@@ -157,7 +158,7 @@ def separate_tracks(weights_path: str | Path, cache: Any, out_dir: str | Path,
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         for track in tqdm(tracks, desc="separate", unit="track"):
-            estimates = separate_track(model, cache.load_audio(track)["mixture"],
+            estimates = separate_track(model, cache.load_audio(track, stems=("mixture",))["mixture"],
                                        overlap=separate_params["overlap"],
                                        batch_size=separate_params["batch_size"],
                                        device=separate_params["device"])

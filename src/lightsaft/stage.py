@@ -2,7 +2,7 @@
 
 A user mistake (bad params, missing data, unreadable audio, wrong weights) or a full disk ends
 the stage with one ``error: ...`` line and exit code 2, not a traceback; Ctrl+C / SIGTERM exit
-with 130 / 143.
+with 130 / 143 (a Ctrl+C during training exits 1: Lightning handles it and calls ``sys.exit(1)``).
 Anything else is a bug and keeps its traceback.
 """
 

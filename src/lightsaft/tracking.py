@@ -8,19 +8,17 @@ in the main repository's database, so the root is resolved past such copies.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import sqlite3
 import subprocess
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import LightSAFTError
-from .paths import project_root
+from .paths import file_lock, project_root, write_text_atomic
 
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -49,17 +47,6 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def client():
     """An MlflowClient for :func:`tracking_uri`. A new SQLite database is created under a file
     lock (two queued experiments may start at once) and switched to WAL mode, so concurrent
@@ -70,7 +57,7 @@ def client():
     db = _sqlite_path(uri)
     if db is None:
         return MlflowClient(uri)
-    with _file_lock(db.with_name(db.name + ".lock")):
+    with file_lock(db.with_name(db.name + ".lock")):
         mlflow_client = MlflowClient(uri)
         mlflow_client.search_experiments(max_results=1)  # creates and migrates the schema once
         with sqlite3.connect(db, timeout=60) as conn:
@@ -133,12 +120,8 @@ def log_metrics(mlflow_client, run_id: str, metrics: dict[str, float], step: int
 
 def write_run_file(path: str | Path, run_id: str, experiment: str) -> None:
     """Record which MLflow run a trained model belongs to (read by later stages)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"format": RUN_FILE_FORMAT, "run_id": run_id, "experiment": experiment,
-                               "tracking_uri": redact(tracking_uri())}, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps({"format": RUN_FILE_FORMAT, "run_id": run_id, "experiment": experiment,
+                                        "tracking_uri": redact(tracking_uri())}, indent=2) + "\n")
 
 
 def read_run_file(path: str | Path) -> dict[str, Any]:

@@ -21,8 +21,8 @@ import soundfile as sf
 import yaml
 
 from .errors import LightSAFTError
-from .audio import AudioError, atomic_path, probe, read_audio, read_stems
-from .paths import portable, resolve
+from .audio import AudioError, probe, read_audio, read_stems
+from .paths import atomic_path, portable, resolve
 from .spectral import SAMPLE_RATE, TARGETS
 
 STEMS = ("mixture",) + TARGETS
@@ -87,7 +87,7 @@ def scan_tree(root: str | Path, source: str) -> list[dict[str, Any]]:
             found = [{"name": d.name, "split": split, "files": _stem_files(d)}
                      for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]
         else:
-            found = [{"name": f.name[:-len(".stem.mp4")], "split": split, "stem_file": str(f.resolve())}
+            found = [{"name": f.name[:-len(".stem.mp4")], "split": split, "stem_file": os.path.abspath(f)}
                      for f in sorted(folder.glob("*.stem.mp4"))]
         if not found:
             if wav:
@@ -110,7 +110,7 @@ def _stem_files(folder: Path) -> dict[str, str]:
         if not path.is_file():
             raise DataError(f"{path}: missing; every track folder needs "
                             f"{', '.join(s + '.wav' for s in STEMS)}")
-    return {stem: str(path.resolve()) for stem, path in files.items()}
+    return {stem: os.path.abspath(path) for stem, path in files.items()}
 
 
 def assign_splits(tracks: list[dict[str, Any]], valid_names: list[str],
@@ -136,15 +136,15 @@ def assign_splits(tracks: list[dict[str, Any]], valid_names: list[str],
 # dataset.json
 def write_dataset(path: str | Path, source: str, root: str | Path, sha256: str | None,
                   tracks: list[dict[str, Any]]) -> Path:
-    """Write the track list atomically. Paths inside this checkout are recorded relative to the
-    file (they move with DVC experiment copies), others (the user's data set) absolute."""
+    """Write the track list atomically. Paths inside the stage output (generated or extracted
+    data) are recorded relative to the file, so they move with DVC experiment copies; others
+    (the user's data set) absolute."""
     path = Path(path)
     base = path.parent
-    payload = {"format": DATASET_FORMAT, "source": source, "root": portable(root, base),
-               "sha256": sha256, "tracks": [_map_paths(t, lambda p: portable(p, base)) for t in tracks]}
+    payload = {"format": DATASET_FORMAT, "source": source, "root": portable(root, base, base),
+               "sha256": sha256, "tracks": [_map_paths(t, lambda p: portable(p, base, base)) for t in tracks]}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=1) + "\n")
-        tmp.chmod(0o644)
     return path
 
 

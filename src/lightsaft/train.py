@@ -8,7 +8,6 @@ writes the DVC outputs, each through a temporary file and a rename.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import json
@@ -17,7 +16,7 @@ import resource
 import shutil
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,7 +35,7 @@ from .config import ConfigError, flatten
 from .datasets import TrainDataset, ValidDataset
 from .errors import LightSAFTError
 from .model import count_parameters, save_weights
-from .paths import project_root
+from .paths import atomic_path, file_lock, project_root, write_text_atomic
 from .stage import Terminated
 from .training import LightSAFTModule
 
@@ -92,13 +91,6 @@ def fingerprint(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class EpochCurves(Callback):
     """Per-epoch rows (losses, lr, time, memory) for DVC plots; kept in checkpoints for resume."""
 
@@ -127,7 +119,7 @@ class EpochCurves(Callback):
         pl_module.log_dict({"epoch_time_s": elapsed, **({"gpu_mem_gb": gpu} if gpu else {})}, on_epoch=True)
         lines = [",".join(self.COLUMNS)] + [",".join(str(r[c]) for c in self.COLUMNS) for r in self.rows]
         if trainer.is_global_zero:
-            _atomic_write_text(self.path, "\n".join(lines) + "\n")
+            write_text_atomic(self.path, "\n".join(lines) + "\n")
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}
@@ -144,6 +136,8 @@ class InterruptCheckpoint(Callback):
         self.path = path
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if trainer.world_size > 1:  # saving waits for every rank, and one rank alone failed: last.ckpt it is
+            return
         trainer.save_checkpoint(self.path)
         print(f"\ntraining interrupted ({type(exception).__name__}); checkpoint saved to {self.path}.\n"
               f"Resume with: dvc exp run -S train.resume=true (or set train.resume: true and dvc repro)")
@@ -151,14 +145,18 @@ class InterruptCheckpoint(Callback):
 
 def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
     """The checkpoint furthest along (the interrupt one may be ahead of last.ckpt)."""
-    best, best_step = None, -1
+    best, best_step, torn = None, -1, []
     for path in ckpt_dir.glob("*.ckpt"):
         try:
             step = torch.load(path, map_location="cpu", weights_only=True).get("global_step", -1)
-        except Exception:  # a checkpoint torn by SIGKILL: ignore it, an older one is complete
+        except (EOFError, RuntimeError) as e:  # a file torn by SIGKILL: an older one is complete
+            torn.append(f"{path.name} ({str(e).splitlines()[0]})")
             continue
         if step > best_step:
             best, best_step = path, step
+    if torn and best is None:
+        raise LightSAFTError(f"train.resume: no checkpoint in {ckpt_dir} can be read: {'; '.join(torn)}. "
+                             f"Move the folder away to start a new training")
     return best
 
 
@@ -202,16 +200,51 @@ def _start_run(params: dict[str, Any], run_dir: Path, resume_from: Path | None, 
 def _exclusive(run_dir: Path) -> Iterator[None]:
     """One training per configuration at a time: a duplicate experiment running at the same time
     (queued twice) would share this one's checkpoint folder, and delete it when it finished."""
-    lock = run_dir.parent.parent / "locks" / f"{run_dir.name}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LightSAFTError(f"another training of this configuration is running (checkpoints in "
-                                 f"{run_dir}); wait for it to finish (a rerun then reuses its result), or "
-                                 f"change train.seed to train a second model") from None
-        yield
+    try:
+        with file_lock(run_dir.parent.parent / "locks" / f"{run_dir.name}.lock", wait=False):
+            yield
+    except BlockingIOError:
+        raise LightSAFTError(f"another training of this configuration is running (checkpoints in "
+                             f"{run_dir}); wait for it to finish (a rerun then reuses its result), or "
+                             f"change train.seed to train a second model") from None
+
+
+def visible_gpus(accelerator: str) -> list[str]:
+    """Ids of the GPUs training may use (as CUDA_VISIBLE_DEVICES names them)."""
+    if accelerator not in ("auto", "gpu", "cuda") or not torch.cuda.is_available():
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [n.strip() for n in env.split(",")] if env else []
+    count = torch.cuda.device_count()
+    return names[:count] if len(names) >= count else [str(i) for i in range(count)]
+
+
+@contextmanager
+def claim_gpu(devices: Any, gpus: list[str], lock_dir: Path, poll_s: float = 10.0) -> Iterator[Any]:
+    """The ``devices`` to train on. One device asked for on a machine with several GPUs: take a
+    free one (one lock per GPU) and hold it while training, so that queued experiments
+    (``--jobs`` = number of GPUs) run side by side, one per GPU, instead of all on GPU 0."""
+    if devices != 1 or len(gpus) < 2:
+        yield devices
+        return
+    with ExitStack() as stack:
+        waited = False
+        while True:
+            for index, name in enumerate(gpus):
+                try:
+                    stack.enter_context(file_lock(lock_dir / f"gpu-{name}.lock", wait=False))
+                except BlockingIOError:
+                    continue
+                print(f"training on GPU {name}")
+                break
+            else:
+                if not waited:
+                    print(f"all {len(gpus)} GPUs are taken by other trainings; waiting for one")
+                    waited = True
+                time.sleep(poll_s)
+                continue
+            break
+        yield [index]
 
 
 def train(params: dict[str, Any], cache_dir: str | Path = "data/cache",
@@ -219,24 +252,27 @@ def train(params: dict[str, Any], cache_dir: str | Path = "data/cache",
     """Train (or resume) the model of ``params``; write weights, checkpoint, metrics and curves."""
     run_dir = project_root() / ".lightsaft" / "train" / fingerprint(params)
     if rank_zero_only.rank != 0:  # DDP: the other ranks follow rank zero
-        return _train(params, cache_dir, outputs, run_dir)
-    with _exclusive(run_dir):
-        return _train(params, cache_dir, outputs, run_dir)
+        return _train(params, cache_dir, outputs, run_dir, params["trainer"]["devices"])
+    tr = params["trainer"]
+    locks = project_root() / ".lightsaft" / "locks"
+    with _exclusive(run_dir), claim_gpu(tr["devices"], visible_gpus(tr["accelerator"]), locks) as devices:
+        return _train(params, cache_dir, outputs, run_dir, devices)
 
 
 def _train(params: dict[str, Any], cache_dir: str | Path, outputs: TrainOutputs,
-           run_dir: Path) -> dict[str, Any]:
+           run_dir: Path, devices: Any) -> dict[str, Any]:
     started = time.time()
     m, t, tr = params["model"], params["train"], params["trainer"]
     cache = Cache(cache_dir, n_fft=m["n_fft"], hop_length=m["hop_length"])
     ckpt_dir = run_dir / "checkpoints"
     resume_from = _latest_checkpoint(ckpt_dir) if t["resume"] else None
-    pl.seed_everything(t["seed"], workers=True)
+    # Per rank: items are drawn from the global generator; DDP copies rank zero's initial weights.
+    pl.seed_everything(t["seed"] + rank_zero_only.rank, workers=True)
     train_loader, valid_loader = _loaders(params, cache)
     module = LightSAFTModule(m, t)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch}-{val_loss:.5f}", monitor="val_loss",
                            mode="min", save_top_k=t["save_top_k"], save_last=True)
-    curves = EpochCurves(outputs.curves)
+    curves = EpochCurves(run_dir / "train_curves.csv")  # copied to the DVC output when training ends
     callbacks = [best, curves, InterruptCheckpoint(ckpt_dir / "interrupted.ckpt"),
                  EarlyStopping(monitor="val_loss", mode="min", patience=t["early_stop_patience"],
                                min_delta=t["early_stop_min_delta"], check_on_train_epoch_end=False),
@@ -244,7 +280,7 @@ def _train(params: dict[str, Any], cache_dir: str | Path, outputs: TrainOutputs,
     precision = resolve_precision(str(tr["precision"]), tr["accelerator"])
     try:  # before the MLflow run: a setting this machine cannot run must not leave a run behind
         trainer = pl.Trainer(
-            accelerator=tr["accelerator"], devices=tr["devices"], strategy=tr["strategy"],
+            accelerator=tr["accelerator"], devices=devices, strategy=tr["strategy"],
             sync_batchnorm=tr["sync_batchnorm"], precision=precision, max_epochs=tr["max_epochs"],
             max_steps=tr["max_steps"], limit_train_batches=tr["limit_train_batches"],
             limit_val_batches=tr["limit_val_batches"], gradient_clip_val=tr["gradient_clip_val"],
@@ -281,12 +317,13 @@ def _finish(params, trainer, module, best, run_dir, outputs, client, run_id, pre
     if best_path:  # else training stopped (max_steps) before any validation: keep the final state
         module.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
     save_weights(outputs.weights, module.model, params["model"])
-    tmp_ckpt = outputs.checkpoint.with_name(f".{outputs.checkpoint.name}.tmp")
-    if best_path:
-        shutil.copyfile(best_path, tmp_ckpt)
-    else:
-        trainer.save_checkpoint(tmp_ckpt)
-    os.replace(tmp_ckpt, outputs.checkpoint)
+    curves = run_dir / "train_curves.csv"  # absent when max_steps ended training before an epoch did
+    write_text_atomic(outputs.curves, curves.read_text() if curves.exists() else ",".join(EpochCurves.COLUMNS) + "\n")
+    with atomic_path(outputs.checkpoint) as tmp_ckpt:
+        if best_path:
+            shutil.copyfile(best_path, tmp_ckpt)
+        else:  # rank zero alone, so no trainer.save_checkpoint (it waits for every rank)
+            torch.save(trainer._checkpoint_connector.dump_checkpoint(), tmp_ckpt)
 
     gpu_peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     metrics = {
@@ -298,7 +335,7 @@ def _finish(params, trainer, module, best, run_dir, outputs, client, run_id, pre
         "peak_gpu_mem_gb": round(gpu_peak, 3) if gpu_peak is not None else None,
         "precision": precision,
     }
-    _atomic_write_text(outputs.metrics, json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(outputs.metrics, json.dumps(metrics, indent=2) + "\n")
     tracking.log_metrics(client, run_id, {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                          step=trainer.global_step)
     client.log_artifact(run_id, str(outputs.weights), "model")

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 
 from .losses import LOSSES, Target
-from .model import build_model
+from .model import build_model, init_official
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
@@ -23,6 +23,8 @@ class LightSAFTModule(pl.LightningModule):
         # Checkpoints carry both configs; MLflow gets flattened params from tracking, not from here.
         self.save_hyperparameters(logger=False)
         self.model = build_model(model_params)
+        if train_params["init"] == "official":
+            init_official(self.model)
         self.train_loss = LOSSES[train_params["train_loss"]]
         self.val_loss = LOSSES[train_params["val_loss"]]
 

@@ -76,7 +76,7 @@ def test_bad_params_stop_every_stage_with_one_line(tmp_path, monkeypatch, capsys
 
 
 @pytest.mark.parametrize("override,message", [
-    ({"trainer.accelerator": "mps"}, "trainer settings accelerator='mps', devices='auto'"),
+    ({"trainer.accelerator": "mps"}, "trainer settings accelerator='mps', devices=1"),
     ({"train.items_per_epoch": 4}, "trainer.batch_size = 8 is larger than an epoch (4 items)"),
 ])
 def test_trainer_settings_this_machine_cannot_run_leave_no_mlflow_run(tmp_path, monkeypatch, synthetic_cache,

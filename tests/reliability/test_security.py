@@ -13,20 +13,29 @@ from lightsaft import cli, tracking
 from lightsaft.train import TrainOutputs, train
 
 SECRET_URI = "https://alice:s3cret@mlflow.example.org"
+SECRET_DB = "postgresql://alice:s3cret@db.example.org/mlflow"
 
 
 @pytest.mark.parametrize("args,host", [([], "127.0.0.1"), (["--host", "0.0.0.0", "--port", "8080"], "0.0.0.0")])
 def test_ui_binds_loopback_unless_a_host_is_given(monkeypatch, capsys, args, host):
     calls = []
     monkeypatch.setattr(cli.subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 0)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", SECRET_URI)
+    monkeypatch.setattr("lightsaft.tracking.client", lambda: None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", SECRET_DB)
     assert cli.main(["ui", *args]) == 0
     [(cmd, env)] = calls
     assert cmd[cmd.index("--host") + 1] == host and cmd[1:4] == ["-m", "mlflow", "ui"]
     assert "s3cret" not in " ".join(cmd)  # command lines are visible to every user (ps)
-    assert env["MLFLOW_BACKEND_STORE_URI"] == SECRET_URI
+    assert env["MLFLOW_BACKEND_STORE_URI"] == SECRET_DB
     out = capsys.readouterr().out
-    assert "https://***@mlflow.example.org" in out and "s3cret" not in out
+    assert "postgresql://***@db.example.org/mlflow" in out and "s3cret" not in out
+
+
+def test_ui_refuses_a_tracking_server_without_leaking_it(monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", SECRET_URI)
+    assert cli.main(["ui"]) == 2
+    err = capsys.readouterr().err
+    assert "has its own UI" in err and "https://***@mlflow.example.org" in err and "s3cret" not in err
 
 
 def test_no_secret_in_mlflow_params_tags_or_outputs(tmp_path, monkeypatch, capfd, synthetic_cache):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +11,11 @@ from torch import nn
 
 from ..config import ConfigError, validate_section
 from ..errors import LightSAFTError
+from ..paths import atomic_path
 from .official import load_official_state_dict
 from .unet import ConditionedUNet, Separator
 
-__all__ = ["build_model", "load_official_state_dict", "save_weights", "load_weights",
+__all__ = ["build_model", "init_official", "load_official_state_dict", "save_weights", "load_weights",
            "count_parameters", "Separator", "ConditionedUNet", "WEIGHTS_FORMAT", "WeightsError"]
 
 WEIGHTS_FORMAT = 1
@@ -29,6 +28,14 @@ class WeightsError(LightSAFTError, ValueError):
 def build_model(model_params: dict[str, Any]) -> Separator:
     """Build the separator from the ``model`` section (official argument names + ``variant``)."""
     return Separator(validate_section("model", model_params, where="model params"))
+
+
+def init_official(model: torch.nn.Module) -> None:
+    """The official initialisation: Xavier-normal on every parameter with two or more dimensions
+    (embedding and attention keys included); PyTorch's defaults elsewhere."""
+    for parameter in model.parameters():
+        if parameter.dim() >= 2:
+            torch.nn.init.xavier_normal_(parameter)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -44,14 +51,8 @@ def save_weights(path: str | Path, model: Separator, model_params: dict[str, Any
         "model_params": validate_section("model", model_params),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> Separator:
