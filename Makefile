@@ -54,6 +54,7 @@ bench: setup
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/separate_eval.py
+	$(BIN)/python benchmarks/bsseval.py
 
 clean:
 	rm -rf .pytest_cache build src/*.egg-info

@@ -3,9 +3,10 @@
 Separation: an untrained seed-config model (speed does not depend on the weights) on a stereo
 noise track, at the default overlap and batch size; real-time factor = seconds of audio per
 second of wall time. Evaluation: ``evaluate_tracks`` (estimate + mixture baseline, four targets)
-on two 60-second tracks with jobs=1 and jobs=2, so that jobs=2 has two tracks to share out.
+on two 60-second tracks with jobs=1 and jobs=2, so that jobs=2 has two tracks to share out
+(``--engine``: fast, the default, or museval; benchmarks/bsseval.py compares the two).
 
-    .venv/bin/python benchmarks/separate_eval.py [--seconds 8] [--eval-seconds 60]
+    .venv/bin/python benchmarks/separate_eval.py [--seconds 8] [--eval-seconds 60] [--engine fast]
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def bench_separation(seconds: float, separate: dict) -> tuple[float, float]:
     return seconds / wall, projected / 3600
 
 
-def bench_evaluation(seconds: float, n_tracks: int, jobs_list: list[int]) -> dict[int, float]:
+def bench_evaluation(seconds: float, n_tracks: int, jobs_list: list[int], engine: str) -> dict[int, float]:
     rng = np.random.default_rng(0)
     tracks = {}
     for i in range(n_tracks):
@@ -83,7 +84,7 @@ def bench_evaluation(seconds: float, n_tracks: int, jobs_list: list[int]) -> dic
                 write_audio(Path(tmp) / "test" / name / f"{target}.wav", noisy, SAMPLE_RATE)
         for jobs in jobs_list:
             start = time.perf_counter()
-            result = evaluate_tracks(MemoryCache(tracks), tmp, None, jobs=jobs)
+            result = evaluate_tracks(MemoryCache(tracks), tmp, None, jobs=jobs, engine=engine, device="cpu")
             walls[jobs] = time.perf_counter() - start
             assert not result.failed
     return walls
@@ -94,13 +95,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="separation benchmark track length")
     parser.add_argument("--eval-seconds", type=float, default=60.0, help="length of each evaluated track")
     parser.add_argument("--eval-tracks", type=int, default=2)
+    parser.add_argument("--engine", default=defaults()["evaluate"]["engine"], choices=["fast", "museval"])
     args = parser.parse_args()
     separate = dict(defaults()["separate"])
     separate["device"] = "cpu"
     rtf, sep_hours = bench_separation(args.seconds, separate)
-    walls = bench_evaluation(args.eval_seconds, args.eval_tracks, [1, 2])
+    walls = bench_evaluation(args.eval_seconds, args.eval_tracks, [1, 2], args.engine)
     audio = args.eval_seconds * args.eval_tracks
-    print(f"evaluation  {args.eval_tracks} tracks x {args.eval_seconds:g} s, 4 targets, estimate + baseline:")
+    print(f"evaluation  ({args.engine} engine) {args.eval_tracks} tracks x {args.eval_seconds:g} s, 4 targets, "
+          "estimate + baseline:")
     print(f"{'':12}{'wall s':>8}{'s per audio s':>15}{'speed-up':>10}{'test set (h)':>14}")
     for jobs, wall in walls.items():
         print(f"{'jobs=' + str(jobs):12}{wall:8.1f}{wall / audio:15.3f}{walls[1] / wall:10.2f}"

@@ -11,7 +11,8 @@ from lightsaft.stage import run_stage
 
 def evaluate(params: dict, args) -> None:
     result = evaluate_tracks(Cache("data/cache"), "results/estimates", "results/scores",
-                             jobs=params["evaluate"]["jobs"])
+                             jobs=params["evaluate"]["jobs"], engine=params["evaluate"]["engine"],
+                             device=params["evaluate"]["device"])
     print(result.summary.to_string(index=False, float_format="%.3f"))
     result.check()  # failed tracks: the others' scores are written, metrics and plot are not
     write_metrics("metrics/sdr.json", result.metrics)

@@ -22,29 +22,22 @@ TWO = ("vocals", "drums")  # two targets keep museval's cost (cubic in the sourc
 def test_reproduces_sigsep_regression_scores():
     """sigsep-mus-eval's regression: random vocals/accompaniment estimates of 80s Rock.
 
-    musdb decodes stems to 16-bit PCM. These DC-heavy random estimates make SIR/ISR/SAR
-    sensitive to the references' sub-LSB content, so the references are rounded as musdb's
-    are; SDR, which only projects onto its own reference, matches either way."""
+    The references are decoded as musdb decodes them (16-bit PCM); every metric matches."""
     require_ffmpeg()
     stems, rate = read_stems(shared_path("musdb", "musdb18-7", "train", "Music Delta - 80s Rock.stem.mp4"))
     reference = json.loads(shared_path("musdb", "reference_scores", "Music Delta - 80s Rock.json").read_text())
     np.random.seed(0)
     estimates = {"vocals": np.random.random(stems["mixture"].shape),
                  "accompaniment": np.random.random(stems["mixture"].shape)}
-
-    def scores(stems, metrics):
-        refs = {"vocals": stems["vocals"], "accompaniment": stems["drums"] + stems["bass"] + stems["other"]}
-        got = json.loads(score_track(refs, estimates, "Music Delta - 80s Rock", rate).json)
-        for target in reference["targets"]:
-            mine = next(t for t in got["targets"] if t["name"] == target["name"])
-            assert len(mine["frames"]) == len(target["frames"]) == 6  # whole seconds only
-            for metric in metrics:
-                expected = [f["metrics"][metric] for f in target["frames"]]
-                np.testing.assert_allclose([f["metrics"][metric] for f in mine["frames"]], expected, atol=0.1)
-
-    pcm16 = {k: np.clip(np.round(v.astype(np.float64) * 32768), -32768, 32767) / 32768 for k, v in stems.items()}
-    scores(pcm16, METRICS)
-    scores({k: v.astype(np.float64) for k, v in stems.items()}, ["SDR"])
+    refs = {"vocals": stems["vocals"].astype(np.float64),
+            "accompaniment": (stems["drums"] + stems["bass"] + stems["other"]).astype(np.float64)}
+    got = json.loads(score_track(refs, estimates, "Music Delta - 80s Rock", rate).json)
+    for target in reference["targets"]:
+        mine = next(t for t in got["targets"] if t["name"] == target["name"])
+        assert len(mine["frames"]) == len(target["frames"]) == 6  # whole seconds only
+        for metric in METRICS:
+            expected = [f["metrics"][metric] for f in target["frames"]]
+            np.testing.assert_allclose([f["metrics"][metric] for f in mine["frames"]], expected, atol=0.1)
 
 
 class MemoryCache:

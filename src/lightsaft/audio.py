@@ -59,12 +59,16 @@ def _ffmpeg_decode(path: Path, stream: int, sample_rate: int | None) -> tuple[np
     channels, rate = int(meta["channels"]), int(meta["sample_rate"])
     out_rate = sample_rate or rate
     cmd = [ffmpeg_binary(), "-v", "error", "-nostdin", "-i", str(path), "-map", f"0:a:{stream}",
-           "-f", "f32le", "-acodec", "pcm_f32le", "-ar", str(out_rate), "-"]
+           "-f", "s16le", "-acodec", "pcm_s16le", "-ar", str(out_rate), "-"]
     result = subprocess.run(cmd, capture_output=True)
     if result.returncode != 0 or not result.stdout:
         raise AudioError(f"{path}: ffmpeg could not decode audio stream {stream}: "
                          f"{result.stderr.decode(errors='replace').strip()[-500:] or 'no audio data'}")
-    return np.frombuffer(result.stdout, dtype="<f4").reshape(-1, channels).copy(), out_rate
+    # 16-bit PCM, exactly as musdb decodes MUSDB18 (stempeg, s16le): the references then match
+    # sigsep's bit for bit, and their quantization noise floor keeps BSSEval well-conditioned
+    # (AAC decoded to float is hard band-limited, and museval's ISR/SIR/SAR become rounding noise).
+    pcm = np.frombuffer(result.stdout, dtype="<i2").reshape(-1, channels)
+    return (pcm / np.float32(32768)).astype(np.float32), out_rate
 
 
 def read_audio(path: str | Path, stream: int = 0, sample_rate: int | None = None) -> tuple[np.ndarray, int]:

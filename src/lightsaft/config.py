@@ -205,6 +205,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
     },
     "evaluate": {
         "jobs": (2, integer(1)),
+        "engine": ("fast", choice("fast", "museval")),
+        "device": ("auto", text()),
     },
     "report": {
         "excerpt_seconds": (15.0, number(0, lo_open=True)),

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .devices import resolve_device
 from .errors import LightSAFTError
 from .audio import AudioError, read_audio, resample, to_stereo, write_audio
 from .paths import atomic_dir
@@ -55,19 +56,6 @@ def crossfade(kept: int, overlap: float) -> tuple[np.ndarray, int]:
     ramp = np.concatenate([np.zeros(step), np.cumsum(kernel / kernel.sum()), np.ones(step)])
     n = np.arange(kept)
     return ramp[n + step] - ramp[n], step
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` = CUDA when available, else CPU; anything else must exist here."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise SeparationError(f"device {device!r}: not a torch device; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise SeparationError(f"device {device!r}: CUDA is not available on this machine; use auto or cpu")
-    return resolved
 
 
 def check_options(targets: Iterable[str], overlap: float, batch_size: int) -> tuple[str, ...]:

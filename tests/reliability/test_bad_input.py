@@ -58,6 +58,7 @@ BAD_PARAMS = [
     ("train", "train: {train_loss: mse}\n", "train.train_loss = 'mse': must be one of 'spec_mse'"),
     ("train", "trainer: {batch_size: 1}\n", "trainer.batch_size = 1: must be >= 2 (BatchNorm cannot train"),
     ("train", "trainer: {max_epochs: ten}\n", "trainer.max_epochs = 'ten': expected an integer"),
+    ("evaluate", "evaluate: {engine: museval2}\n", "evaluate.engine = 'museval2': must be one of 'fast', 'museval'"),
     ("prepare", "model: {dk: 32\n", "not valid YAML at line 2, column 1: expected ',' or '}'"),
     ("separate", "- model\n", "the file must be a mapping of keys, got list"),
 ]

@@ -1,0 +1,100 @@
+"""BSSEval v4 speed: museval vs our fast engine on the same input, side by side in one run.
+
+Input: one synthetic 60 s track (four targets, 16-bit stems like decoded MUSDB18) with estimates
+= stems + noise at 10 dB SNR; museval's ``evaluate`` (what ``eval_mus_track`` runs) against
+``bss_eval_images``, each with 1 and 2 threads (BLAS and torch), on CUDA too when present.
+Every row runs in its own fresh process. Also: the fast engine scoring the estimates and the
+mixture baseline together (what the evaluate stage does per track), and the largest difference
+from museval over all frames. The machine is shared: figures are noisy; compare within one run.
+
+    .venv/bin/python benchmarks/bsseval.py [--seconds 60] [--threads 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tabulate import tabulate
+
+from lightsaft.bsseval import bss_eval_images
+from lightsaft.spectral import SAMPLE_RATE, TARGETS
+from lightsaft.synthetic import synthesize
+from model_speed import isolated, quiet_openmp
+
+TEST_SET_SECONDS = 3.5 * 3600  # MUSDB18 test set: 50 tracks, about 3.5 hours
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def make_input(seconds: float, path: Path) -> None:
+    rng = np.random.default_rng(0)
+    stems = {k: v.astype(np.float64) / 32768 for k, v in synthesize(rng, seconds).items()}
+    refs = np.stack([stems[t] for t in TARGETS])
+    noise = rng.standard_normal(refs.shape) * np.sqrt((refs ** 2).mean(axis=(1, 2), keepdims=True) / 10)
+    np.savez(path, refs=refs, estimates=refs + noise, mixture=np.stack([stems["mixture"]] * len(TARGETS)))
+
+
+def score(engine: str, path: str, threads: int, device: str, baseline: bool) -> dict:
+    """Wall time of one scoring call in this (fresh) process, and its metrics."""
+    torch.set_num_threads(threads)
+    data = np.load(path)
+    refs, sets = data["refs"], [data["estimates"]] + ([data["mixture"]] if baseline else [])
+    start = time.perf_counter()
+    if engine == "museval":
+        import museval
+
+        metrics = [np.stack(museval.evaluate(refs, s, win=SAMPLE_RATE, hop=SAMPLE_RATE, mode="v4")) for s in sets]
+    else:
+        metrics = bss_eval_images(refs, sets, SAMPLE_RATE, SAMPLE_RATE, device=device)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return {"wall": time.perf_counter() - start, "metrics": metrics[0]}
+
+
+def run(engine: str, path: str, threads: int, device: str = "cpu", baseline: bool = False) -> dict:
+    for variable in THREAD_VARIABLES:  # read by BLAS / OpenMP when the spawned process starts
+        os.environ[variable] = str(threads)
+    return isolated(score, engine=engine, path=path, threads=threads, device=device, baseline=baseline)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    quiet_openmp()
+    rows, reference = [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "input.npz")
+        make_input(args.seconds, Path(path))
+        for threads in args.threads:
+            slow = run("museval", path, threads)
+            fast = run("fast", path, threads)
+            both = run("fast", path, threads, baseline=True)
+            reference = slow["metrics"] if reference is None else reference
+            diff = np.nanmax(np.abs(fast["metrics"] - slow["metrics"]))
+            rows.append([f"CPU, {threads} thread(s)", slow["wall"] / args.seconds, fast["wall"] / args.seconds,
+                         f"{slow['wall'] / fast['wall']:.1f}x", both["wall"] / args.seconds, f"{diff:.1e}"])
+        if torch.cuda.is_available():
+            run("fast", path, 1, "cuda")  # warm-up: CUDA context, cuFFT plans
+            gpu = run("fast", path, 1, "cuda")
+            both = run("fast", path, 1, "cuda", baseline=True)
+            diff = np.nanmax(np.abs(gpu["metrics"] - reference))
+            rows.append([f"CUDA ({torch.cuda.get_device_name()})", None, gpu["wall"] / args.seconds, "-",
+                         both["wall"] / args.seconds, f"{diff:.1e}"])
+    print(f"BSSEval v4, {args.seconds:g} s stereo, 4 targets, 1 s windows; seconds of compute per second of audio")
+    print(tabulate(rows, headers=["", "museval", "fast", "speed-up", "fast, est + baseline", "max |diff| dB"],
+                   floatfmt=".3f", missingval="-", disable_numparse=True))
+    best = min(row[4] for row in rows)
+    print(f"MUSDB18 test set ({TEST_SET_SECONDS / 3600:g} h of audio), estimates + baseline, best row: "
+          f"{best * TEST_SET_SECONDS / 60:.1f} min in one process "
+          f"(museval: {2 * rows[0][1] * TEST_SET_SECONDS / 3600:.1f} h at {args.threads[0]} thread(s))")
+
+
+if __name__ == "__main__":
+    main()
