@@ -11,7 +11,7 @@ import torch
 
 from conftest import FALCON, ROCK, require_ffmpeg, shared_path
 from lightsaft.audio import read_stems
-from lightsaft.bsseval import bss_eval_images, window_bounds
+from lightsaft.bsseval import bss_eval_v4, window_bounds
 from lightsaft.devices import DeviceError
 from lightsaft.evaluate import METRICS, evaluate_tracks, score_sets
 from lightsaft.separate import load_separator, separate_track
@@ -40,7 +40,7 @@ def test_random_signals_of_any_length_match_museval(length):
     rng = np.random.default_rng(length)
     refs = rng.standard_normal((2, length, 2))
     estimates = refs + 0.5 * refs[::-1] + 0.3 * rng.standard_normal(refs.shape)
-    fast, = bss_eval_images(refs, [estimates], 44100, 44100)
+    fast, = bss_eval_v4(refs, [estimates], 44100, 44100)
     assert fast.shape == (4, 2, len(window_bounds(length, 44100, 44100)))
     assert_agree(fast, museval_metrics(refs, estimates), f"{length} samples")
 
@@ -54,9 +54,20 @@ def test_silent_windows_are_nan_as_in_museval():
     refs[2, 4 * 44100:, 1] = -refs[2, 4 * 44100:, 0]
     estimates = refs + 0.2 * rng.standard_normal(refs.shape)
     estimates[0, 3 * 44100:4 * 44100] = 0
-    fast, = bss_eval_images(refs, [estimates], 44100, 44100)
+    fast, = bss_eval_v4(refs, [estimates], 44100, 44100)
     assert np.isnan(fast[:, :, [1, 3, 4]]).all() and np.isfinite(fast[:, :, [0, 2]]).all()
     assert_agree(fast, museval_metrics(refs, estimates))
+
+
+def test_a_source_silent_throughout_is_refused_as_museval_does():
+    rng = np.random.default_rng(5)
+    refs = rng.standard_normal((2, 50000, 2))
+    for bad_refs, bad_est, what in ((np.stack([refs[0], 0 * refs[1]]), refs, "reference"),
+                                    (refs, np.stack([refs[0], 0 * refs[1]]), "estimated")):
+        with pytest.raises(ValueError, match="non-silent"):
+            museval_metrics(bad_refs, bad_est)
+        with pytest.raises(ValueError, match=f"every {what} source must be non-silent"):
+            bss_eval_v4(bad_refs, [bad_est], 44100, 44100)
 
 
 def test_estimate_sets_share_the_references_but_not_their_results():
@@ -65,10 +76,11 @@ def test_estimate_sets_share_the_references_but_not_their_results():
     rng = np.random.default_rng(2)
     refs = rng.standard_normal((3, 70000, 2))
     estimates = refs + 0.4 * rng.standard_normal(refs.shape)
-    mixture = np.stack([refs.sum(0) + 0.01 * rng.standard_normal(refs.shape[1:])] * 3)
-    both = bss_eval_images(refs, [estimates, mixture], 44100, 44100)
-    for got, alone in zip(both, (bss_eval_images(refs, [estimates], 44100, 44100)[0],
-                                 bss_eval_images(refs, [mixture], 44100, 44100)[0])):
+    mix = refs.sum(0) + 0.01 * rng.standard_normal(refs.shape[1:])
+    mixture = np.stack([mix] * 3)
+    both = bss_eval_v4(refs, [estimates, [mix] * 3], 44100, 44100)  # one object, three targets
+    for got, alone in zip(both, (bss_eval_v4(refs, [estimates], 44100, 44100)[0],
+                                 bss_eval_v4(refs, [mixture], 44100, 44100)[0])):
         np.testing.assert_allclose(got, alone, atol=1e-9)
     assert_agree(both[1], museval_metrics(refs, mixture), "mixture")
 
@@ -103,16 +115,6 @@ def test_stems_are_decoded_to_16_bit_as_musdb_does():
         assert np.array_equal(pcm, np.round(pcm)) and np.abs(pcm).max() <= 32768, name
 
 
-def test_unavailable_device_is_refused_before_any_work(tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("checks the error on a machine without CUDA")
-    tracks = make_tracks(["a"], seconds=1.0)
-    write_estimates(tmp_path / "est", tracks, lambda s, t: s[t])
-    with pytest.raises(DeviceError, match="CUDA is not available"):
-        evaluate_tracks(MemoryCache(tracks), tmp_path / "est", tmp_path / "out", targets=TWO, device="cuda")
-    assert not (tmp_path / "out").exists()
-
-
 def test_engines_write_the_same_outputs(tmp_path):
     """The evaluate stage with either engine: the same files, the same rows, values within 0.01 dB."""
     tracks = make_tracks(["a", "b"], seconds=2.5)
@@ -128,14 +130,21 @@ def test_engines_write_the_same_outputs(tmp_path):
     assert results["fast"].metrics.keys() == results["museval"].metrics.keys()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_matches_cpu():
-    rng = np.random.default_rng(3)
-    refs = rng.standard_normal((4, 3 * 44100 + 5, 2))
-    estimates = refs + 0.3 * rng.standard_normal(refs.shape)
-    cpu, = bss_eval_images(refs, [estimates], 44100, 44100)
-    gpu, = bss_eval_images(refs, [estimates], 44100, 44100, device="cuda")
-    np.testing.assert_allclose(gpu, cpu, atol=1e-6)
+def test_cuda_matches_cpu_or_is_refused_before_any_work(tmp_path):
+    """With a GPU: the same numbers as on the CPU. Without: a clear error, nothing written."""
+    if torch.cuda.is_available():
+        rng = np.random.default_rng(3)
+        refs = rng.standard_normal((4, 3 * 44100 + 5, 2))
+        estimates = refs + 0.3 * rng.standard_normal(refs.shape)
+        cpu, = bss_eval_v4(refs, [estimates], 44100, 44100)
+        gpu, = bss_eval_v4(refs, [estimates], 44100, 44100, device="cuda")
+        np.testing.assert_allclose(gpu, cpu, atol=1e-6)
+        return
+    tracks = make_tracks(["a"], seconds=1.0)
+    write_estimates(tmp_path / "est", tracks, lambda s, t: s[t])
+    with pytest.raises(DeviceError, match="CUDA is not available"):
+        evaluate_tracks(MemoryCache(tracks), tmp_path / "est", tmp_path / "out", targets=TWO, device="cuda")
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------------------------------
@@ -167,7 +176,7 @@ def test_real_tracks_match_museval_for_every_kind_of_estimate(path, trained):
     refs = np.stack([stems[t] for t in TARGETS])
     kinds = estimate_kinds(stems, load_separator(trained.outputs.models / "weights.pt"))
     sets = [np.stack([est[t] for t in TARGETS]) for est in kinds.values()]
-    fast = bss_eval_images(refs, sets, rate, rate)
+    fast = bss_eval_v4(refs, sets, rate, rate)
     for kind, got, est in zip(kinds, fast, sets):
         assert_agree(got, museval_metrics(refs, est, rate), f"{name}, {kind}")
     assert np.isnan(fast[list(kinds).index("partly silent")][:, :, 2]).all()

@@ -50,7 +50,7 @@ def probe(path: str | Path) -> dict:
     return info
 
 
-def _ffmpeg_decode(path: Path, stream: int, sample_rate: int | None) -> tuple[np.ndarray, int]:
+def _ffmpeg_decode(path: Path, stream: int, sample_rate: int | None, pcm16: bool) -> tuple[np.ndarray, int]:
     info = probe(path)
     if stream >= len(info["audio"]):
         raise AudioError(f"{path}: has {len(info['audio'])} audio streams, stream {stream} requested "
@@ -58,24 +58,27 @@ def _ffmpeg_decode(path: Path, stream: int, sample_rate: int | None) -> tuple[np
     meta = info["audio"][stream]
     channels, rate = int(meta["channels"]), int(meta["sample_rate"])
     out_rate = sample_rate or rate
+    fmt = "s16le" if pcm16 else "f32le"
     cmd = [ffmpeg_binary(), "-v", "error", "-nostdin", "-i", str(path), "-map", f"0:a:{stream}",
-           "-f", "s16le", "-acodec", "pcm_s16le", "-ar", str(out_rate), "-"]
+           "-f", fmt, "-acodec", f"pcm_{fmt}", "-ar", str(out_rate), "-"]
     result = subprocess.run(cmd, capture_output=True)
     if result.returncode != 0 or not result.stdout:
         raise AudioError(f"{path}: ffmpeg could not decode audio stream {stream}: "
                          f"{result.stderr.decode(errors='replace').strip()[-500:] or 'no audio data'}")
-    # 16-bit PCM, exactly as musdb decodes MUSDB18 (stempeg, s16le): the references then match
-    # sigsep's bit for bit, and their quantization noise floor keeps BSSEval well-conditioned
-    # (AAC decoded to float is hard band-limited, and museval's ISR/SIR/SAR become rounding noise).
-    pcm = np.frombuffer(result.stdout, dtype="<i2").reshape(-1, channels)
-    return (pcm / np.float32(32768)).astype(np.float32), out_rate
+    if pcm16:
+        return np.frombuffer(result.stdout, dtype="<i2").reshape(-1, channels) / np.float32(32768), out_rate
+    return np.frombuffer(result.stdout, dtype="<f4").reshape(-1, channels).copy(), out_rate
 
 
 def read_audio(path: str | Path, stream: int = 0, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
     """Decode ``path`` to ``([samples, channels] float32, rate)``.
 
     ``sample_rate`` resamples (ffmpeg's resampler for compressed input, polyphase otherwise);
-    ``stream`` picks an audio stream of a multi-stream file such as a ``.stem.mp4``.
+    ``stream`` picks an audio stream of a multi-stream file such as a ``.stem.mp4``. A
+    ``.stem.mp4`` decodes to 16-bit PCM values, as musdb decodes MUSDB18: the references then
+    match sigsep's bit for bit, and their quantization noise floor keeps BSSEval's projections
+    well-conditioned (AAC decoded to float is hard band-limited, and museval's ISR/SIR/SAR turn
+    into rounding noise; see ``bsseval``). Other compressed input decodes to float.
     """
     path = Path(path)
     if not path.is_file():
@@ -90,7 +93,7 @@ def read_audio(path: str | Path, stream: int = 0, sample_rate: int | None = None
             audio, rate = resample(audio, rate, sample_rate), sample_rate
         return audio, rate
     if suffix in FFMPEG_SUFFIXES or suffix in SOUNDFILE_SUFFIXES:
-        return _ffmpeg_decode(path, stream, sample_rate)
+        return _ffmpeg_decode(path, stream, sample_rate, pcm16=path.name.lower().endswith(".stem.mp4"))
     raise AudioError(f"{path}: unsupported format {suffix or '(no suffix)'}; "
                      f"use one of {', '.join(sorted(SUPPORTED_SUFFIXES))}")
 

@@ -1,4 +1,4 @@
-"""BSSEval v4 in batched torch: museval's ``bss_eval_images`` numbers, in a fraction of its time.
+"""BSSEval v4 in batched torch: museval's numbers (``eval_mus_track``), in a fraction of its time.
 
 The definitions are museval's (Vincent et al. 2006; the SiSEC 2018 "v4" variant of Liutkus,
 Stöter and Ito 2018): each estimate is projected, by least squares, on the span of the references
@@ -16,18 +16,21 @@ every target, as in museval.
 Where museval's time goes, and what this module does instead:
 - The Gram matrix of the delayed references (museval: one whole-track FFT per pair, then one LU
   per estimate) comes from block-wise FFT cross-correlations at the needed lags only, and is
-  factorized once per track (Cholesky): every estimate set scored against the same references
-  (the model's estimates, the mixture baseline) reuses it; identical signals are solved once.
+  factorized once per track (Cholesky; the own-reference blocks once per target): every estimate
+  set scored against the same references (the model's estimates, the mixture baseline) reuses
+  it, and a signal repeated across targets (the mixture) is solved once.
 - The per-window projections (museval: 20 FFT convolutions per window and target) never go
   back to the time domain: energies are read off the window spectra (Parseval).
 Float64 throughout; CPU or CUDA. Conditioning: the references need a noise floor. AAC stems
 decoded to float are hard band-limited, the Gram matrix is then singular to float64 precision,
 and ISR/SIR/SAR (museval's and ours) become rounding noise, several dB apart between runs of
 museval itself with 1 or 2 BLAS threads. Decoded to 16 bits, as musdb does (and ``audio.py``),
-they are well-conditioned and both engines agree to within 1e-4 dB.
+they are well-conditioned and both engines agree to about 1e-5 dB.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -45,50 +48,63 @@ def window_bounds(length: int, window: int, hop: int) -> list[tuple[int, int]]:
     return [(t * hop, t * hop + window) for t in range(count)]
 
 
-def bss_eval_images(references: np.ndarray, estimate_sets: list[np.ndarray], window: int, hop: int,
-                    filters_len: int = FILTERS_LEN, device: str | torch.device = "cpu") -> list[np.ndarray]:
-    """BSSEval v4 metrics of several estimate sets against the same references.
+def bss_eval_v4(references: Sequence[np.ndarray], estimate_sets: Sequence[Sequence[np.ndarray]], window: int,
+                hop: int, filters_len: int = FILTERS_LEN, device: str | torch.device = "cpu") -> list[np.ndarray]:
+    """museval's ``bss_eval`` (v4: time-invariant filters, no permutation) of several estimate
+    sets against the same references.
 
-    ``references``: ``[sources, samples, channels]``; each estimate set: the same shape, source
-    ``j`` estimating reference ``j``. Returns, per set, ``[4, sources, windows]`` holding SDR, ISR,
-    SIR, SAR (museval's ``bss_eval`` order) in dB; NaN in silent windows, +inf where a residual
-    is exactly zero.
+    ``references``: ``[samples, channels]`` per source (or one ``[sources, samples, channels]``
+    array); each estimate set: one signal per source, source ``j`` estimating reference ``j``
+    (pass the same array object for every source to score one signal, e.g. the mixture, against
+    all of them). Returns, per set, ``[4, sources, windows]`` holding SDR, ISR, SIR, SAR (museval's
+    order) in dB: NaN in silent windows, +inf / -inf where a residual / a signal is exactly zero
+    (museval's JSON writes both as NaN). Like museval, refuses a source that is silent throughout.
     """
-    refs = np.asarray(references, dtype=np.float64)
-    n_src, length, n_chan = refs.shape
-    for estimates in estimate_sets:
-        if estimates.shape != refs.shape:
-            raise ValueError(f"estimates {estimates.shape} and references {refs.shape} differ in shape")
-    signals, which = _distinct([np.asarray(est, dtype=np.float64) for est in estimate_sets])
+    as64: dict[int, np.ndarray] = {}  # by id: a signal passed several times stays one object
+
+    def float64(x: np.ndarray) -> np.ndarray:
+        return as64.setdefault(id(x), np.asarray(x, dtype=np.float64))
+
+    refs = [float64(r) for r in references]
+    sets = [[float64(e) for e in est] for est in estimate_sets]
+    n_src, (length, n_chan) = len(refs), refs[0].shape
+    if length == 0 or any(x.shape != (length, n_chan) for x in refs + [e for est in sets for e in est]) \
+            or any(len(est) != n_src for est in sets):
+        raise ValueError(f"references {[r.shape for r in refs]} and estimates {[[e.shape for e in est] for est in sets]}"
+                         " must be one non-empty [samples, channels] signal per source, all of one shape")
+    window, hop = int(min(window, length)), int(hop)
+    signals, which = _distinct(sets)
+    # museval's silence test, on the channel sum: a source silent throughout is refused (as in
+    # museval's validate()), a window in which any source is silent scores NaN.
+    channel_sums = [x @ np.ones(n_chan) for x in refs + signals]
+    for kind, sums in (("reference", channel_sums[:n_src]), ("estimated", channel_sums[n_src:])):
+        if not all(x.any() for x in sums):
+            raise ValueError(f"every {kind} source must be non-silent (not all zeros); museval refuses it too")
     k, n_ref = filters_len, n_src * n_chan
     # Every channel of every reference, then of every distinct estimate signal, as one row,
     # zero-padded for the block-wise correlations; the windows are views of the same rows.
     n_fft, step, n_blocks = _block_layout(length, k)
-    rows = _channel_rows([*refs, *signals], k - 1, n_blocks * step - length + k - 1, device)
+    rows = _channel_rows(refs + signals, k - 1, n_blocks * step - length + k - 1, device)
     gram, cross = _correlations(rows, n_ref, k, n_fft, step)
     gram.diagonal().add_(torch.finfo(gram.dtype).eps)  # museval solves (G + eps I) C = D
     filters_all = _solve(gram, cross)  # [S*C*K, U*C]: projection of each signal on all references
-    block = n_chan * k
     pairs = [(j, u) for ids in which for j, u in enumerate(ids)]
-    own_gram = torch.stack([gram[j * block:(j + 1) * block, j * block:(j + 1) * block] for j, _ in pairs])
-    own_cross = torch.stack([cross[j * block:(j + 1) * block, u * n_chan:(u + 1) * n_chan] for j, u in pairs])
-    filters_own = _solve(own_gram, own_cross)  # [pairs, C*K, C]: on the target's own reference
+    filters_own = _own_filters(gram, cross, pairs, n_chan * k, n_chan)  # [pairs, C*K, C]
 
-    signal_rows = rows[:, k - 1:k - 1 + length]
     bounds = window_bounds(length, window, hop)
-    width, count = bounds[0][1], len(bounds)
-    silent = _silent(signal_rows.reshape(-1, n_chan, length), width, hop, count)  # [S + U, windows]
-    energies = _window_energies(signal_rows, n_src, n_chan, filters_all, filters_own, pairs, width, hop, count, k)
+    silent = np.stack([_silent(x, window, hop, len(bounds)) for x in channel_sums])  # [S + U, windows]
+    energies = _window_energies(rows[:, k - 1:k - 1 + length], n_src, n_chan, filters_all, filters_own, pairs,
+                                window, hop, len(bounds), k)
     results = []
     for s, ids in enumerate(which):
         e = energies[:, s * n_src:(s + 1) * n_src]  # [7, sources, windows]
-        metrics = torch.stack([_db(e[0], e[1]), _db(e[0], e[2]), _db(e[3], e[4]), _db(e[5], e[6])])
-        metrics[:, :, silent[:n_src].any(0) | silent[[n_src + u for u in ids]].any(0)] = torch.nan
-        results.append(metrics.cpu().numpy())
+        metrics = torch.stack([_db(e[0], e[1]), _db(e[0], e[2]), _db(e[3], e[4]), _db(e[5], e[6])]).cpu().numpy()
+        metrics[:, :, silent[:n_src].any(0) | silent[[n_src + u for u in ids]].any(0)] = np.nan
+        results.append(metrics)
     return results
 
 
-def _distinct(estimate_sets: list[np.ndarray]) -> tuple[list[np.ndarray], list[list[int]]]:
+def _distinct(estimate_sets: list[list[np.ndarray]]) -> tuple[list[np.ndarray], list[list[int]]]:
     """The distinct estimate signals (the mixture baseline repeats one for every target) and,
     per set and source, the index of its signal."""
     signals: list[np.ndarray] = []
@@ -98,7 +114,8 @@ def _distinct(estimate_sets: list[np.ndarray]) -> tuple[list[np.ndarray], list[l
         ids = []
         for signal in est:
             key = signal[::1009].tobytes()  # a cheap fingerprint; equality is then checked in full
-            match = next((i for i in by_key.get(key, []) if np.array_equal(signals[i], signal)), None)
+            match = next((i for i in by_key.get(key, [])
+                          if signals[i] is signal or np.array_equal(signals[i], signal)), None)
             if match is None:
                 match = len(signals)
                 signals.append(signal)
@@ -121,7 +138,7 @@ def _channel_rows(signals: list[np.ndarray], left: int, right: int, device) -> t
     length, n_chan = signals[0].shape
     rows = torch.zeros(len(signals) * n_chan, left + length + right, dtype=torch.float64, device=device)
     for i, signal in enumerate(signals):
-        rows[i * n_chan:(i + 1) * n_chan, left:left + length] = torch.from_numpy(signal.T)
+        rows[i * n_chan:(i + 1) * n_chan, left:left + length] = torch.from_numpy(np.ascontiguousarray(signal)).T
     return rows
 
 
@@ -156,13 +173,10 @@ def _correlations(rows: torch.Tensor, n_ref: int, k: int, n_fft: int, step: int)
 def _solve(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """``gram @ C = rhs``. ``gram`` is symmetric positive semi-definite (plus museval's eps):
     Cholesky, half of LU's work, where it succeeds; LU (museval's solver) where rounding makes
-    it indefinite; least squares, museval's fallback, where even that is singular.
-
-    One matrix at a time: torch 2.13's batched CPU LU fails with more than one thread
-    (MKL "Parameter 6 was incorrect on entry to DLASWP").
+    it indefinite; least squares (museval's fallback, here of G + eps I) where even that is
+    singular. One matrix at a time: torch 2.13's batched CPU LU fails with more than one
+    thread (MKL "Parameter 6 was incorrect on entry to DLASWP").
     """
-    if gram.ndim == 3:
-        return torch.stack([_solve(g, r) for g, r in zip(gram, rhs)])
     factor, info = torch.linalg.cholesky_ex(gram)
     if info == 0:
         return torch.cholesky_solve(rhs, factor)
@@ -172,10 +186,25 @@ def _solve(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.linalg.lstsq(gram, rhs, driver="gelsd" if gram.is_cpu else None).solution
 
 
-def _silent(signals: torch.Tensor, width: int, hop: int, count: int) -> torch.Tensor:
-    """``[signals, C, samples]`` -> ``[signals, windows]``: the channel sum is zero throughout
-    the window (museval's test)."""
-    return (signals.sum(1) == 0).unfold(-1, width, hop)[:, :count].all(-1)
+def _own_filters(gram: torch.Tensor, cross: torch.Tensor, pairs: list[tuple[int, int]], block: int,
+                 n_chan: int) -> torch.Tensor:
+    """``[pairs, C*K, C]``: the projection of signal ``u`` on target ``j``'s own reference alone,
+    for each pair ``(j, u)``; one factorization per target, all its signals as right-hand sides."""
+    out: list[torch.Tensor | None] = [None] * len(pairs)
+    for j in sorted({j for j, _ in pairs}):
+        mine = [i for i, (t, _) in enumerate(pairs) if t == j]
+        rhs = torch.cat([cross[j * block:(j + 1) * block, pairs[i][1] * n_chan:(pairs[i][1] + 1) * n_chan]
+                         for i in mine], 1)
+        solution = _solve(gram[j * block:(j + 1) * block, j * block:(j + 1) * block], rhs)
+        for n, i in enumerate(mine):
+            out[i] = solution[:, n * n_chan:(n + 1) * n_chan]
+    return torch.stack(out)
+
+
+def _silent(channel_sum: np.ndarray, width: int, hop: int, count: int) -> np.ndarray:
+    """``[samples]`` -> ``[windows]``: the channel sum is zero throughout the window."""
+    zero = channel_sum == 0
+    return np.lib.stride_tricks.sliding_window_view(zero, width)[::hop][:count].all(1)
 
 
 def _fft_size(n: int) -> int:
