@@ -60,13 +60,9 @@ def bss_eval_v4(references: Sequence[np.ndarray], estimate_sets: Sequence[Sequen
     order) in dB: NaN in silent windows, +inf / -inf where a residual / a signal is exactly zero
     (museval's JSON writes both as NaN). Like museval, refuses a source that is silent throughout.
     """
-    as64: dict[int, np.ndarray] = {}  # by id: a signal passed several times stays one object
-
-    def float64(x: np.ndarray) -> np.ndarray:
-        return as64.setdefault(id(x), np.asarray(x, dtype=np.float64))
-
-    refs = [float64(r) for r in references]
-    sets = [[float64(e) for e in est] for est in estimate_sets]
+    # Inputs stay in their own dtype (float32 audio: half the memory); the rows below are float64.
+    refs = [np.asarray(r) for r in references]
+    sets = [[np.asarray(e) for e in est] for est in estimate_sets]
     n_src, (length, n_chan) = len(refs), refs[0].shape
     if length == 0 or any(x.shape != (length, n_chan) for x in refs + [e for est in sets for e in est]) \
             or any(len(est) != n_src for est in sets):
@@ -76,7 +72,7 @@ def bss_eval_v4(references: Sequence[np.ndarray], estimate_sets: Sequence[Sequen
     signals, which = _distinct(sets)
     # museval's silence test, on the channel sum: a source silent throughout is refused (as in
     # museval's validate()), a window in which any source is silent scores NaN.
-    channel_sums = [x @ np.ones(n_chan) for x in refs + signals]
+    channel_sums = [x @ np.ones(n_chan, np.promote_types(x.dtype, np.float32)) for x in refs + signals]
     for kind, sums in (("reference", channel_sums[:n_src]), ("estimated", channel_sums[n_src:])):
         if not all(x.any() for x in sums):
             raise ValueError(f"every {kind} source must be non-silent (not all zeros); museval refuses it too")
