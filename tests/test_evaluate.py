@@ -13,13 +13,14 @@ import simplejson
 
 from conftest import require_ffmpeg, shared_path
 from lightsaft.audio import read_stems, write_audio
-from lightsaft.evaluate import (METRICS, EvaluationError, evaluate_tracks, score_track, summarize,
+from lightsaft.evaluate import (ENGINES, METRICS, EvaluationError, evaluate_tracks, score_track, summarize,
                                 write_metrics, write_sdr_plot)
 
 TWO = ("vocals", "drums")  # two targets keep museval's cost (cubic in the source count) low
 
 
-def test_reproduces_sigsep_regression_scores():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_both_engines_reproduce_sigsep_regression_scores(engine):
     """sigsep-mus-eval's regression: random vocals/accompaniment estimates of 80s Rock.
 
     The references are decoded as musdb decodes them (16-bit PCM); every metric matches."""
@@ -31,7 +32,7 @@ def test_reproduces_sigsep_regression_scores():
                  "accompaniment": np.random.random(stems["mixture"].shape)}
     refs = {"vocals": stems["vocals"].astype(np.float64),
             "accompaniment": (stems["drums"] + stems["bass"] + stems["other"]).astype(np.float64)}
-    got = json.loads(score_track(refs, estimates, "Music Delta - 80s Rock", rate).json)
+    got = json.loads(score_track(refs, estimates, "Music Delta - 80s Rock", rate, engine=engine).json)
     for target in reference["targets"]:
         mine = next(t for t in got["targets"] if t["name"] == target["name"])
         assert len(mine["frames"]) == len(target["frames"]) == 6  # whole seconds only

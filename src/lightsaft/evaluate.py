@@ -35,7 +35,7 @@ from .audio import AudioError, read_audio
 from .bsseval import bss_eval_v4
 from .devices import resolve_device
 from .errors import LightSAFTError
-from .paths import atomic_dir, atomic_path
+from .paths import atomic_dir, atomic_path, write_text_atomic
 from .spectral import SAMPLE_RATE, TARGETS
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
@@ -282,8 +282,7 @@ def failure_message(failed: dict[str, str], total: int) -> str:
 def write_metrics(path: str | Path, metrics: dict[str, float]) -> None:
     """``metrics/sdr.json`` for DVC (NaN, e.g. a target silent in every frame, becomes null)."""
     clean = {key: None if math.isnan(value) else round(value, 5) for key, value in metrics.items()}
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(clean, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(clean, indent=2) + "\n")
 
 
 def per_track_sdr(scores: pd.DataFrame) -> pd.DataFrame:

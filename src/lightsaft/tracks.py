@@ -22,7 +22,7 @@ import yaml
 
 from .errors import LightSAFTError
 from .audio import AudioError, probe, read_audio, read_stems
-from .paths import atomic_path, portable, resolve
+from .paths import portable, resolve, write_text_atomic
 from .spectral import SAMPLE_RATE, TARGETS
 
 STEMS = ("mixture",) + TARGETS
@@ -143,8 +143,7 @@ def write_dataset(path: str | Path, source: str, root: str | Path, sha256: str |
     base = path.parent
     payload = {"format": DATASET_FORMAT, "source": source, "root": portable(root, base, base),
                "sha256": sha256, "tracks": [_map_paths(t, lambda p: portable(p, base, base)) for t in tracks]}
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
     return path
 
 
