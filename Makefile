@@ -11,7 +11,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # the cores, and spinning threads of one process stall the others (up to 100x on 2 cores).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup system-deps test test-fast demo repro ui ablate bench clean
+.PHONY: setup system-deps lint format test test-fast demo repro ui ablate bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,16 @@ system-deps:
 setup: system-deps $(VENV)/.installed
 	@test -d .dvc || $(BIN)/dvc init -q
 
-test: setup
+# ruff: formatting, lint and import order (config in pyproject.toml); `make format` fixes what it can.
+lint: $(VENV)/.installed
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(VENV)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: setup lint
 	LIGHTSAFT_REQUIRE_FIXTURES=1 $(BIN)/pytest -q --durations=15
 
 test-fast: setup

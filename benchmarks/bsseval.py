@@ -3,9 +3,10 @@
 Input: one synthetic 60 s track (four targets, 16-bit stems like decoded MUSDB18) with estimates
 = stems + noise at 10 dB SNR; museval's ``evaluate`` (what ``eval_mus_track`` runs) against
 ``bss_eval_v4``, each with 1 and 2 threads (BLAS and torch), on CUDA too when present.
-Every row runs in its own fresh process, after a 5 s warm-up call in that process. Also: the fast engine scoring the estimates and the
-mixture baseline together (what the evaluate stage does per track), and the largest difference
-from museval over all frames. The machine is shared: figures are noisy; compare within one run.
+Every row runs in its own fresh process, after a 5 s warm-up call in that process. Also: the fast
+engine scoring the estimates and the mixture baseline together (what the evaluate stage does per
+track), and the largest difference from museval over all frames. The machine is shared: figures
+are noisy; compare within one run.
 
     .venv/bin/python benchmarks/bsseval.py [--seconds 60] [--threads 1 2]
 """
@@ -20,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from model_speed import isolated, quiet_openmp
 from tabulate import tabulate
 
 from lightsaft.bsseval import bss_eval_v4
 from lightsaft.spectral import SAMPLE_RATE, TARGETS
 from lightsaft.synthetic import synthesize
-from model_speed import isolated, quiet_openmp
 
 TEST_SET_SECONDS = 3.5 * 3600  # MUSDB18 test set: 50 tracks, about 3.5 hours
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -35,7 +36,7 @@ def make_input(seconds: float, path: Path) -> None:
     rng = np.random.default_rng(0)
     stems = {k: v.astype(np.float64) / 32768 for k, v in synthesize(rng, seconds).items()}
     refs = np.stack([stems[t] for t in TARGETS])
-    noise = rng.standard_normal(refs.shape) * np.sqrt((refs ** 2).mean(axis=(1, 2), keepdims=True) / 10)
+    noise = rng.standard_normal(refs.shape) * np.sqrt((refs**2).mean(axis=(1, 2), keepdims=True) / 10)
     np.savez(path, refs=refs, estimates=refs + noise, mixture=stems["mixture"])
 
 
@@ -46,7 +47,7 @@ def score(engine: str, path: str, threads: int, device: str, baseline: bool) -> 
     refs, sets = data["refs"], [list(data["estimates"])]
     if baseline:  # as the evaluate stage passes it: one signal, the estimate of every target
         sets.append([data["mixture"]] * len(TARGETS))
-    short = refs[:, :5 * SAMPLE_RATE], [[x[:5 * SAMPLE_RATE] for x in est] for est in sets]
+    short = refs[:, : 5 * SAMPLE_RATE], [[x[: 5 * SAMPLE_RATE] for x in est] for est in sets]
     measure(engine, *short, device)  # warm-up in this process (FFT plans, BLAS, CUDA context)
     start = time.perf_counter()
     metrics = measure(engine, refs, sets, device)
@@ -86,21 +87,45 @@ def main() -> None:
             both = run("fast", path, threads, baseline=True)
             reference = slow["metrics"] if reference is None else reference
             diff = np.nanmax(np.abs(fast["metrics"] - slow["metrics"]))
-            rows.append([f"CPU, {threads} thread(s)", slow["wall"] / args.seconds, fast["wall"] / args.seconds,
-                         f"{slow['wall'] / fast['wall']:.1f}x", both["wall"] / args.seconds, diff])
+            rows.append(
+                [
+                    f"CPU, {threads} thread(s)",
+                    slow["wall"] / args.seconds,
+                    fast["wall"] / args.seconds,
+                    f"{slow['wall'] / fast['wall']:.1f}x",
+                    both["wall"] / args.seconds,
+                    diff,
+                ]
+            )
         if torch.cuda.is_available():
             gpu = run("fast", path, 1, "cuda")
             both = run("fast", path, 1, "cuda", baseline=True)
             diff = np.nanmax(np.abs(gpu["metrics"] - reference))
-            rows.append([f"CUDA ({torch.cuda.get_device_name()})", None, gpu["wall"] / args.seconds, "-",
-                         both["wall"] / args.seconds, diff])
+            rows.append(
+                [
+                    f"CUDA ({torch.cuda.get_device_name()})",
+                    None,
+                    gpu["wall"] / args.seconds,
+                    "-",
+                    both["wall"] / args.seconds,
+                    diff,
+                ]
+            )
     print(f"BSSEval v4, {args.seconds:g} s stereo, 4 targets, 1 s windows; seconds of compute per second of audio")
-    print(tabulate(rows, headers=["", "museval", "fast", "speed-up", "fast, est + baseline", "max |diff| dB"],
-                   floatfmt=(".3f", ".3f", ".3f", ".3f", ".3f", ".1e"), missingval="-"))
+    print(
+        tabulate(
+            rows,
+            headers=["", "museval", "fast", "speed-up", "fast, est + baseline", "max |diff| dB"],
+            floatfmt=(".3f", ".3f", ".3f", ".3f", ".3f", ".1e"),
+            missingval="-",
+        )
+    )
     best = min(row[4] for row in rows)
-    print(f"MUSDB18 test set ({TEST_SET_SECONDS / 3600:g} h of audio), estimates + baseline, best row: "
-          f"{best * TEST_SET_SECONDS / 60:.1f} min in one process "
-          f"(museval: {2 * rows[0][1] * TEST_SET_SECONDS / 3600:.1f} h at {args.threads[0]} thread(s))")
+    print(
+        f"MUSDB18 test set ({TEST_SET_SECONDS / 3600:g} h of audio), estimates + baseline, best row: "
+        f"{best * TEST_SET_SECONDS / 60:.1f} min in one process "
+        f"(museval: {2 * rows[0][1] * TEST_SET_SECONDS / 3600:.1f} h at {args.threads[0]} thread(s))"
+    )
 
 
 if __name__ == "__main__":

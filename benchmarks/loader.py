@@ -57,7 +57,7 @@ class OnTheFly(Dataset):
             k = int(torch.randint(len(self.files), ()))
             start = int(torch.randint(self.frames[k] - self.window, ()))
             if self.whole_track:
-                audio = sf.read(self.files[k][target])[0].astype(np.float32)[start:start + self.window]
+                audio = sf.read(self.files[k][target])[0].astype(np.float32)[start : start + self.window]
             else:
                 audio, _ = sf.read(self.files[k][target], start=start, frames=self.window, dtype="float32")
             stems.append(torch.from_numpy(audio))
@@ -83,8 +83,7 @@ def batches_per_second(dataset: Dataset, workers: int, batches: int, repeats: in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each synthetic track")
     parser.add_argument("--tracks", type=int, default=12, help="synthetic train tracks")
     parser.add_argument("--batches", type=int, default=20, help="timed batches per run")
@@ -94,37 +93,49 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="lightsaft-bench-") as tmp:
         data = defaults()["data"]
-        data.update(source="synthetic", synthetic={"train_tracks": args.tracks, "valid_tracks": 1,
-                                                   "test_tracks": 1, "seconds": args.seconds, "seed": 0})
+        data.update(
+            source="synthetic",
+            synthetic={
+                "train_tracks": args.tracks,
+                "valid_tracks": 1,
+                "test_tracks": 1,
+                "seconds": args.seconds,
+                "seed": 0,
+            },
+        )
         dataset_json = download(data, Path(tmp) / "raw")
         cache = Cache(prepare(dataset_json, Path(tmp) / "cache", N_FFT, HOP, "float16"))
         train_seconds = sum(cache.samples(n) for n in cache.tracks("train")) / SAMPLE_RATE
-        spec_bytes = sum((cache.path / t["spec"]).stat().st_size
-                         for t in cache.manifest["tracks"] if "spec" in t)
+        spec_bytes = sum((cache.path / t["spec"]).stat().st_size for t in cache.manifest["tracks"] if "spec" in t)
         mb_per_second = spec_bytes / 1e6 / train_seconds
 
         length = (args.batches + 4) * BATCH
-        loaders = {"cache": TrainDataset(cache, NUM_FRAME, items_per_epoch=length),
-                   "wav windows + STFT": OnTheFly(dataset_json, length),
-                   "whole wav + STFT": OnTheFly(dataset_json, length, whole_track=True)}
-        print(f"\n{args.tracks} train tracks x {args.seconds:.0f} s ({train_seconds / 60:.1f} min), "
-              f"batch {BATCH}, num_frame {NUM_FRAME}, n_fft {N_FFT}, hop {HOP}, torch threads 1 per "
-              f"process; batches/s (speed-up of the cache)")
+        loaders = {
+            "cache": TrainDataset(cache, NUM_FRAME, items_per_epoch=length),
+            "wav windows + STFT": OnTheFly(dataset_json, length),
+            "whole wav + STFT": OnTheFly(dataset_json, length, whole_track=True),
+        }
+        print(
+            f"\n{args.tracks} train tracks x {args.seconds:.0f} s ({train_seconds / 60:.1f} min), "
+            f"batch {BATCH}, num_frame {NUM_FRAME}, n_fft {N_FFT}, hop {HOP}, torch threads 1 per "
+            f"process; batches/s (speed-up of the cache)"
+        )
         print(f"{'workers':>8}" + "".join(f"{name:>24}" for name in loaders))
         for workers in (0, 2):
-            rate = {name: batches_per_second(ds, workers, args.batches, args.repeats)
-                    for name, ds in loaders.items()}
+            rate = {name: batches_per_second(ds, workers, args.batches, args.repeats) for name, ds in loaders.items()}
             print(f"{workers:>8}" + "".join(f"{r:>16.2f} ({rate['cache'] / r:4.1f}x)" for r in rate.values()))
 
     waveform_mb = len(TARGETS + ("mixture",)) * 2 * 4 * SAMPLE_RATE / 1e6  # float32 stereo, 5 stems
     train_hours = MUSDB_TRAIN_HOURS * (100 - MUSDB_VALID_TRACKS) / 100
     valid_hours = MUSDB_TRAIN_HOURS - train_hours
     print(f"\ncache: {mb_per_second:.2f} MB per second of audio (four float16 stem spectrograms)")
-    print(f"full MUSDB18 (assuming equal track lengths): 86 train tracks ~{train_hours:.1f} h -> "
-          f"{train_hours * 3600 * mb_per_second / 1e3:.0f} GB of spectrograms; valid ({valid_hours:.1f} h) + "
-          f"test ({MUSDB_TEST_HOURS} h) waveforms {waveform_mb:.2f} MB/s -> "
-          f"{(valid_hours + MUSDB_TEST_HOURS) * 3600 * waveform_mb / 1e3:.0f} GB for .stem.mp4 "
-          f"(0 for MUSDB18-HQ: the wav files are read in place)")
+    print(
+        f"full MUSDB18 (assuming equal track lengths): 86 train tracks ~{train_hours:.1f} h -> "
+        f"{train_hours * 3600 * mb_per_second / 1e3:.0f} GB of spectrograms; valid ({valid_hours:.1f} h) + "
+        f"test ({MUSDB_TEST_HOURS} h) waveforms {waveform_mb:.2f} MB/s -> "
+        f"{(valid_hours + MUSDB_TEST_HOURS) * 3600 * waveform_mb / 1e3:.0f} GB for .stem.mp4 "
+        f"(0 for MUSDB18-HQ: the wav files are read in place)"
+    )
 
 
 if __name__ == "__main__":

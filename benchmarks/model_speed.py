@@ -25,10 +25,11 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 import torch
@@ -57,6 +58,7 @@ def model_params(variant: str, quick: bool = False) -> dict[str, Any]:
     if quick:
         sys.path.insert(0, str(REPO / "tests"))
         from conftest import TINY_MODEL
+
         return {**TINY_MODEL, "variant": variant}
     return {**defaults()["model"], "variant": variant}
 
@@ -86,8 +88,7 @@ def isolated(fn: Callable[..., dict], **kwargs: Any) -> dict:
             return {"error": f"out of memory: {str(e).splitlines()[0]}"}
 
 
-def measure(variant: str, batch: int, backward: bool, device: str, quick: bool,
-            warmup: int, repeats: int) -> dict:
+def measure(variant: str, batch: int, backward: bool, device: str, quick: bool, warmup: int, repeats: int) -> dict:
     """Best-of-``repeats`` wall time of one forward (or forward+backward) after ``warmup`` runs."""
     torch.set_num_threads(CPU_THREADS)
     torch.manual_seed(0)
@@ -119,9 +120,14 @@ def measure(variant: str, batch: int, backward: bool, device: str, quick: bool,
             times.append(time.perf_counter() - start)
         if i == 0:
             first_rss = peak_rss_gb()  # later runs add heap fragmentation to the process peak
-    return {"seconds": min(times), "runs": times, "rss_gb": peak_rss_gb(), "rss_first_gb": first_rss,
-            "params": count_parameters(model),
-            "gpu_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None}
+    return {
+        "seconds": min(times),
+        "runs": times,
+        "rss_gb": peak_rss_gb(),
+        "rss_first_gb": first_rss,
+        "params": count_parameters(model),
+        "gpu_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None,
+    }
 
 
 def cpu_skip_reason(variant: str, batch: int, backward: bool, quick: bool) -> str | None:
@@ -131,8 +137,10 @@ def cpu_skip_reason(variant: str, batch: int, backward: bool, quick: bool) -> st
         return "skipped (est. > 23 GB)"
     available = psutil.virtual_memory().available / 1e9
     if available < LASAFT_FWDBWD_MIN_AVAILABLE_GB:
-        return (f"skipped ({available:.1f} GB available, needs >= {LASAFT_FWDBWD_MIN_AVAILABLE_GB} GB; "
-                f"close other programs)")
+        return (
+            f"skipped ({available:.1f} GB available, needs >= {LASAFT_FWDBWD_MIN_AVAILABLE_GB} GB; "
+            f"close other programs)"
+        )
     return None
 
 
@@ -152,20 +160,35 @@ def show(result: dict, key: str, unit: str = "", digits: int = 1) -> str:
 def bench_cpu(args: argparse.Namespace) -> dict:
     results = {}
     for variant in args.variants:
-        warmup, repeats = (1, args.repeats) if variant == "lightsaft" else (int(args.lasaft_repeats > 1),
-                                                                              args.lasaft_repeats)
+        warmup, repeats = (
+            (1, args.repeats) if variant == "lightsaft" else (int(args.lasaft_repeats > 1), args.lasaft_repeats)
+        )
         for batch in args.batches:
             for mode in MODES:
                 backward = mode == "fwdbwd"
                 skip = cpu_skip_reason(variant, batch, backward, args.quick)
-                result = {"skip": skip} if skip else isolated(
-                    measure, variant=variant, batch=batch, backward=backward, device="cpu",
-                    quick=args.quick, warmup=warmup, repeats=repeats)
+                result = (
+                    {"skip": skip}
+                    if skip
+                    else isolated(
+                        measure,
+                        variant=variant,
+                        batch=batch,
+                        backward=backward,
+                        device="cpu",
+                        quick=args.quick,
+                        warmup=warmup,
+                        repeats=repeats,
+                    )
+                )
                 results[(variant, batch, mode)] = result
                 runs = ", ".join(f"{t:.1f}" for t in result.get("runs", []))
-                print(f"  {variant} B={batch} {mode}: {show(result, 'seconds', ' s', 2)} "
-                      f"(runs {runs or '-'}; peak RSS {fmt(result.get('rss_gb'), ' GB', 2)}, after the first run "
-                      f"{fmt(result.get('rss_first_gb'), ' GB', 2)})", flush=True)
+                print(
+                    f"  {variant} B={batch} {mode}: {show(result, 'seconds', ' s', 2)} "
+                    f"(runs {runs or '-'}; peak RSS {fmt(result.get('rss_gb'), ' GB', 2)}, after the first run "
+                    f"{fmt(result.get('rss_first_gb'), ' GB', 2)})",
+                    flush=True,
+                )
     return results
 
 
@@ -176,21 +199,47 @@ def print_cpu(results: dict, args: argparse.Namespace) -> None:
         for batch in args.batches:
             fwd, bwd = results[(variant, batch, "fwd")], results[(variant, batch, "fwdbwd")]
             ref = reference.get((variant, batch), {})
-            rows.append([variant + (" *" if batch == 1 else ""), batch, show(fwd, "seconds", " s"),
-                         show(bwd, "seconds", " s"),
-                         f"{fmt(fwd.get('rss_gb'), '', 2)} / {fmt(bwd.get('rss_gb'), '', 2)}",
-                         fmt(bwd.get("rss_first_gb"), "", 2),
-                         fmt(ref.get("fwd"), " s"), fmt(ref.get("fwdbwd"), " s"),
-                         f"{fmt(ref.get('rss_fwd'), '', 2)} / {fmt(ref.get('rss_fwdbwd'), '', 1)}",
-                         ratio(fwd.get("seconds"), ref.get("fwd")),
-                         ratio(bwd.get("seconds"), ref.get("fwdbwd"))])
-    print(tabulate(rows, stralign="right", headers=[
-        "model", "B", "forward", "fwd+bwd", "peak RSS GB\nfwd / f+b", "f+b after\n1st run", "official\nforward",
-        "official\nfwd+bwd", "official RSS GB\nfwd / f+b", "ours/official\nforward", "ours/official\nfwd+bwd"]))
-    print("  * B=1 fwd+bwd keeps the control model in eval mode, as the official figures did.\n"
-          "  peak RSS = process peak over all runs (warm-up included); the glibc heap fragments over\n"
-          "  repeated runs, so the peak after the first run is shown too.\n"
-          "  official = reference figures (official code, ../shared/reference/README.md §7): published, not measured here.")
+            rows.append(
+                [
+                    variant + (" *" if batch == 1 else ""),
+                    batch,
+                    show(fwd, "seconds", " s"),
+                    show(bwd, "seconds", " s"),
+                    f"{fmt(fwd.get('rss_gb'), '', 2)} / {fmt(bwd.get('rss_gb'), '', 2)}",
+                    fmt(bwd.get("rss_first_gb"), "", 2),
+                    fmt(ref.get("fwd"), " s"),
+                    fmt(ref.get("fwdbwd"), " s"),
+                    f"{fmt(ref.get('rss_fwd'), '', 2)} / {fmt(ref.get('rss_fwdbwd'), '', 1)}",
+                    ratio(fwd.get("seconds"), ref.get("fwd")),
+                    ratio(bwd.get("seconds"), ref.get("fwdbwd")),
+                ]
+            )
+    print(
+        tabulate(
+            rows,
+            stralign="right",
+            headers=[
+                "model",
+                "B",
+                "forward",
+                "fwd+bwd",
+                "peak RSS GB\nfwd / f+b",
+                "f+b after\n1st run",
+                "official\nforward",
+                "official\nfwd+bwd",
+                "official RSS GB\nfwd / f+b",
+                "ours/official\nforward",
+                "ours/official\nfwd+bwd",
+            ],
+        )
+    )
+    print(
+        "  * B=1 fwd+bwd keeps the control model in eval mode, as the official figures did.\n"
+        "  peak RSS = process peak over all runs (warm-up included); the glibc heap fragments over\n"
+        "  repeated runs, so the peak after the first run is shown too.\n"
+        "  official = reference figures (official code, ../shared/reference/README.md §7): published, "
+        "not measured here."
+    )
     if not {"lightsaft", "lasaft"} <= set(args.variants):
         return
 
@@ -198,15 +247,33 @@ def print_cpu(results: dict, args: argparse.Namespace) -> None:
     ref_keys = ("fwd", "fwdbwd", "rss_fwd", "rss_fwdbwd")
     rows = []
     for batch in args.batches:
-        measured = [ratio(results[("lasaft", batch, mode)].get(key), results[("lightsaft", batch, mode)].get(key))
-                    for mode, key in keys]
-        official = [ratio(reference.get(("lasaft", batch), {}).get(key),
-                          reference.get(("lightsaft", batch), {}).get(key)) for key in ref_keys]
+        measured = [
+            ratio(results[("lasaft", batch, mode)].get(key), results[("lightsaft", batch, mode)].get(key))
+            for mode, key in keys
+        ]
+        official = [
+            ratio(reference.get(("lasaft", batch), {}).get(key), reference.get(("lightsaft", batch), {}).get(key))
+            for key in ref_keys
+        ]
         rows.append([batch, *measured, *official])
     print("\nLaSAFT / LightSAFT: measured here in this run | official (../shared/reference/README.md §7)")
-    print(tabulate(rows, stralign="right", headers=[
-        "B", "time fwd", "time f+b", "RSS fwd", "RSS f+b",
-        "official\ntime fwd", "official\ntime f+b", "official\nRSS fwd", "official\nRSS f+b"]))
+    print(
+        tabulate(
+            rows,
+            stralign="right",
+            headers=[
+                "B",
+                "time fwd",
+                "time f+b",
+                "RSS fwd",
+                "RSS f+b",
+                "official\ntime fwd",
+                "official\ntime f+b",
+                "official\nRSS fwd",
+                "official\nRSS f+b",
+            ],
+        )
+    )
 
 
 def bench_gpu(args: argparse.Namespace) -> None:
@@ -217,20 +284,41 @@ def bench_gpu(args: argparse.Namespace) -> None:
     for variant in args.variants:
         for mode in MODES:
             results[(variant, mode)] = isolated(
-                measure, variant=variant, batch=GPU_BATCH, backward=mode == "fwdbwd", device="cuda",
-                quick=args.quick, warmup=GPU_WARMUP, repeats=GPU_REPEATS)
+                measure,
+                variant=variant,
+                batch=GPU_BATCH,
+                backward=mode == "fwdbwd",
+                device="cuda",
+                quick=args.quick,
+                warmup=GPU_WARMUP,
+                repeats=GPU_REPEATS,
+            )
         fwd, bwd = results[(variant, "fwd")], results[(variant, "fwdbwd")]
-        rows.append([variant, GPU_BATCH, show(fwd, "seconds", " s", 3), show(bwd, "seconds", " s", 3),
-                     show(fwd, "gpu_gb", " GB", 2), show(bwd, "gpu_gb", " GB", 2)])
-    print(f"\nGPU ({torch.cuda.get_device_name()}), bf16 autocast, batch {GPU_BATCH}, best of {GPU_REPEATS} "
-          f"after {GPU_WARMUP} warm-ups; memory = torch.cuda.max_memory_allocated")
-    print(tabulate(rows, headers=["model", "B", "forward", "fwd+bwd", "peak fwd", "peak fwd+bwd"],
-                   stralign="right"))
+        rows.append(
+            [
+                variant,
+                GPU_BATCH,
+                show(fwd, "seconds", " s", 3),
+                show(bwd, "seconds", " s", 3),
+                show(fwd, "gpu_gb", " GB", 2),
+                show(bwd, "gpu_gb", " GB", 2),
+            ]
+        )
+    print(
+        f"\nGPU ({torch.cuda.get_device_name()}), bf16 autocast, batch {GPU_BATCH}, best of {GPU_REPEATS} "
+        f"after {GPU_WARMUP} warm-ups; memory = torch.cuda.max_memory_allocated"
+    )
+    print(tabulate(rows, headers=["model", "B", "forward", "fwd+bwd", "peak fwd", "peak fwd+bwd"], stralign="right"))
     if {"lightsaft", "lasaft"} <= set(args.variants):
         full, light = {m: results[("lasaft", m)] for m in MODES}, {m: results[("lightsaft", m)] for m in MODES}
-        print("LaSAFT / LightSAFT: " + ", ".join(
-            f"{m} time {ratio(full[m].get('seconds'), light[m].get('seconds'))}, "
-            f"memory {ratio(full[m].get('gpu_gb'), light[m].get('gpu_gb'))}" for m in MODES))
+        print(
+            "LaSAFT / LightSAFT: "
+            + ", ".join(
+                f"{m} time {ratio(full[m].get('seconds'), light[m].get('seconds'))}, "
+                f"memory {ratio(full[m].get('gpu_gb'), light[m].get('gpu_gb'))}"
+                for m in MODES
+            )
+        )
 
 
 def int_list(text: str) -> list[int]:
@@ -242,8 +330,9 @@ def main() -> None:
     parser.add_argument("--variants", type=lambda s: s.split(","), default=["lightsaft", "lasaft"])
     parser.add_argument("--batches", type=int_list, default=[1, 2, 4], help="CPU batch sizes")
     parser.add_argument("--repeats", type=int, default=2, help="LightSAFT timed runs (after one warm-up)")
-    parser.add_argument("--lasaft-repeats", type=int, default=1,
-                        help="LaSAFT timed runs (a warm-up precedes them only when > 1)")
+    parser.add_argument(
+        "--lasaft-repeats", type=int, default=1, help="LaSAFT timed runs (a warm-up precedes them only when > 1)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny config: a smoke run of this script")
     args = parser.parse_args()
     quiet_openmp()
@@ -253,16 +342,21 @@ def main() -> None:
 
     config = "tiny config (--quick)" if args.quick else "seed config"
     p = model_params("lightsaft", args.quick)
-    lasaft_protocol = (f"best of {args.lasaft_repeats} after one warm-up" if args.lasaft_repeats > 1
-                       else "single run, no warm-up")
-    print(f"CPU, {config}, input [B, 4, {p['num_frame']}, {p['n_fft'] // 2 + 1}] float32, {CPU_THREADS} "
-          f"threads ({os.cpu_count()} cores, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}). "
-          f"LightSAFT: best of {args.repeats} after one warm-up; LaSAFT: {lasaft_protocol}. "
-          f"Load average at start {os.getloadavg()[0]:.1f} (shared machine: timings are noisy)")
+    lasaft_protocol = (
+        f"best of {args.lasaft_repeats} after one warm-up" if args.lasaft_repeats > 1 else "single run, no warm-up"
+    )
+    print(
+        f"CPU, {config}, input [B, 4, {p['num_frame']}, {p['n_fft'] // 2 + 1}] float32, {CPU_THREADS} "
+        f"threads ({os.cpu_count()} cores, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}). "
+        f"LightSAFT: best of {args.repeats} after one warm-up; LaSAFT: {lasaft_protocol}. "
+        f"Load average at start {os.getloadavg()[0]:.1f} (shared machine: timings are noisy)"
+    )
     results = bench_cpu(args)
     params = {v: r["params"] for (v, _, _), r in results.items() if "params" in r}
-    print(f"\nload average at end {os.getloadavg()[0]:.1f}; trainable parameters: "
-          + ", ".join(f"{v} {n:,}" for v, n in params.items()))
+    print(
+        f"\nload average at end {os.getloadavg()[0]:.1f}; trainable parameters: "
+        + ", ".join(f"{v} {n:,}" for v, n in params.items())
+    )
     print_cpu(results, args)
     bench_gpu(args)
 

@@ -62,10 +62,12 @@ def bench_separation(seconds: float, separate: dict) -> tuple[float, float]:
     per_chunk = wall / chunks_for(seconds, params, separate["overlap"])
     track = TEST_SET_SECONDS / TEST_TRACKS
     projected = TEST_TRACKS * chunks_for(track, params, separate["overlap"]) * per_chunk
-    print(f"separation  seed config, {seconds:g} s track, overlap {separate['overlap']}, batch "
-          f"{separate['batch_size']}, {torch.get_num_threads()} threads: {wall:.1f} s wall, "
-          f"{per_chunk:.1f} s per window x 4 targets, real-time factor {seconds / wall:.3f} "
-          f"(s audio per s)")
+    print(
+        f"separation  seed config, {seconds:g} s track, overlap {separate['overlap']}, batch "
+        f"{separate['batch_size']}, {torch.get_num_threads()} threads: {wall:.1f} s wall, "
+        f"{per_chunk:.1f} s per window x 4 targets, real-time factor {seconds / wall:.3f} "
+        f"(s audio per s)"
+    )
     return seconds / wall, projected / 3600
 
 
@@ -102,15 +104,21 @@ def main() -> None:
     rtf, sep_hours = bench_separation(args.seconds, separate)
     walls = bench_evaluation(args.eval_seconds, args.eval_tracks, [1, 2], args.engine)
     audio = args.eval_seconds * args.eval_tracks
-    print(f"evaluation  ({args.engine} engine) {args.eval_tracks} tracks x {args.eval_seconds:g} s, 4 targets, "
-          "estimate + baseline:")
+    print(
+        f"evaluation  ({args.engine} engine) {args.eval_tracks} tracks x {args.eval_seconds:g} s, 4 targets, "
+        "estimate + baseline:"
+    )
     print(f"{'':12}{'wall s':>8}{'s per audio s':>15}{'speed-up':>10}{'test set (h)':>14}")
     for jobs, wall in walls.items():
-        print(f"{'jobs=' + str(jobs):12}{wall:8.1f}{wall / audio:15.3f}{walls[1] / wall:10.2f}"
-              f"{wall / audio * TEST_SET_SECONDS / 3600:14.2f}")
-    print(f"test set ({TEST_TRACKS} tracks, {TEST_SET_SECONDS / 3600:g} h of audio) on this machine: "
-          f"separate {sep_hours:.1f} h (CPU), evaluate {walls[2] / audio * TEST_SET_SECONDS / 3600:.1f} h "
-          f"(jobs=2); real-time factor {rtf:.3f}")
+        print(
+            f"{'jobs=' + str(jobs):12}{wall:8.1f}{wall / audio:15.3f}{walls[1] / wall:10.2f}"
+            f"{wall / audio * TEST_SET_SECONDS / 3600:14.2f}"
+        )
+    print(
+        f"test set ({TEST_TRACKS} tracks, {TEST_SET_SECONDS / 3600:g} h of audio) on this machine: "
+        f"separate {sep_hours:.1f} h (CPU), evaluate {walls[2] / audio * TEST_SET_SECONDS / 3600:.1f} h "
+        f"(jobs=2); real-time factor {rtf:.3f}"
+    )
 
 
 if __name__ == "__main__":

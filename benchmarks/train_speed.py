@@ -17,18 +17,29 @@ import os
 import time
 
 import torch
+from model_speed import (
+    CPU_THREADS,
+    GPU_BATCH,
+    fmt,
+    isolated,
+    model_params,
+    peak_rss_gb,
+    quiet_openmp,
+    ratio,
+    show,
+    synchronize,
+)
 from tabulate import tabulate
 
 from lightsaft.losses import Target, spec_mse
 from lightsaft.model import build_model
-from model_speed import (CPU_THREADS, GPU_BATCH, fmt, isolated, model_params, peak_rss_gb, quiet_openmp,
-                         ratio, show, synchronize)
 
 GPU_WARMUP, GPU_STEPS = 3, 20
 
 
-def steps_per_second(variant: str, tiny: bool, batch: int, device: str, warmup: int, steps: int,
-                     repeats: int, threads: int = CPU_THREADS) -> dict:
+def steps_per_second(
+    variant: str, tiny: bool, batch: int, device: str, warmup: int, steps: int, repeats: int, threads: int = CPU_THREADS
+) -> dict:
     """Best-of-``repeats`` rate of ``steps`` optimizer steps after ``warmup`` steps."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -57,8 +68,12 @@ def steps_per_second(variant: str, tiny: bool, batch: int, device: str, warmup: 
             step()
         synchronize(device)
         rates.append(steps / (time.perf_counter() - start))
-    return {"rate": max(rates), "rates": rates, "rss_gb": peak_rss_gb(),
-            "gpu_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None}
+    return {
+        "rate": max(rates),
+        "rates": rates,
+        "rss_gb": peak_rss_gb(),
+        "gpu_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None,
+    }
 
 
 def main() -> None:
@@ -73,22 +88,46 @@ def main() -> None:
     seed_steps = 1 if args.quick else args.seed_steps
 
     # (label, tiny config?, batch, warm-up steps, timed steps)
-    cpu_rows = [("tiny", True, 8, 3, args.steps), ("tiny", True, 2, 3, args.steps),
-                ("seed", args.quick, 2, 1, seed_steps)]
-    print(f"CPU, {args.threads} threads ({os.cpu_count()} cores, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), "
-          f"LightSAFT, float32, Adam; best of {args.repeats} runs after warm-up. Load average at start "
-          f"{os.getloadavg()[0]:.1f} (shared machine: timings are noisy)")
+    cpu_rows = [
+        ("tiny", True, 8, 3, args.steps),
+        ("tiny", True, 2, 3, args.steps),
+        ("seed", args.quick, 2, 1, seed_steps),
+    ]
+    print(
+        f"CPU, {args.threads} threads ({os.cpu_count()} cores, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), "
+        f"LightSAFT, float32, Adam; best of {args.repeats} runs after warm-up. Load average at start "
+        f"{os.getloadavg()[0]:.1f} (shared machine: timings are noisy)"
+    )
     rows = []
     for label, tiny, batch, warmup, steps in cpu_rows:
-        result = isolated(steps_per_second, variant="lightsaft", tiny=tiny, batch=batch, device="cpu",
-                          warmup=warmup, steps=steps, repeats=args.repeats, threads=args.threads)
+        result = isolated(
+            steps_per_second,
+            variant="lightsaft",
+            tiny=tiny,
+            batch=batch,
+            device="cpu",
+            warmup=warmup,
+            steps=steps,
+            repeats=args.repeats,
+            threads=args.threads,
+        )
         p = model_params("lightsaft", tiny)
-        rows.append([label + (" (tiny: --quick)" if tiny and label == "seed" else ""), batch,
-                     f"[{batch}, 4, {p['num_frame']}, {p['n_fft'] // 2 + 1}]", f"{warmup} + {steps}",
-                     show(result, "rate", "", 3), fmt(1 / result["rate"] if "rate" in result else None, " s", 2),
-                     fmt(result.get("rss_gb"), " GB", 2)])
-    print(tabulate(rows, stralign="right", headers=["config", "B", "input", "warm-up + timed", "steps/s",
-                                                    "s/step", "peak RSS"]))
+        rows.append(
+            [
+                label + (" (tiny: --quick)" if tiny and label == "seed" else ""),
+                batch,
+                f"[{batch}, 4, {p['num_frame']}, {p['n_fft'] // 2 + 1}]",
+                f"{warmup} + {steps}",
+                show(result, "rate", "", 3),
+                fmt(1 / result["rate"] if "rate" in result else None, " s", 2),
+                fmt(result.get("rss_gb"), " GB", 2),
+            ]
+        )
+    print(
+        tabulate(
+            rows, stralign="right", headers=["config", "B", "input", "warm-up + timed", "steps/s", "s/step", "peak RSS"]
+        )
+    )
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
     if not torch.cuda.is_available():
@@ -96,16 +135,28 @@ def main() -> None:
         return
     rows, rates = [], {}
     for variant in ("lightsaft", "lasaft"):
-        result = isolated(steps_per_second, variant=variant, tiny=args.quick, batch=GPU_BATCH, device="cuda",
-                          warmup=GPU_WARMUP, steps=GPU_STEPS, repeats=args.repeats)
+        result = isolated(
+            steps_per_second,
+            variant=variant,
+            tiny=args.quick,
+            batch=GPU_BATCH,
+            device="cuda",
+            warmup=GPU_WARMUP,
+            steps=GPU_STEPS,
+            repeats=args.repeats,
+        )
         rates[variant] = result
         rows.append([variant, GPU_BATCH, show(result, "rate", "", 2), show(result, "gpu_gb", " GB", 2)])
-    print(f"\nGPU ({torch.cuda.get_device_name()}), {'tiny' if args.quick else 'seed'} config, bf16 autocast, "
-          f"batch {GPU_BATCH}, {GPU_WARMUP} + {GPU_STEPS} steps; memory = torch.cuda.max_memory_allocated")
+    print(
+        f"\nGPU ({torch.cuda.get_device_name()}), {'tiny' if args.quick else 'seed'} config, bf16 autocast, "
+        f"batch {GPU_BATCH}, {GPU_WARMUP} + {GPU_STEPS} steps; memory = torch.cuda.max_memory_allocated"
+    )
     print(tabulate(rows, stralign="right", headers=["model", "B", "steps/s", "peak memory"]))
     light, full = rates["lightsaft"], rates["lasaft"]
-    print(f"LightSAFT / LaSAFT steps/s {ratio(light.get('rate'), full.get('rate'))}; "
-          f"LaSAFT / LightSAFT memory {ratio(full.get('gpu_gb'), light.get('gpu_gb'))}")
+    print(
+        f"LightSAFT / LaSAFT steps/s {ratio(light.get('rate'), full.get('rate'))}; "
+        f"LaSAFT / LightSAFT memory {ratio(full.get('gpu_gb'), light.get('gpu_gb'))}"
+    )
 
 
 if __name__ == "__main__":

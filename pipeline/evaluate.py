@@ -10,16 +10,25 @@ from lightsaft.stage import run_stage
 
 
 def evaluate(params: dict, args) -> None:
-    result = evaluate_tracks(Cache("data/cache"), "results/estimates", "results/scores",
-                             jobs=params["evaluate"]["jobs"], engine=params["evaluate"]["engine"],
-                             device=params["evaluate"]["device"])
+    result = evaluate_tracks(
+        Cache("data/cache"),
+        "results/estimates",
+        "results/scores",
+        jobs=params["evaluate"]["jobs"],
+        engine=params["evaluate"]["engine"],
+        device=params["evaluate"]["device"],
+    )
     print(result.summary.to_string(index=False, float_format="%.3f"))
     result.check()  # failed tracks: the others' scores are written, metrics and plot are not
     write_metrics("metrics/sdr.json", result.metrics)
     write_sdr_plot("plots/sdr_per_target.csv", result.summary)
-    child = tracking.log_evaluation("models/mlflow_run.json", params, result.metrics,
-                                    [Path("results/scores/summary.csv"), Path("results/scores/scores.csv")],
-                                    per_track=per_track_sdr(result.scores).reset_index())
+    child = tracking.log_evaluation(
+        "models/mlflow_run.json",
+        params,
+        result.metrics,
+        [Path("results/scores/summary.csv"), Path("results/scores/scores.csv")],
+        per_track=per_track_sdr(result.scores).reset_index(),
+    )
     print(f"MLflow: evaluation run {child} under the training run")
 
 

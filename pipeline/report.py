@@ -8,10 +8,17 @@ from lightsaft.tracking import log_report
 
 def report(params: dict, args) -> None:
     cache = Cache("data/cache")
-    out = build_report("results/report", cache=cache, scores_dir="results/scores",
-                       estimates_dir="results/estimates", curves_csv="plots/train_curves.csv",
-                       train_metrics="metrics/train.json", weights="models/weights.pt",
-                       dataset=cache.manifest["source"], **params["report"])
+    out = build_report(
+        "results/report",
+        cache=cache,
+        scores_dir="results/scores",
+        estimates_dir="results/estimates",
+        curves_csv="plots/train_curves.csv",
+        train_metrics="metrics/train.json",
+        weights="models/weights.pt",
+        dataset=cache.manifest["source"],
+        **params["report"],
+    )
     print(f"report: {out / 'index.html'}")
     log_report("models/mlflow_run.json", out)
 

@@ -21,13 +21,35 @@ SHARED = Path(os.environ.get("LIGHTSAFT_SHARED", REPO.parent / "shared"))
 # The golden "tiny" configuration of ../shared/reference (test_model checks they agree).
 TINY_MODEL = {
     "variant": "lightsaft",
-    "n_fft": 256, "hop_length": 64, "num_frame": 16, "spec_type": "complex", "spec_est_mode": "mapping",
-    "n_blocks": 5, "input_channels": 4, "internal_channels": 8, "first_conv_activation": "relu",
-    "last_activation": "identity", "t_down_layers": None, "f_down_layers": None, "n_internal_layers": 2,
-    "kernel_size_t": 3, "kernel_size_f": 3, "tfc_tdf_activation": "relu", "bn_factor": 4, "min_bn_units": 4,
-    "tfc_tdf_bias": True, "num_tdfs": 4, "dk": 8, "embedding_dim": 8, "control_vector_type": "embedding",
-    "control_input_dim": 4, "control_n_layer": 3, "control_type": "dense", "condition_to": "decoder",
-    "pocm_type": "matmul", "pocm_norm": "batch_norm",
+    "n_fft": 256,
+    "hop_length": 64,
+    "num_frame": 16,
+    "spec_type": "complex",
+    "spec_est_mode": "mapping",
+    "n_blocks": 5,
+    "input_channels": 4,
+    "internal_channels": 8,
+    "first_conv_activation": "relu",
+    "last_activation": "identity",
+    "t_down_layers": None,
+    "f_down_layers": None,
+    "n_internal_layers": 2,
+    "kernel_size_t": 3,
+    "kernel_size_f": 3,
+    "tfc_tdf_activation": "relu",
+    "bn_factor": 4,
+    "min_bn_units": 4,
+    "tfc_tdf_bias": True,
+    "num_tdfs": 4,
+    "dk": 8,
+    "embedding_dim": 8,
+    "control_vector_type": "embedding",
+    "control_input_dim": 4,
+    "control_n_layer": 3,
+    "control_type": "dense",
+    "condition_to": "decoder",
+    "pocm_type": "matmul",
+    "pocm_norm": "batch_norm",
 }
 
 
@@ -48,8 +70,10 @@ def shared_path(*parts: str) -> Path:
 
 
 def require_ffmpeg() -> None:
-    require(shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None,
-            "ffmpeg/ffprobe (apt-get install -y ffmpeg)")
+    require(
+        shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None,
+        "ffmpeg/ffprobe (apt-get install -y ffmpeg)",
+    )
 
 
 @pytest.fixture
@@ -66,11 +90,20 @@ def tiny_params(**overrides) -> dict:
     params = defaults()
     params["model"] = dict(TINY_MODEL)
     base = {
-        "data.source": "synthetic", "data.synthetic.train_tracks": 4, "data.synthetic.valid_tracks": 1,
-        "data.synthetic.test_tracks": 2, "data.synthetic.seconds": 6.0,
-        "train.init": "pytorch", "train.items_per_epoch": 800, "train.valid_chunks_per_track": 8,
-        "trainer.accelerator": "cpu", "trainer.precision": "32", "trainer.max_epochs": 3,
-        "trainer.num_workers": 0, "trainer.log_every_n_steps": 5, "mlflow.experiment": "tests",
+        "data.source": "synthetic",
+        "data.synthetic.train_tracks": 4,
+        "data.synthetic.valid_tracks": 1,
+        "data.synthetic.test_tracks": 2,
+        "data.synthetic.seconds": 6.0,
+        "train.init": "pytorch",
+        "train.items_per_epoch": 800,
+        "train.valid_chunks_per_track": 8,
+        "trainer.accelerator": "cpu",
+        "trainer.precision": "32",
+        "trainer.max_epochs": 3,
+        "trainer.num_workers": 0,
+        "trainer.log_every_n_steps": 5,
+        "mlflow.experiment": "tests",
     }
     for key, value in {**base, **overrides}.items():
         set_dotted(params, key, value)
@@ -92,8 +125,12 @@ def synthetic_cache(tmp_path_factory):
     root = make_project(tmp_path_factory.mktemp("synthetic"))
     params = tiny_params()
     download(params["data"], root / "data" / "raw")
-    return prepare(root / "data" / "raw" / "dataset.json", root / "data" / "cache",
-                   params["model"]["n_fft"], params["model"]["hop_length"])
+    return prepare(
+        root / "data" / "raw" / "dataset.json",
+        root / "data" / "cache",
+        params["model"]["n_fft"],
+        params["model"]["hop_length"],
+    )
 
 
 @pytest.fixture(scope="session")
@@ -105,14 +142,21 @@ def trained(tmp_path_factory, synthetic_cache):
 
     root = make_project(tmp_path_factory.mktemp("trained"))
     params = tiny_params()
-    outputs = TrainOutputs(models=root / "models", metrics=root / "metrics" / "train.json",
-                           curves=root / "plots" / "train_curves.csv")
+    outputs = TrainOutputs(
+        models=root / "models", metrics=root / "metrics" / "train.json", curves=root / "plots" / "train_curves.csv"
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DVC_ROOT", str(root))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         metrics = train(params, synthetic_cache, outputs)
-    return SimpleNamespace(root=root, params=params, outputs=outputs, metrics=metrics, cache=synthetic_cache,
-                           tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    return SimpleNamespace(
+        root=root,
+        params=params,
+        outputs=outputs,
+        metrics=metrics,
+        cache=synthetic_cache,
+        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -151,8 +195,11 @@ def real_cache(tmp_path_factory):
 
     require_ffmpeg()
     folder = tmp_path_factory.mktemp("real")
-    copies = (("train", ROCK, "train", ROCK), ("train", f"{ROCK} (valid)", "train", ROCK),
-              ("test", FALCON, "test", FALCON))
+    copies = (
+        ("train", ROCK, "train", ROCK),
+        ("train", f"{ROCK} (valid)", "train", ROCK),
+        ("test", FALCON, "test", FALCON),
+    )
     for split, name, original_split, original in copies:
         (folder / "tree" / split).mkdir(parents=True, exist_ok=True)
         source = shared_path("musdb", "musdb18-7", original_split, f"{original}.stem.mp4")
@@ -201,7 +248,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         self.end_headers()
         if server.drop_after is not None:  # announce the whole file, then hang up halfway
-            payload, server.drop_after = payload[:server.drop_after], None
+            payload, server.drop_after = payload[: server.drop_after], None
             self.close_connection = True
         self.wfile.write(payload)
 

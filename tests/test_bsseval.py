@@ -7,15 +7,15 @@ import museval
 import numpy as np
 import pytest
 import torch
-
 from conftest import FALCON, ROCK, require_ffmpeg, shared_path
+from test_evaluate import TWO, MemoryCache, make_tracks, write_estimates
+
 from lightsaft.audio import read_stems
 from lightsaft.bsseval import bss_eval_v4, window_bounds
 from lightsaft.devices import DeviceError
 from lightsaft.evaluate import evaluate_tracks
 from lightsaft.separate import load_separator, separate_track
 from lightsaft.spectral import TARGETS
-from test_evaluate import TWO, MemoryCache, make_tracks, write_estimates
 
 TOLERANCE = 0.01  # dB, on every finite frame value
 
@@ -39,7 +39,7 @@ def test_random_signals_of_any_length_match_museval(length):
     rng = np.random.default_rng(length)
     refs = rng.standard_normal((2, length, 2))
     estimates = refs + 0.5 * refs[::-1] + 0.3 * rng.standard_normal(refs.shape)
-    fast, = bss_eval_v4(refs, [estimates], 44100, 44100)
+    (fast,) = bss_eval_v4(refs, [estimates], 44100, 44100)
     assert fast.shape == (4, 2, len(window_bounds(length, 44100, 44100)))
     assert_agree(fast, museval_metrics(refs, estimates), f"{length} samples")
 
@@ -49,11 +49,11 @@ def test_silent_windows_are_nan_as_in_museval():
     a stem silent in anti-phase (channel sum zero) counts as silent, as museval tests it."""
     rng = np.random.default_rng(1)
     refs = rng.standard_normal((3, 5 * 44100, 2))
-    refs[1, 44100:2 * 44100] = 0
-    refs[2, 4 * 44100:, 1] = -refs[2, 4 * 44100:, 0]
+    refs[1, 44100 : 2 * 44100] = 0
+    refs[2, 4 * 44100 :, 1] = -refs[2, 4 * 44100 :, 0]
     estimates = refs + 0.2 * rng.standard_normal(refs.shape)
-    estimates[0, 3 * 44100:4 * 44100] = 0
-    fast, = bss_eval_v4(refs, [estimates], 44100, 44100)
+    estimates[0, 3 * 44100 : 4 * 44100] = 0
+    (fast,) = bss_eval_v4(refs, [estimates], 44100, 44100)
     assert np.isnan(fast[:, :, [1, 3, 4]]).all() and np.isfinite(fast[:, :, [0, 2]]).all()
     assert_agree(fast, museval_metrics(refs, estimates))
 
@@ -61,8 +61,10 @@ def test_silent_windows_are_nan_as_in_museval():
 def test_a_source_silent_throughout_is_refused_as_museval_does():
     rng = np.random.default_rng(5)
     refs = rng.standard_normal((2, 50000, 2))
-    for bad_refs, bad_est, what in ((np.stack([refs[0], 0 * refs[1]]), refs, "reference"),
-                                    (refs, np.stack([refs[0], 0 * refs[1]]), "estimated")):
+    for bad_refs, bad_est, what in (
+        (np.stack([refs[0], 0 * refs[1]]), refs, "reference"),
+        (refs, np.stack([refs[0], 0 * refs[1]]), "estimated"),
+    ):
         with pytest.raises(ValueError, match="non-silent"):
             museval_metrics(bad_refs, bad_est)
         with pytest.raises(ValueError, match=f"every {what} source must be non-silent"):
@@ -78,8 +80,9 @@ def test_estimate_sets_share_the_references_but_not_their_results():
     mix = refs.sum(0) + 0.01 * rng.standard_normal(refs.shape[1:])
     mixture = np.stack([mix] * 3)
     both = bss_eval_v4(refs, [estimates, [mix] * 3], 44100, 44100)  # one object, three targets
-    for got, alone in zip(both, (bss_eval_v4(refs, [estimates], 44100, 44100)[0],
-                                 bss_eval_v4(refs, [mixture], 44100, 44100)[0])):
+    for got, alone in zip(
+        both, (bss_eval_v4(refs, [estimates], 44100, 44100)[0], bss_eval_v4(refs, [mixture], 44100, 44100)[0])
+    ):
         np.testing.assert_allclose(got, alone, atol=1e-9)
     assert_agree(both[1], museval_metrics(refs, mixture), "mixture")
 
@@ -99,13 +102,20 @@ def test_engines_write_the_same_outputs(tmp_path):
     """The evaluate stage with either engine: the same files, the same rows, values within 0.01 dB."""
     tracks = make_tracks(["a", "b"], seconds=2.5)
     write_estimates(tmp_path / "est", tracks, lambda s, t: s[t] + 0.5 * s["mixture"])
-    results = {engine: evaluate_tracks(MemoryCache(tracks), tmp_path / "est", tmp_path / engine, jobs=2,
-                                       targets=TWO, engine=engine, device="cpu") for engine in ("fast", "museval")}
-    files = {engine: sorted(p.relative_to(tmp_path / engine) for p in (tmp_path / engine).rglob("*"))
-             for engine in results}
+    results = {
+        engine: evaluate_tracks(
+            MemoryCache(tracks), tmp_path / "est", tmp_path / engine, jobs=2, targets=TWO, engine=engine, device="cpu"
+        )
+        for engine in ("fast", "museval")
+    }
+    files = {
+        engine: sorted(p.relative_to(tmp_path / engine) for p in (tmp_path / engine).rglob("*")) for engine in results
+    }
     assert files["fast"] == files["museval"]
     fast, ref = results["fast"].scores, results["museval"].scores
-    assert fast[["track", "target", "metric", "frame", "kind"]].equals(ref[["track", "target", "metric", "frame", "kind"]])
+    assert fast[["track", "target", "metric", "frame", "kind"]].equals(
+        ref[["track", "target", "metric", "frame", "kind"]]
+    )
     assert_agree(fast["value"].to_numpy(), ref["value"].to_numpy())
     assert results["fast"].metrics.keys() == results["museval"].metrics.keys()
 
@@ -116,8 +126,8 @@ def test_cuda_matches_cpu_or_is_refused_before_any_work(tmp_path):
         rng = np.random.default_rng(3)
         refs = rng.standard_normal((4, 3 * 44100 + 5, 2))
         estimates = refs + 0.3 * rng.standard_normal(refs.shape)
-        cpu, = bss_eval_v4(refs, [estimates], 44100, 44100)
-        gpu, = bss_eval_v4(refs, [estimates], 44100, 44100, device="cuda")
+        (cpu,) = bss_eval_v4(refs, [estimates], 44100, 44100)
+        (gpu,) = bss_eval_v4(refs, [estimates], 44100, 44100, device="cuda")
         np.testing.assert_allclose(gpu, cpu, atol=1e-6)
         return
     tracks = make_tracks(["a"], seconds=1.0)
@@ -136,13 +146,16 @@ def estimate_kinds(stems: dict[str, np.ndarray], separator) -> dict[str, dict[st
     for snr in (0, 10, 30):
         kinds[f"stems + noise at {snr} dB"] = {
             t: stems[t] + rng.standard_normal((length, 2)) * np.sqrt(np.mean(stems[t] ** 2) / 10 ** (snr / 10))
-            for t in TARGETS}
+            for t in TARGETS
+        }
     kinds["mixture"] = {t: stems["mixture"] for t in TARGETS}
     silenced = {t: stems[t] + 0.05 * rng.standard_normal((length, 2)) for t in TARGETS}
-    silenced["bass"][2 * 44100:3 * 44100] = 0  # one silent second in one estimate: NaN frame
+    silenced["bass"][2 * 44100 : 3 * 44100] = 0  # one silent second in one estimate: NaN frame
     kinds["partly silent"] = silenced
-    kinds["trained model"] = {t: v.astype(np.float64) for t, v in separate_track(
-        separator, stems["mixture"].astype(np.float32), device="cpu").items()}
+    kinds["trained model"] = {
+        t: v.astype(np.float64)
+        for t, v in separate_track(separator, stems["mixture"].astype(np.float32), device="cpu").items()
+    }
     return kinds
 
 

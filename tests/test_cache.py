@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import FALCON, REPO, ROCK, SYNTHETIC, dataset_json, shared_path
+
 from lightsaft import cache as cache_module
 from lightsaft.audio import read_stems
 from lightsaft.cache import Cache, prepare
 from lightsaft.spectral import TARGETS, SpectralFrontEnd
 from lightsaft.tracks import STEMS, DataError, read_dataset
+
 
 def _stft(wave: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     with torch.no_grad():
@@ -37,7 +38,7 @@ def _wav_track(dataset_json, name: str) -> dict[str, np.ndarray]:
     return {stem: sf.read(files[stem], dtype="float32")[0] for stem in STEMS}
 
 
-@pytest.mark.parametrize("dtype,tolerance", [("float16", 2 ** -10), ("float32", 1e-6)])
+@pytest.mark.parametrize("dtype,tolerance", [("float16", 2**-10), ("float32", 1e-6)])
 def test_spec_is_the_stft_of_each_stem(small_dataset, tmp_path, dtype, tolerance):
     cache = Cache(prepare(small_dataset, tmp_path / "cache", 256, 64, dtype), 256, 64, dtype)
     assert cache.tracks("train") == ["synthetic train 000", "synthetic train 001", "synthetic train 002"]
@@ -54,9 +55,16 @@ def test_spec_is_the_stft_of_each_stem(small_dataset, tmp_path, dtype, tolerance
 def test_manifest_records_params_and_sources(small_cache):
     m = small_cache.manifest
     assert [m[key] for key in ("format", "n_fft", "hop_length", "dtype", "sample_rate")] == [
-        1, 256, 64, "float16", 44100]
-    assert [(t["name"], t["split"]) for t in m["tracks"]][-2:] == [("synthetic valid 000", "valid"),
-                                                                    ("synthetic test 000", "test")]
+        1,
+        256,
+        64,
+        "float16",
+        44100,
+    ]
+    assert [(t["name"], t["split"]) for t in m["tracks"]][-2:] == [
+        ("synthetic valid 000", "valid"),
+        ("synthetic test 000", "test"),
+    ]
     for source in m["tracks"][0]["sources"]:
         with open(small_cache.resolve(source["path"]), "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == source["sha256"]
@@ -129,7 +137,7 @@ def test_disk_space_is_checked_before_writing(small_dataset, tmp_path, monkeypat
     assert abs(expected_mb - actual_mb) < 0.01 * actual_mb + 0.1
 
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: usage(10 ** 9, 10 ** 9, 10 ** 6))
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 10**6))
     with pytest.raises(DataError, match=r"needs about 0.0\d GB but only 0.00 GB are free"):
         prepare(small_dataset, tmp_path / "second", 256, 64)
     assert _leftovers(tmp_path) == ["cache"]
@@ -137,7 +145,10 @@ def test_disk_space_is_checked_before_writing(small_dataset, tmp_path, monkeypat
 
 def test_stem_sources_keep_their_decoded_audio(real_cache):
     assert (real_cache.tracks("train"), real_cache.tracks("valid"), real_cache.tracks("test")) == (
-        [ROCK], [f"{ROCK} (valid)"], [FALCON])
+        [ROCK],
+        [f"{ROCK} (valid)"],
+        [FALCON],
+    )
     decoded, _ = read_stems(shared_path("musdb", "musdb18-7", "test", f"{FALCON}.stem.mp4"))
     audio = real_cache.load_audio(FALCON)
     for stem in STEMS:
@@ -148,10 +159,20 @@ def test_stem_sources_keep_their_decoded_audio(real_cache):
 
 def test_prepare_stage_script(small_dataset, tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text("model: {n_fft: 256, hop_length: 64, num_frame: 16, n_blocks: 5}\n"
-                      "prepare: {dtype: float32}\n")
-    result = subprocess.run([sys.executable, str(REPO / "pipeline" / "prepare.py"), "--params", str(params),
-                             "--dataset", str(small_dataset), "--out", str(tmp_path / "cache")],
-                            capture_output=True, text=True)
+    params.write_text("model: {n_fft: 256, hop_length: 64, num_frame: 16, n_blocks: 5}\nprepare: {dtype: float32}\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "pipeline" / "prepare.py"),
+            "--params",
+            str(params),
+            "--dataset",
+            str(small_dataset),
+            "--out",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert Cache(tmp_path / "cache", 256, 64, "float32").tracks("test") == ["synthetic test 000"]

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import require_ffmpeg, shared_path
+from test_separate import SpecModel, identity
 
 import lightsaft.separate
-from conftest import require_ffmpeg, shared_path
 from lightsaft.cli import main
 from lightsaft.spectral import TARGETS
-from test_separate import SpecModel, identity
 
 
 def tone(rate: int, seconds: float, channels: int) -> np.ndarray:
@@ -31,8 +31,22 @@ def test_rates_channels_and_lengths_are_kept(tmp_path, monkeypatch):
     for name, (audio, rate) in songs.items():
         sf.write(tmp_path / name, audio, rate)
     out = tmp_path / "out"
-    code = main(["separate", *(str(tmp_path / n) for n in songs), "--model", "unused.pt", "--out", str(out),
-                 "--targets", "vocals,bass", "--overlap", "0.25", "--batch-size", "3"])
+    code = main(
+        [
+            "separate",
+            *(str(tmp_path / n) for n in songs),
+            "--model",
+            "unused.pt",
+            "--out",
+            str(out),
+            "--targets",
+            "vocals,bass",
+            "--overlap",
+            "0.25",
+            "--batch-size",
+            "3",
+        ]
+    )
     assert code == 0
     for name, (audio, song_rate) in songs.items():
         folder = out / name.rsplit(".", 1)[0]
@@ -47,8 +61,24 @@ def test_rates_channels_and_lengths_are_kept(tmp_path, monkeypatch):
 def test_stem_mp4_uses_the_mixture_stream(tmp_path, weights, capsys):
     require_ffmpeg()
     song = shared_path("musdb", "musdb18-7", "test", "The Easton Ellises - Falcon 69.stem.mp4")
-    code = main(["separate", str(song), "--model", str(weights), "--out", str(tmp_path / "out"),
-                 "--targets", "drums", "--overlap", "0", "--batch-size", "64", "--device", "cpu"])
+    code = main(
+        [
+            "separate",
+            str(song),
+            "--model",
+            str(weights),
+            "--out",
+            str(tmp_path / "out"),
+            "--targets",
+            "drums",
+            "--overlap",
+            "0",
+            "--batch-size",
+            "64",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     written, rate = sf.read(tmp_path / "out" / "The Easton Ellises - Falcon 69" / "drums.wav")
     mixture, _ = lightsaft.separate.read_audio(song, stream=0)
@@ -59,8 +89,20 @@ def test_unreadable_song_is_named_and_the_others_still_run(tmp_path, weights, ca
     good, bad = tmp_path / "good.wav", tmp_path / "broken.wav"
     sf.write(good, tone(44100, 0.2, 2), 44100)
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
-    code = main(["separate", str(bad), str(tmp_path / "missing.mp3"), str(good), "--model", str(weights),
-                 "--out", str(tmp_path / "out"), "--device", "cpu"])
+    code = main(
+        [
+            "separate",
+            str(bad),
+            str(tmp_path / "missing.mp3"),
+            str(good),
+            "--model",
+            str(weights),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "broken.wav" in err and "missing.mp3" in err and "2 of 3 songs failed" in err
@@ -72,17 +114,33 @@ def test_same_song_name_twice_is_refused(tmp_path, weights, capsys):
     (tmp_path / "a").mkdir()
     for path in (tmp_path / "song.wav", tmp_path / "a" / "song.flac"):
         sf.write(path, tone(44100, 0.1, 2), 44100)
-    code = main(["separate", str(tmp_path / "song.wav"), str(tmp_path / "a" / "song.flac"), "--model",
-                 str(weights), "--out", str(tmp_path / "out"), "--targets", "bass", "--device", "cpu"])
+    code = main(
+        [
+            "separate",
+            str(tmp_path / "song.wav"),
+            str(tmp_path / "a" / "song.flac"),
+            "--model",
+            str(weights),
+            "--out",
+            str(tmp_path / "out"),
+            "--targets",
+            "bass",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 1 and "song.flac: writes" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--out", "{tmp}/file.txt/sub"], "cannot write the output folder"),
-    (["--targets", "vocals,guitar"], "guitar"),
-    (["--overlap", "0.95"], "overlap 0.95"),
-    (["--model", "{tmp}/none.pt"], "none.pt: weights file not found"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--out", "{tmp}/file.txt/sub"], "cannot write the output folder"),
+        (["--targets", "vocals,guitar"], "guitar"),
+        (["--overlap", "0.95"], "overlap 0.95"),
+        (["--model", "{tmp}/none.pt"], "none.pt: weights file not found"),
+    ],
+)
 def test_errors_that_stop_everything(tmp_path, weights, capsys, args, message):
     (tmp_path / "file.txt").write_text("not a folder")
     song = tmp_path / "song.wav"
@@ -101,8 +159,11 @@ def test_entry_point_runs(tmp_path, weights):
     exe = Path(sys.executable).parent / "lightsaft"
     song = tmp_path / "s.wav"
     sf.write(song, tone(16000, 0.2, 1), 16000)
-    result = subprocess.run([str(exe), "separate", str(song), "--model", str(weights), "--out", str(tmp_path / "o"),
-                             "--targets", "vocals"], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(exe), "separate", str(song), "--model", str(weights), "--out", str(tmp_path / "o"), "--targets", "vocals"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     info = sf.info(tmp_path / "o" / "s" / "vocals.wav")
     assert (info.samplerate, info.channels, info.frames) == (16000, 1, 3200)

@@ -5,21 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import ROCK, shared_path
 from pytorch_lightning import seed_everything
+from test_cache import _stft
 from torch.utils.data import DataLoader
 
-from conftest import shared_path
 from lightsaft.audio import read_stems
 from lightsaft.datasets import Draw, TrainDataset, ValidDataset
 from lightsaft.tracks import DataError
-from conftest import ROCK
-from test_cache import _stft
 
 NUM_FRAME = 16
 
 
 def _window(cache, track: str, k: int, offset: int, num_frame: int = NUM_FRAME) -> np.ndarray:
-    return np.asarray(cache.spec(track)[k, :, offset:offset + num_frame], dtype=np.float32)
+    return np.asarray(cache.spec(track)[k, :, offset : offset + num_frame], dtype=np.float32)
 
 
 def test_epoch_length_and_item_layout(small_cache):
@@ -67,8 +66,7 @@ def test_mix_across_tracks_off_takes_one_track_and_offset(small_cache):
 def _epoch(dataset, seed: int, workers: int) -> list[torch.Tensor]:
     seed_everything(seed, workers=True, verbose=False)
     loader = DataLoader(dataset, batch_size=4, num_workers=workers)
-    return [torch.cat([mixture.flatten(1), condition[:, None].float()], 1)
-            for mixture, _, condition in loader]
+    return [torch.cat([mixture.flatten(1), condition[:, None].float()], 1) for mixture, _, condition in loader]
 
 
 def test_randomness_is_seeded_and_differs_between_items_and_workers(small_cache):
@@ -108,16 +106,20 @@ def test_validation_windows_tile_each_track(small_cache):
         mixture, target, condition = dataset[index]
         start = index // 4 * window
         assert condition.item() == index % 4 and mixture.shape == target.shape == (window, 2)
-        np.testing.assert_array_equal(mixture.numpy(), audio["mixture"][start:start + window])
-        np.testing.assert_array_equal(target.numpy(), audio[("vocals", "drums", "bass", "other")[index % 4]]
-                                      [start:start + window])
+        np.testing.assert_array_equal(mixture.numpy(), audio["mixture"][start : start + window])
+        np.testing.assert_array_equal(
+            target.numpy(), audio[("vocals", "drums", "bass", "other")[index % 4]][start : start + window]
+        )
 
 
 def test_validation_chunks_per_track_and_padding(small_cache):
     window = 64 * (NUM_FRAME - 1)
     spread = ValidDataset(small_cache, NUM_FRAME, chunks_per_track=3)
-    assert [start for _, start in spread.chunks] == [0, (44100 // window - 1) // 2 * window,
-                                                     (44100 // window - 1) * window]
+    assert [start for _, start in spread.chunks] == [
+        0,
+        (44100 // window - 1) // 2 * window,
+        (44100 // window - 1) * window,
+    ]
     whole = ValidDataset(small_cache, 1000)  # 63936 samples > the 44100 of the track
     assert len(whole) == 4
     mixture, _, _ = whole[0]
@@ -136,8 +138,8 @@ def test_spectral_mixing_is_exact_on_a_real_track(real_cache):
         draw = dataset.draw()
         mixture, _, _ = dataset.assemble(draw)
         offset, scale = draw.offsets[0], np.abs(reference).max()
-        error = np.abs(mixture.numpy() - reference[:, offset:offset + 128]).max() / scale
+        error = np.abs(mixture.numpy() - reference[:, offset : offset + 128]).max() / scale
         print(f"offset {offset}: max error {error:.2e} of max |X|")
         assert error < 2e-3  # float16 cache: relative precision 2**-11 per stem
         if offset > 0:  # and the comparison can tell a one-frame shift
-            assert np.abs(mixture.numpy() - reference[:, offset - 1:offset + 127]).max() / scale > 100 * error
+            assert np.abs(mixture.numpy() - reference[:, offset - 1 : offset + 127]).max() / scale > 100 * error

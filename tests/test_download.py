@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import REPO, require_ffmpeg, shared_path
+
 from lightsaft import download as dl
 from lightsaft.config import defaults
 from lightsaft.download import download, extract_zip
@@ -45,8 +45,13 @@ def _zip(entries: dict[str, bytes], extra: list[zipfile.ZipInfo] = ()) -> bytes:
 
 def _musdb_zip(train: dict[str, bytes], test: dict[str, bytes]) -> bytes:
     """A zip shaped like MUSDB18-7-STEMS.zip: train/*.stem.mp4, test/*.stem.mp4."""
-    return _zip({f"{split}/{name}.stem.mp4": data
-                 for split, files in (("train", train), ("test", test)) for name, data in files.items()})
+    return _zip(
+        {
+            f"{split}/{name}.stem.mp4": data
+            for split, files in (("train", train), ("test", test))
+            for name, data in files.items()
+        }
+    )
 
 
 def _params(**data) -> dict:
@@ -57,8 +62,15 @@ def _params(**data) -> dict:
 
 def _sample_params(server, body: bytes, **data) -> dict:
     server.files["/MUSDB18-7-STEMS.zip"] = body
-    return _params(**{"source": "musdb18-sample", "sample_url": f"{server.url}/MUSDB18-7-STEMS.zip",
-                      "allow_insecure_http": True, "valid_tracks": ["B"], **data})
+    return _params(
+        **{
+            "source": "musdb18-sample",
+            "sample_url": f"{server.url}/MUSDB18-7-STEMS.zip",
+            "allow_insecure_http": True,
+            "valid_tracks": ["B"],
+            **data,
+        }
+    )
 
 
 DUMMY = _musdb_zip({"A": b"a" * 5000, "B": b"b" * 5000}, {"C": b"c" * 5000})
@@ -138,9 +150,16 @@ def _symlink(name: str) -> zipfile.ZipInfo:
     return info
 
 
-@pytest.mark.parametrize("bad", [zipfile.ZipInfo("../../escaped"), zipfile.ZipInfo("train/../../escaped"),
-                                 zipfile.ZipInfo("/tmp/absolute"), _symlink("train/link.stem.mp4")],
-                         ids=["dotdot", "nested-dotdot", "absolute", "symlink"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        zipfile.ZipInfo("../../escaped"),
+        zipfile.ZipInfo("train/../../escaped"),
+        zipfile.ZipInfo("/tmp/absolute"),
+        _symlink("train/link.stem.mp4"),
+    ],
+    ids=["dotdot", "nested-dotdot", "absolute", "symlink"],
+)
 def test_unsafe_archive_entries_are_refused(tmp_path, bad):
     archive = tmp_path / "user" / "musdb18.zip"
     archive.parent.mkdir()
@@ -185,15 +204,18 @@ def test_unpinned_archive_with_a_non_stem_file_is_refused(server, tmp_path, monk
     require_ffmpeg()
     wav = io.BytesIO()
     sf.write(wav, np.zeros((4410, 2), dtype=np.float32), 44100, format="WAV")
-    body = _musdb_zip({"A": shared_path(*ROCK).read_bytes(), "B": wav.getvalue()},
-                      {"C": shared_path(*FALCON).read_bytes()})
+    body = _musdb_zip(
+        {"A": shared_path(*ROCK).read_bytes(), "B": wav.getvalue()}, {"C": shared_path(*FALCON).read_bytes()}
+    )
     monkeypatch.setattr(dl, "EXPECTED_TRACKS", {"train": 2, "test": 1})
     with pytest.raises(DataError, match=r"B.stem.mp4: 1 audio streams, expected 5"):
         download(_sample_params(server, body), tmp_path / "raw")
 
 
-@pytest.mark.parametrize("source,url", [("musdb18", "https://zenodo.org/records/1117372"),
-                                        ("musdb18hq", "https://zenodo.org/records/3338373")])
+@pytest.mark.parametrize(
+    "source,url",
+    [("musdb18", "https://zenodo.org/records/1117372"), ("musdb18hq", "https://zenodo.org/records/3338373")],
+)
 def test_missing_dataset_says_how_to_get_it(tmp_path, source, url):
     with pytest.raises(DataError) as error:
         download(_params(source=source, root=str(tmp_path / "musdb")), tmp_path / "raw")
@@ -210,14 +232,18 @@ def test_local_folder_gets_a_pointer_only(tmp_path):
     assert data["root"] == str(root.resolve()) and data["sha256"] is None
     assert [(t["name"], t["split"], t["stem_file"]) for t in data["tracks"]] == [
         ("Music Delta - 80s Rock", "valid", str(shared_path(*ROCK).resolve())),
-        ("The Easton Ellises - Falcon 69", "test", str(shared_path(*FALCON).resolve()))]
+        ("The Easton Ellises - Falcon 69", "test", str(shared_path(*FALCON).resolve())),
+    ]
 
 
-@pytest.mark.parametrize("valid,error", [
-    (None, r"musdb's official validation tracks .*'Actions - One Minute Smile' is not a train track"),
-    ([], "the validation split is empty"),
-    (["The Easton Ellises - Falcon 69"], "data.valid_tracks: 'The Easton Ellises - Falcon 69' is not a"),
-])
+@pytest.mark.parametrize(
+    "valid,error",
+    [
+        (None, r"musdb's official validation tracks .*'Actions - One Minute Smile' is not a train track"),
+        ([], "the validation split is empty"),
+        (["The Easton Ellises - Falcon 69"], "data.valid_tracks: 'The Easton Ellises - Falcon 69' is not a"),
+    ],
+)
 def test_bad_validation_split_is_an_error(tmp_path, valid, error):
     params = _params(source="musdb18", root=str(shared_path("musdb", "musdb18-7")), valid_tracks=valid)
     with pytest.raises(DataError, match=error):
@@ -229,16 +255,29 @@ def test_synthetic_source(tmp_path):
     dataset_json = download(_params(source="synthetic", synthetic=synthetic), tmp_path / "raw")
     data = read_dataset(dataset_json)  # paths resolved against the file
     assert [(t["name"], t["split"]) for t in data["tracks"]] == [
-        ("synthetic train 000", "train"), ("synthetic train 001", "train"),
-        ("synthetic valid 000", "valid"), ("synthetic test 000", "test")]
+        ("synthetic train 000", "train"),
+        ("synthetic train 001", "train"),
+        ("synthetic valid 000", "valid"),
+        ("synthetic test 000", "test"),
+    ]
     assert all(Path(path).is_file() for t in data["tracks"] for path in t["files"].values())
 
 
 def test_stage_script_reports_one_line_error(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(f"data:\n  source: musdb18hq\n  root: {tmp_path / 'nowhere'}\n")
-    result = subprocess.run([sys.executable, str(REPO / "pipeline" / "download.py"), "--params", str(params),
-                             "--out", str(tmp_path / "raw")], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "pipeline" / "download.py"),
+            "--params",
+            str(params),
+            "--out",
+            str(tmp_path / "raw"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error: download: musdb18hq not found")
     assert "Traceback" not in result.stderr

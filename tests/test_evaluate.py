@@ -10,11 +10,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import simplejson
-
 from conftest import require_ffmpeg, shared_path
+
 from lightsaft.audio import read_stems, write_audio
-from lightsaft.evaluate import (ENGINES, METRICS, EvaluationError, evaluate_tracks, score_track, summarize,
-                                write_metrics, write_sdr_plot)
+from lightsaft.evaluate import (
+    ENGINES,
+    METRICS,
+    EvaluationError,
+    evaluate_tracks,
+    score_track,
+    summarize,
+    write_metrics,
+    write_sdr_plot,
+)
 
 TWO = ("vocals", "drums")  # two targets keep museval's cost (cubic in the source count) low
 
@@ -28,10 +36,14 @@ def test_both_engines_reproduce_sigsep_regression_scores(engine):
     stems, rate = read_stems(shared_path("musdb", "musdb18-7", "train", "Music Delta - 80s Rock.stem.mp4"))
     reference = json.loads(shared_path("musdb", "reference_scores", "Music Delta - 80s Rock.json").read_text())
     np.random.seed(0)
-    estimates = {"vocals": np.random.random(stems["mixture"].shape),
-                 "accompaniment": np.random.random(stems["mixture"].shape)}
-    refs = {"vocals": stems["vocals"].astype(np.float64),
-            "accompaniment": (stems["drums"] + stems["bass"] + stems["other"]).astype(np.float64)}
+    estimates = {
+        "vocals": np.random.random(stems["mixture"].shape),
+        "accompaniment": np.random.random(stems["mixture"].shape),
+    }
+    refs = {
+        "vocals": stems["vocals"].astype(np.float64),
+        "accompaniment": (stems["drums"] + stems["bass"] + stems["other"]).astype(np.float64),
+    }
     got = json.loads(score_track(refs, estimates, "Music Delta - 80s Rock", rate, engine=engine).json)
     for target in reference["targets"]:
         mine = next(t for t in got["targets"] if t["name"] == target["name"])
@@ -115,8 +127,9 @@ def test_failing_tracks_are_named_and_the_others_kept(tmp_path):
     for target in TWO:
         os.remove(tmp_path / "est" / "test" / "no estimates" / f"{target}.wav")
         write_audio(tmp_path / "est" / "test" / "short" / f"{target}.wav", tracks["short"][target][:1000], 44100)
-    result = evaluate_tracks(MemoryCache(tracks, crash="crash"), tmp_path / "est", tmp_path / "scores",
-                             jobs=2, targets=TWO)
+    result = evaluate_tracks(
+        MemoryCache(tracks, crash="crash"), tmp_path / "est", tmp_path / "scores", jobs=2, targets=TWO
+    )
     assert sorted(result.failed) == ["crash", "no estimates", "short"]
     assert "vocals.wav: file not found" in result.failed["no estimates"]
     assert "worker process died" in result.failed["crash"]
@@ -153,12 +166,15 @@ def test_summary_is_median_of_frames_then_tracks():
 
 
 def test_sdr_plot_table(tmp_path):
-    summary = pd.DataFrame([("vocals", "SDR", 5.0, 1.0, 4.0), ("vocals", "SIR", 9.0, 2.0, 7.0),
-                            ("mean", "SDR", 5.0, 1.0, 4.0)],
-                           columns=["target", "metric", "estimate", "baseline", "improvement"])
+    summary = pd.DataFrame(
+        [("vocals", "SDR", 5.0, 1.0, 4.0), ("vocals", "SIR", 9.0, 2.0, 7.0), ("mean", "SDR", 5.0, 1.0, 4.0)],
+        columns=["target", "metric", "estimate", "baseline", "improvement"],
+    )
     write_sdr_plot(tmp_path / "plots" / "sdr.csv", summary)
-    assert (tmp_path / "plots" / "sdr.csv").read_text().splitlines() == ["target,sdr,baseline_sdr",
-                                                                         "vocals,5.00000,1.00000"]
+    assert (tmp_path / "plots" / "sdr.csv").read_text().splitlines() == [
+        "target,sdr,baseline_sdr",
+        "vocals,5.00000,1.00000",
+    ]
 
 
 def test_metrics_file_writes_nan_as_null(tmp_path):

@@ -18,22 +18,42 @@ def _study(tmp_path, **body):
 
 
 def test_grid_times_seeds_with_base_overrides(tmp_path):
-    study = load_study(_study(tmp_path, study="s", base="base.yaml", set={"trainer.max_epochs": 2},
-                             grid={"model.dk": [4, 16], "model.num_tdfs": [2]}, seeds=[1, 2]))
+    study = load_study(
+        _study(
+            tmp_path,
+            study="s",
+            base="base.yaml",
+            set={"trainer.max_epochs": 2},
+            grid={"model.dk": [4, 16], "model.num_tdfs": [2]},
+            seeds=[1, 2],
+        )
+    )
     points = study.points()
-    assert [p.name for p in points] == ["s-dk4-numtdfs2-s1", "s-dk4-numtdfs2-s2",
-                                        "s-dk16-numtdfs2-s1", "s-dk16-numtdfs2-s2"]
-    assert points[-1].overrides == {"data.source": "synthetic", "model.dk": 16, "trainer.max_epochs": 2,
-                                    "model.num_tdfs": 2, "train.seed": 2}
+    assert [p.name for p in points] == [
+        "s-dk4-numtdfs2-s1",
+        "s-dk4-numtdfs2-s2",
+        "s-dk16-numtdfs2-s1",
+        "s-dk16-numtdfs2-s2",
+    ]
+    assert points[-1].overrides == {
+        "data.source": "synthetic",
+        "model.dk": 16,
+        "trainer.max_epochs": 2,
+        "model.num_tdfs": 2,
+        "train.seed": 2,
+    }
 
 
-@pytest.mark.parametrize("body,message", [
-    ({"grid": {"model.dkk": [4]}}, "unknown key model.dkk"),
-    ({"grid": {"model.dk": [0]}}, "model.dk = 0"),
-    ({"grid": {"model.dk": []}}, "non-empty list"),
-    ({"sett": {}}, "unknown key"),
-    ({"study": "a b"}, "study name"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ({"grid": {"model.dkk": [4]}}, "unknown key model.dkk"),
+        ({"grid": {"model.dk": [0]}}, "model.dk = 0"),
+        ({"grid": {"model.dk": []}}, "non-empty list"),
+        ({"sett": {}}, "unknown key"),
+        ({"study": "a b"}, "study name"),
+    ],
+)
 def test_bad_study_files_fail_before_queueing(tmp_path, body, message):
     with pytest.raises(ConfigError, match=message):
         load_study(_study(tmp_path, **body))

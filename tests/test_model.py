@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL, shared_path
+
 from lightsaft.config import ConfigError, defaults
-from lightsaft.model import (build_model, count_parameters, load_official_state_dict, load_weights,
-                             save_weights)
+from lightsaft.model import build_model, count_parameters, load_official_state_dict, load_weights, save_weights
 
 
 def _golden(name: str) -> dict:
@@ -67,8 +66,7 @@ def test_golden_intermediates_and_waveform():
         enc0 = net.encoders[0]
         tfc = enc0.tfc(first)
         torch.testing.assert_close(tfc, ref["encoders.0.tfc"], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(enc0.saft.bottleneck(tfc), ref["encoders.0.LaSAFT_bn_layer"],
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(enc0.saft.bottleneck(tfc), ref["encoders.0.LaSAFT_bn_layer"], rtol=1e-5, atol=1e-5)
 
     wave = golden["wave"]
     with torch.no_grad():

@@ -16,14 +16,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from lightsaft.cache import Cache
 
 CI = {
-    "data.synthetic.train_tracks": 3, "data.synthetic.valid_tracks": 1, "data.synthetic.test_tracks": 1,
-    "data.synthetic.seconds": 4.0, "train.items_per_epoch": 48, "train.valid_chunks_per_track": 2,
-    "trainer.max_epochs": 1, "report.excerpt_seconds": 2.0, "mlflow.experiment": "ci",
+    "data.synthetic.train_tracks": 3,
+    "data.synthetic.valid_tracks": 1,
+    "data.synthetic.test_tracks": 1,
+    "data.synthetic.seconds": 4.0,
+    "train.items_per_epoch": 48,
+    "train.valid_chunks_per_track": 2,
+    "trainer.max_epochs": 1,
+    "report.excerpt_seconds": 2.0,
+    "mlflow.experiment": "ci",
 }
 STAGES = ("download", "prepare", "train", "separate", "evaluate", "report")
 pytestmark = pytest.mark.slow
@@ -31,8 +37,9 @@ pytestmark = pytest.mark.slow
 
 def clone(dst: Path) -> Path:
     """A fresh repository holding the working tree as git sees it (tracked + untracked, not ignored)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
     for name in filter(None, files):
         if (REPO / name).is_file():
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
@@ -93,11 +100,21 @@ def test_demo_then_rerun_rules_then_queued_ablation(tmp_path):
     run(repo, "dvc", "exp", "apply", name)
     test_tracks = Cache(repo / "data/cache").tracks("test")
     assert len(test_tracks) == 1
-    for path in ["data/raw/dataset.json", "models/weights.pt", "models/best.ckpt", "models/mlflow_run.json",
-                 "metrics/train.json", "plots/train_curves.csv", "results/scores/scores.csv",
-                 "results/scores/summary.csv", f"results/scores/museval/test/{test_tracks[0]}.json",
-                 "metrics/sdr.json", "plots/sdr_per_target.csv", "results/report/index.html",
-                 *[f"results/estimates/test/{test_tracks[0]}/{t}.wav" for t in ("vocals", "drums", "bass", "other")]]:
+    for path in [
+        "data/raw/dataset.json",
+        "models/weights.pt",
+        "models/best.ckpt",
+        "models/mlflow_run.json",
+        "metrics/train.json",
+        "plots/train_curves.csv",
+        "results/scores/scores.csv",
+        "results/scores/summary.csv",
+        f"results/scores/museval/test/{test_tracks[0]}.json",
+        "metrics/sdr.json",
+        "plots/sdr_per_target.csv",
+        "results/report/index.html",
+        *[f"results/estimates/test/{test_tracks[0]}/{t}.wav" for t in ("vocals", "drums", "bass", "other")],
+    ]:
         assert (repo / path).is_file(), path
     sdr = json.loads((repo / "metrics/sdr.json").read_text())
     assert {"sdr_vocals", "baseline_sdr_vocals", "sdr_improvement_vocals", "sdr_mean"} <= set(sdr)
@@ -107,7 +124,7 @@ def test_demo_then_rerun_rules_then_queued_ablation(tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     set_params(repo, train__lr=params["train"]["lr"] / 2)
     changed = json.loads(run(repo, "dvc", "status", "--json", stdout_only=True))
-    assert set(changed) == {"train"}, changed          # download/prepare untouched by train.*
+    assert set(changed) == {"train"}, changed  # download/prepare untouched by train.*
     set_params(repo, train__lr=params["train"]["lr"], evaluate__jobs=1)
     log = run(repo, "dvc", "repro")
     assert ran_stages(log) <= {"evaluate", "report"} and "evaluate" in ran_stages(log), log[-3000:]
@@ -132,7 +149,9 @@ def test_demo_then_rerun_rules_then_queued_ablation(tmp_path):
         assert n in text
     assert text.count('"sdr_vocals"') >= 3  # demo + both points
 
-    runs = {r.data.tags.get("dvc_experiment"): r for r in mlflow_runs(repo, "ci") if "mlflow.parentRunId" not in r.data.tags}
+    runs = {
+        r.data.tags.get("dvc_experiment"): r for r in mlflow_runs(repo, "ci") if "mlflow.parentRunId" not in r.data.tags
+    }
     for n in names:
         assert n in runs, sorted(filter(None, runs))
         assert runs[n].data.params["model.dk"] == str(demo_dk if n == names[0] else demo_dk * 2)

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-
 from conftest import TINY_MODEL, require
+
 from lightsaft.audio import write_audio
 from lightsaft.evaluate import KINDS, METRICS, summarize
 from lightsaft.model import build_model, count_parameters, save_weights
@@ -53,8 +53,11 @@ def make_inputs(root: Path) -> SimpleNamespace:
         stems = {t: (rng.standard_normal((int(SECONDS * SAMPLE_RATE), 2)) * 0.1).astype(np.float32) for t in TARGETS}
         audio[track] = {"mixture": sum(stems.values()), **stems}
         for target in TARGETS:
-            write_audio(root / "est" / "test" / track / f"{target}.wav",
-                        stems[target] + rng.standard_normal(stems[target].shape) * 0.02, SAMPLE_RATE)
+            write_audio(
+                root / "est" / "test" / track / f"{target}.wav",
+                stems[target] + rng.standard_normal(stems[target].shape) * 0.02,
+                SAMPLE_RATE,
+            )
             for metric, kind, frame in itertools.product(METRICS, KINDS, range(4)):
                 value = np.nan if frame == 3 and target == "bass" else rng.normal(5 if kind == "estimate" else -5, 3)
                 rows.append((track, target, metric, frame, value, kind))
@@ -64,15 +67,30 @@ def make_inputs(root: Path) -> SimpleNamespace:
     summarize(scores)[0].to_csv(root / "scores" / "summary.csv", index=False, float_format="%.5f")
     model = build_model(TINY_MODEL)
     save_weights(root / "weights.pt", model, TINY_MODEL)
-    (root / "train.json").write_text(json.dumps({"best_val_loss": 0.04321, "epochs": 3, "steps": 300,
-                                                 "param_count": count_parameters(model), "precision": "32-true"}))
+    (root / "train.json").write_text(
+        json.dumps(
+            {
+                "best_val_loss": 0.04321,
+                "epochs": 3,
+                "steps": 300,
+                "param_count": count_parameters(model),
+                "precision": "32-true",
+            }
+        )
+    )
     epochs = [(0.09, 1e-3), (0.04321, 1e-3), (0.05, 5e-4)]  # (val_loss, lr)
-    curves = [",".join(EpochCurves.COLUMNS)] + [f"{e},{100 * (e + 1)},{0.5 / (e + 1)},{v},{lr},1.5,0.0"
-                                                 for e, (v, lr) in enumerate(epochs)]
+    curves = [",".join(EpochCurves.COLUMNS)] + [
+        f"{e},{100 * (e + 1)},{0.5 / (e + 1)},{v},{lr},1.5,0.0" for e, (v, lr) in enumerate(epochs)
+    ]
     (root / "curves.csv").write_text("\n".join(curves) + "\n")
-    return SimpleNamespace(cache=MemoryCache(audio), scores_dir=root / "scores", estimates_dir=root / "est",
-                           curves_csv=root / "curves.csv", train_metrics=root / "train.json",
-                           weights=root / "weights.pt")
+    return SimpleNamespace(
+        cache=MemoryCache(audio),
+        scores_dir=root / "scores",
+        estimates_dir=root / "est",
+        curves_csv=root / "curves.csv",
+        train_metrics=root / "train.json",
+        weights=root / "weights.pt",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +180,15 @@ def test_page_shows_every_track_with_its_players_and_scores(report, inputs):
         assert cells[4:] == others
 
     text = " ".join(page.text)
-    for fact in ("LightSAFT", "Parameters", f"{count_parameters(build_model(TINY_MODEL)):,}", "300 (3 epochs)",
-                 "0.04321", "synthetic", "256 / hop 64"):
+    for fact in (
+        "LightSAFT",
+        "Parameters",
+        f"{count_parameters(build_model(TINY_MODEL)):,}",
+        "300 (3 epochs)",
+        "0.04321",
+        "synthetic",
+        "256 / hop 64",
+    ):
         assert fact in text
     assert "curves.png" in page.links and (report / "curves.png").read_bytes()[:8] == PNG
     assert not [link for link in page.links if "://" in link or link.startswith("//")]
@@ -172,8 +197,9 @@ def test_page_shows_every_track_with_its_players_and_scores(report, inputs):
 
 @pytest.mark.parametrize("offset,seconds,expected", [(0.5, 1.0, 1.0), (2.5, 10.0, 0.5)])
 def test_excerpts_are_the_requested_slice_of_every_source(tmp_path, inputs, offset, seconds, expected):
-    out = build_report(tmp_path / "r", **vars(inputs), excerpt_seconds=seconds, excerpt_offset=offset,
-                       audio_format="wav")
+    out = build_report(
+        tmp_path / "r", **vars(inputs), excerpt_seconds=seconds, excerpt_offset=offset, audio_format="wav"
+    )
     track = TRACKS[1]
     start, stop = round(offset * SAMPLE_RATE), round((offset + expected) * SAMPLE_RATE)
     folder = out / "audio" / unique_slugs(list(TRACKS))[track]
@@ -185,8 +211,12 @@ def test_excerpts_are_the_requested_slice_of_every_source(tmp_path, inputs, offs
 
 
 def test_slugs_are_safe_and_distinct():
-    assert unique_slugs(["A b", "a-B", "!!!", "Zoë - x"]) == {"A b": "a-b", "a-B": "a-b-2", "!!!": "track",
-                                                              "Zoë - x": "zo-x"}
+    assert unique_slugs(["A b", "a-B", "!!!", "Zoë - x"]) == {
+        "A b": "a-b",
+        "a-B": "a-b-2",
+        "!!!": "track",
+        "Zoë - x": "zo-x",
+    }
 
 
 def test_bad_input_names_the_problem_and_keeps_the_old_report(tmp_path, inputs, report):
@@ -220,8 +250,10 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
 def chromium(profile: Path):
-    require(os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER),
-            "chromium + chromedriver (apt-get install -y chromium chromium-driver)")
+    require(
+        os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER),
+        "chromium + chromedriver (apt-get install -y chromium chromium-driver)",
+    )
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -229,10 +261,19 @@ def chromium(profile: Path):
         require(False, "selenium (pip install -e '.[dev]')")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={profile}",
-                 "--window-size=1280,900"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--autoplay-policy=no-user-gesture-required",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,900",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
 
@@ -254,16 +295,18 @@ def test_chromium_loads_and_plays_every_player(report, tmp_path):
         audios = "Array.from(document.querySelectorAll('audio'))"
         assert driver.execute_script(f"return {audios}.length") == 5 * len(TRACKS)
         ready = wait_for(driver, f"return {audios}.every(a => a.readyState >= 1 && a.duration > 0)")
-        states = driver.execute_script(f"return {audios}.map(a => [a.currentSrc, a.readyState, a.duration, "
-                                       f"a.error && a.error.code])")
+        states = driver.execute_script(
+            f"return {audios}.map(a => [a.currentSrc, a.readyState, a.duration, a.error && a.error.code])"
+        )
         assert ready, f"not every player loaded its metadata: {states}"
         assert all(duration == pytest.approx(2.0, abs=0.05) for _, _, duration, _ in states)
         driver.execute_script(f"{audios}.forEach(a => {{ a.muted = true; a.play(); }})")
         played = wait_for(driver, f"return {audios}.every(a => a.currentTime > 0)")
         assert played, driver.execute_script(f"return {audios}.map(a => [a.currentSrc, a.currentTime, a.paused])")
         driver.execute_script(f"{audios}.forEach(a => a.pause())")
-        assert driver.execute_script("const i = document.querySelector('img.curves'); "
-                                     "return i.complete && i.naturalWidth > 0")
+        assert driver.execute_script(
+            "const i = document.querySelector('img.curves'); return i.complete && i.naturalWidth > 0"
+        )
         height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.set_window_size(1280, height + 140)  # the whole page in one screenshot
         shot = tmp_path / "report.png"

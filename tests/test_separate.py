@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import TINY_MODEL
 from torch import nn
 
-from conftest import TINY_MODEL
 from lightsaft.devices import DeviceError
 from lightsaft.model import build_model
-from lightsaft.separate import (SeparationError, crossfade, edge_trim, separate_track, separate_tracks,
-                                song_name)
+from lightsaft.separate import SeparationError, crossfade, edge_trim, separate_track, separate_tracks, song_name
 from lightsaft.spectral import SAMPLE_RATE, TARGETS, SpectralFrontEnd, window_samples
 
 WINDOW = window_samples(TINY_MODEL["num_frame"], TINY_MODEL["hop_length"])  # 960 samples
@@ -54,8 +53,8 @@ def test_crossfade_copies_sum_to_one(kept, overlap):
     assert fade.min() >= 0 and fade.max() <= 1 + 1e-12
     total = np.zeros(step * 12 + kept)
     for i in range(12):
-        total[i * step:i * step + kept] += fade
-    np.testing.assert_allclose(total[kept - step:12 * step], 1.0, atol=1e-12)
+        total[i * step : i * step + kept] += fade
+    np.testing.assert_allclose(total[kept - step : 12 * step], 1.0, atol=1e-12)
 
 
 @pytest.mark.parametrize("length", [1, 300, WINDOW, WINDOW + 1, 3 * WINDOW - 7, 20000])
@@ -102,13 +101,16 @@ def test_real_model_is_batch_size_invariant():
     assert np.abs(one["vocals"] - one["bass"]).max() > 1e-4  # the condition changes the output
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"targets": ["vocals", "piano"]}, "piano"),
-    ({"targets": []}, "choose one or more"),
-    ({"overlap": 0.95}, "overlap 0.95"),
-    ({"batch_size": 0}, "batch size 0"),
-    ({"device": "tpu9"}, "tpu9"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"targets": ["vocals", "piano"]}, "piano"),
+        ({"targets": []}, "choose one or more"),
+        ({"overlap": 0.95}, "overlap 0.95"),
+        ({"batch_size": 0}, "batch size 0"),
+        ({"device": "tpu9"}, "tpu9"),
+    ],
+)
 def test_bad_options_are_named(kwargs, message):
     with pytest.raises((SeparationError, DeviceError), match=message):
         separate_track(SpecModel(identity), noise(100), **kwargs)
@@ -148,9 +150,12 @@ class MemoryCache:
 
 
 def test_stage_writes_musdb_estimates_layout(tmp_path, weights):
-    cache = MemoryCache({"Artist - Song": {"mixture": noise(2500, seed=1)}, "Other Band - B": {"mixture": noise(1200, seed=2)}})
-    out = separate_tracks(weights, cache, tmp_path / "results" / "estimates",
-                          {"overlap": 0.5, "batch_size": 4, "device": "auto"})
+    cache = MemoryCache(
+        {"Artist - Song": {"mixture": noise(2500, seed=1)}, "Other Band - B": {"mixture": noise(1200, seed=2)}}
+    )
+    out = separate_tracks(
+        weights, cache, tmp_path / "results" / "estimates", {"overlap": 0.5, "batch_size": 4, "device": "auto"}
+    )
     assert sorted(p.name for p in (out / "test").iterdir()) == ["Artist - Song", "Other Band - B"]
     model = build_model(TINY_MODEL)
     model.load_state_dict(torch.load(weights, weights_only=True)["state_dict"])
@@ -176,5 +181,6 @@ def test_killed_stage_leaves_previous_output_untouched(tmp_path, weights):
 
 def test_stage_names_missing_weights(tmp_path):
     with pytest.raises(SeparationError, match="nope.pt: weights file not found"):
-        separate_tracks(tmp_path / "nope.pt", MemoryCache({}), tmp_path / "out", {"overlap": 0.5, "batch_size": 4,
-                                                                                 "device": "cpu"})
+        separate_tracks(
+            tmp_path / "nope.pt", MemoryCache({}), tmp_path / "out", {"overlap": 0.5, "batch_size": 4, "device": "cpu"}
+        )

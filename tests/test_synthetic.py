@@ -26,7 +26,10 @@ def tree(tmp_path_factory):
 
 def test_tree_is_musdb18hq_shaped_and_mixture_is_the_sum(tree):
     assert sorted(p.name for p in (tree / "train").iterdir()) == [
-        "synthetic train 000", "synthetic train 001", "synthetic valid 000"]
+        "synthetic train 000",
+        "synthetic train 001",
+        "synthetic valid 000",
+    ]
     assert [p.name for p in (tree / "test").iterdir()] == ["synthetic test 000"]
     for folder in [*(tree / "train").iterdir(), *(tree / "test").iterdir()]:
         assert sorted(p.name for p in folder.iterdir()) == sorted(f"{s}.wav" for s in STEMS)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,8 +32,8 @@ def test_experiment_copy_resolves_to_the_main_repo(repo, monkeypatch):
     (copy / "dvc.yaml").write_text("stages: {}\n")
     (copy / ".dvc").mkdir()
     monkeypatch.chdir(copy)
-    assert project_root() == repo           # from the path alone
-    monkeypatch.setenv("DVC_ROOT", str(copy))        # even if DVC_ROOT named the copy
+    assert project_root() == repo  # from the path alone
+    monkeypatch.setenv("DVC_ROOT", str(copy))  # even if DVC_ROOT named the copy
     assert project_root() == repo
     monkeypatch.setenv("DVC_ROOT", str(repo))
     assert tracking.tracking_uri() == f"sqlite:///{repo / 'mlflow.db'}"
@@ -57,7 +57,8 @@ def test_run_from_an_experiment_copy_lands_in_the_main_database(repo):
         "exp = tracking.experiment_id(c, 'copytest')\n"
         "run = c.create_run(exp, run_name='from-copy')\n"
         "tracking.log_params(c, run.info.run_id, {'model.dk': 16})\n"
-        "print(run.info.run_id)\n")
+        "print(run.info.run_id)\n"
+    )
     env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["DVC_ROOT"] = str(repo)
     out = subprocess.run([sys.executable, "-c", code], cwd=copy, env=env, capture_output=True, text=True)
@@ -73,6 +74,7 @@ def test_run_from_an_experiment_copy_lands_in_the_main_database(repo):
     exp = main.get_experiment_by_name("copytest")
     assert exp.artifact_location == (repo / "mlartifacts" / "copytest").as_uri()
     import sqlite3
+
     assert sqlite3.connect(repo / "mlflow.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

@@ -9,18 +9,19 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import REPO, require_ffmpeg, shared_path
+
 from lightsaft.audio import AudioError
 from lightsaft.synthetic import generate
 from lightsaft.tracks import DataError, load_track, read_dataset, scan_tree
 
 
 def test_musdb_validation_list_is_read_without_importing_musdb():
-    code = ("import sys; from lightsaft.tracks import musdb_validation_tracks as v; names = v(); "
-            "print(len(names), names[0], 'musdb' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                            check=True)
+    code = (
+        "import sys; from lightsaft.tracks import musdb_validation_tracks as v; names = v(); "
+        "print(len(names), names[0], 'musdb' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert result.stdout.strip() == "14 Actions - One Minute Smile False"
 
 
@@ -36,7 +37,10 @@ def _track(tree) -> dict:
 def test_scan_and_load_a_wav_tree(tree):
     tracks = scan_tree(tree, "musdb18hq")
     assert [(t["name"], t["split"]) for t in tracks] == [
-        ("synthetic train 000", "train"), ("synthetic valid 000", "train"), ("synthetic test 000", "test")]
+        ("synthetic train 000", "train"),
+        ("synthetic valid 000", "train"),
+        ("synthetic test 000", "test"),
+    ]
     audio = load_track(tracks[0])
     assert sorted(audio) == sorted(["mixture", "vocals", "drums", "bass", "other"])
     assert all(a.shape == (22050, 2) and a.dtype == np.float32 for a in audio.values())
@@ -57,13 +61,14 @@ def _rewrite(path, audio, rate):
 BAD_FILES = {
     "sample rate": (lambda p, a: _rewrite(p, a, 22050), r"vocals.wav: sample rate 22050 Hz"),
     "mono": (lambda p, a: _rewrite(p, a[:, :1], 44100), r"vocals.wav: 1 channel\(s\)"),
-    "short": (lambda p, a: _rewrite(p, a[:-100], 44100),
-              r"vocals.wav: 21950 samples but the mixture has 22050"),
+    "short": (lambda p, a: _rewrite(p, a[:-100], 44100), r"vocals.wav: 21950 samples but the mixture has 22050"),
     "missing": (lambda p, a: p.unlink(), r"vocals.wav: file not found"),
     "corrupt": (lambda p, a: p.write_bytes(b"\x00" * 3000), r"vocals.wav: cannot read audio"),
     "truncated": (lambda p, a: p.write_bytes(p.read_bytes()[:40000]), r"vocals.wav: truncated"),
-    "not finite": (lambda p, a: sf.write(p, np.full_like(a, np.nan), 44100, subtype="FLOAT"),
-                   r"vocals.wav: contains NaN"),
+    "not finite": (
+        lambda p, a: sf.write(p, np.full_like(a, np.nan), 44100, subtype="FLOAT"),
+        r"vocals.wav: contains NaN",
+    ),
 }
 
 
@@ -93,12 +98,15 @@ def test_truncated_stem_mp4_is_refused(tmp_path):
     assert len({a.shape for a in audio.values()}) == 1 and abs(len(audio["mixture"]) - 6.8 * 44100) < 4410
 
 
-@pytest.mark.parametrize("content,error", [
-    (None, "not found; run the download stage first"),
-    ("{not json", "not valid JSON"),
-    ('{"format": 0, "tracks": []}', "format 0, expected 1"),
-    ('{"format": 1, "tracks": [{"name": "a", "split": "dev", "files": {}}]}', "malformed track entry"),
-])
+@pytest.mark.parametrize(
+    "content,error",
+    [
+        (None, "not found; run the download stage first"),
+        ("{not json", "not valid JSON"),
+        ('{"format": 0, "tracks": []}', "format 0, expected 1"),
+        ('{"format": 1, "tracks": [{"name": "a", "split": "dev", "files": {}}]}', "malformed track entry"),
+    ],
+)
 def test_bad_dataset_json_is_refused(tmp_path, content, error):
     path = tmp_path / "dataset.json"
     if content is not None:

@@ -12,14 +12,14 @@ import time
 import pytest
 import torch
 import yaml
+from conftest import REPO, make_project, tiny_params
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, make_project, tiny_params
+from lightsaft import config
 from lightsaft.losses import LOSSES
 from lightsaft.model import build_model, load_weights
 from lightsaft.train import TrainOutputs, resolve_precision, train
 from lightsaft.training import LightSAFTModule
-from lightsaft import config
 
 
 def _runs(uri: str, experiment: str):
@@ -56,11 +56,14 @@ def test_training_learns_and_records_everything(trained):
     assert json.loads(out.run_file.read_text())["run_id"] == run.info.run_id
     metrics = json.loads(out.metrics.read_text())
     assert metrics["steps"] == 300 and metrics["epochs"] == 3 and metrics["param_count"] == 71_988
-    assert metrics["best_val_loss"] == pytest.approx(min(m.value for m in
-                                                         client.get_metric_history(run.info.run_id, "val_loss")))
+    assert metrics["best_val_loss"] == pytest.approx(
+        min(m.value for m in client.get_metric_history(run.info.run_id, "val_loss"))
+    )
     curves = out.curves.read_text().splitlines()
     assert curves[0].startswith("epoch,step,train_loss,val_loss,lr") and len(curves) == 4
-    assert not (trained.root / ".lightsaft" / "train").exists() or not any((trained.root / ".lightsaft" / "train").iterdir())
+    assert not (trained.root / ".lightsaft" / "train").exists() or not any(
+        (trained.root / ".lightsaft" / "train").iterdir()
+    )
 
 
 def test_checkpoint_and_weights_reload_to_the_same_model(trained):
@@ -79,11 +82,18 @@ def test_bf16_mixed_trains_and_validates_on_cpu(tmp_path, synthetic_cache, monke
     root = make_project(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    params = tiny_params(**{"trainer.precision": "bf16-mixed", "train.items_per_epoch": 16,
-                            "trainer.max_epochs": 1, "trainer.limit_val_batches": 2,
-                            "mlflow.experiment": "bf16"})
-    metrics = train(params, synthetic_cache, TrainOutputs(models=root / "m", metrics=root / "t.json",
-                                                          curves=root / "c.csv"))
+    params = tiny_params(
+        **{
+            "trainer.precision": "bf16-mixed",
+            "train.items_per_epoch": 16,
+            "trainer.max_epochs": 1,
+            "trainer.limit_val_batches": 2,
+            "mlflow.experiment": "bf16",
+        }
+    )
+    metrics = train(
+        params, synthetic_cache, TrainOutputs(models=root / "m", metrics=root / "t.json", curves=root / "c.csv")
+    )
     assert metrics["steps"] == 2 and metrics["precision"] == "bf16-mixed"
     assert metrics["best_val_loss"] > 0 and metrics["best_val_loss"] == metrics["best_val_loss"]  # not NaN
 
@@ -104,8 +114,14 @@ def test_killed_training_resumes_with_the_same_run(tmp_path, synthetic_cache, si
     root = make_project(tmp_path)
     (root / "data").mkdir()
     os.symlink(synthetic_cache, root / "data" / "cache")
-    params = tiny_params(**{"train.items_per_epoch": 64, "train.valid_chunks_per_track": 1,
-                            "trainer.max_epochs": 4, "mlflow.experiment": "resume"})
+    params = tiny_params(
+        **{
+            "train.items_per_epoch": 64,
+            "train.valid_chunks_per_track": 1,
+            "trainer.max_epochs": 4,
+            "mlflow.experiment": "resume",
+        }
+    )
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
     cmd = [sys.executable, str(REPO / "pipeline" / "train.py")]
@@ -117,14 +133,14 @@ def test_killed_training_resumes_with_the_same_run(tmp_path, synthetic_cache, si
     proc.send_signal(sig)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0, output[-2000:]
-    assert not (root / "models" / "weights.pt").exists()   # nothing that looks complete
+    assert not (root / "models" / "weights.pt").exists()  # nothing that looks complete
     assert list((root / ".lightsaft").glob("train/*/checkpoints/interrupted.ckpt")), output[-2000:]
 
     params["train"]["resume"] = True
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    client, runs = _runs(f"sqlite:///{root / 'mlflow.db'}", "resume")
+    _, runs = _runs(f"sqlite:///{root / 'mlflow.db'}", "resume")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert json.loads((root / "models" / "mlflow_run.json").read_text())["run_id"] == runs[0].info.run_id
     epochs = [int(line.split(",")[0]) for line in (root / "plots" / "train_curves.csv").read_text().splitlines()[1:]]
@@ -137,14 +153,16 @@ def test_each_training_takes_a_free_gpu(tmp_path):
     from lightsaft.paths import file_lock
     from lightsaft.train import claim_gpu
 
-    with claim_gpu(1, ["0", "1", "2"], tmp_path) as first:
-        with file_lock(tmp_path / "gpu-1.lock"):                  # held by some other training
-            with claim_gpu(1, ["0", "1", "2"], tmp_path) as second:
-                assert (first, second) == ([0], [2])
-    with claim_gpu(1, ["0", "1"], tmp_path) as again:             # released on exit
+    with (
+        claim_gpu(1, ["0", "1", "2"], tmp_path) as first,
+        file_lock(tmp_path / "gpu-1.lock"),  # held by some other training
+        claim_gpu(1, ["0", "1", "2"], tmp_path) as second,
+    ):
+        assert (first, second) == ([0], [2])
+    with claim_gpu(1, ["0", "1"], tmp_path) as again:  # released on exit
         assert again == [0]
     with claim_gpu(4, ["0", "1"], tmp_path) as ddp, claim_gpu(1, ["0"], tmp_path) as single:
-        assert (ddp, single) == (4, 1)                             # DDP / one GPU: as configured
+        assert (ddp, single) == (4, 1)  # DDP / one GPU: as configured
 
 
 def test_official_init_is_xavier_normal():
@@ -153,11 +171,16 @@ def test_official_init_is_xavier_normal():
     official = LightSAFTModule(params["model"], dict(params["train"], init="official")).model
     torch.manual_seed(0)
     default = LightSAFTModule(params["model"], dict(params["train"], init="pytorch")).model
-    keys = official.net.encoders[0].saft.attention.keys        # [dk, K] = [8, 4]
+    keys = official.net.encoders[0].saft.attention.keys  # [dk, K] = [8, 4]
     std = (2 / (keys.shape[0] + keys.shape[1])) ** 0.5
-    weights = torch.cat([p.detach().flatten() / (2 / sum(p.shape[:2]) / (p[0, 0].numel() if p.dim() > 2 else 1)) ** 0.5
-                         for p in official.parameters() if p.dim() >= 2])
-    assert abs(weights.std().item() - 1) < 0.05                  # every >=2-d parameter: N(0, xavier std)
+    weights = torch.cat(
+        [
+            p.detach().flatten() / (2 / sum(p.shape[:2]) / (p[0, 0].numel() if p.dim() > 2 else 1)) ** 0.5
+            for p in official.parameters()
+            if p.dim() >= 2
+        ]
+    )
+    assert abs(weights.std().item() - 1) < 0.05  # every >=2-d parameter: N(0, xavier std)
     assert abs(keys.std().item() - std) < std
     emb_o, emb_d = official.net.embedding.weight, default.net.embedding.weight
-    assert not torch.allclose(emb_o, emb_d)                      # PyTorch's default is N(0, 1) there
+    assert not torch.allclose(emb_o, emb_d)  # PyTorch's default is N(0, 1) there

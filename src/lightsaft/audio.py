@@ -32,16 +32,26 @@ class AudioError(LightSAFTError, RuntimeError):
 def ffmpeg_binary(name: str = "ffmpeg") -> str:
     path = shutil.which(name)
     if path is None:
-        raise AudioError(f"{name} not found: install it (Debian/Ubuntu: apt-get install -y ffmpeg; "
-                         f"macOS: brew install ffmpeg) or run `make setup`")
+        raise AudioError(
+            f"{name} not found: install it (Debian/Ubuntu: apt-get install -y ffmpeg; "
+            f"macOS: brew install ffmpeg) or run `make setup`"
+        )
     return path
 
 
 def probe(path: str | Path) -> dict:
     """ffprobe's view of a file: its audio streams with sample rate and channel count."""
     path = Path(path)
-    cmd = [ffmpeg_binary("ffprobe"), "-v", "error", "-show_entries",
-           "stream=index,codec_type,sample_rate,channels:format=duration", "-of", "json", str(path)]
+    cmd = [
+        ffmpeg_binary("ffprobe"),
+        "-v",
+        "error",
+        "-show_entries",
+        "stream=index,codec_type,sample_rate,channels:format=duration",
+        "-of",
+        "json",
+        str(path),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise AudioError(f"{path}: cannot read audio: {result.stderr.strip() or 'ffprobe failed'}")
@@ -53,18 +63,37 @@ def probe(path: str | Path) -> dict:
 def _ffmpeg_decode(path: Path, stream: int, sample_rate: int | None, pcm16: bool) -> tuple[np.ndarray, int]:
     info = probe(path)
     if stream >= len(info["audio"]):
-        raise AudioError(f"{path}: has {len(info['audio'])} audio streams, stream {stream} requested "
-                         f"(a MUSDB18 .stem.mp4 has 5: mixture, drums, bass, other, vocals)")
+        raise AudioError(
+            f"{path}: has {len(info['audio'])} audio streams, stream {stream} requested "
+            f"(a MUSDB18 .stem.mp4 has 5: mixture, drums, bass, other, vocals)"
+        )
     meta = info["audio"][stream]
     channels, rate = int(meta["channels"]), int(meta["sample_rate"])
     out_rate = sample_rate or rate
     fmt = "s16le" if pcm16 else "f32le"
-    cmd = [ffmpeg_binary(), "-v", "error", "-nostdin", "-i", str(path), "-map", f"0:a:{stream}",
-           "-f", fmt, "-acodec", f"pcm_{fmt}", "-ar", str(out_rate), "-"]
+    cmd = [
+        ffmpeg_binary(),
+        "-v",
+        "error",
+        "-nostdin",
+        "-i",
+        str(path),
+        "-map",
+        f"0:a:{stream}",
+        "-f",
+        fmt,
+        "-acodec",
+        f"pcm_{fmt}",
+        "-ar",
+        str(out_rate),
+        "-",
+    ]
     result = subprocess.run(cmd, capture_output=True)
     if result.returncode != 0 or not result.stdout:
-        raise AudioError(f"{path}: ffmpeg could not decode audio stream {stream}: "
-                         f"{result.stderr.decode(errors='replace').strip()[-500:] or 'no audio data'}")
+        raise AudioError(
+            f"{path}: ffmpeg could not decode audio stream {stream}: "
+            f"{result.stderr.decode(errors='replace').strip()[-500:] or 'no audio data'}"
+        )
     if pcm16:
         return np.frombuffer(result.stdout, dtype="<i2").reshape(-1, channels) / np.float32(32768), out_rate
     return np.frombuffer(result.stdout, dtype="<f4").reshape(-1, channels).copy(), out_rate
@@ -94,8 +123,9 @@ def read_audio(path: str | Path, stream: int = 0, sample_rate: int | None = None
         return audio, rate
     if suffix in FFMPEG_SUFFIXES or suffix in SOUNDFILE_SUFFIXES:
         return _ffmpeg_decode(path, stream, sample_rate, pcm16=path.name.lower().endswith(".stem.mp4"))
-    raise AudioError(f"{path}: unsupported format {suffix or '(no suffix)'}; "
-                     f"use one of {', '.join(sorted(SUPPORTED_SUFFIXES))}")
+    raise AudioError(
+        f"{path}: unsupported format {suffix or '(no suffix)'}; use one of {', '.join(sorted(SUPPORTED_SUFFIXES))}"
+    )
 
 
 def read_stems(path: str | Path, names: tuple[str, ...] = tuple(STEM_STREAMS)) -> tuple[dict[str, np.ndarray], int]:

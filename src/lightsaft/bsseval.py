@@ -48,8 +48,14 @@ def window_bounds(length: int, window: int, hop: int) -> list[tuple[int, int]]:
     return [(t * hop, t * hop + window) for t in range(count)]
 
 
-def bss_eval_v4(references: Sequence[np.ndarray], estimate_sets: Sequence[Sequence[np.ndarray]], window: int,
-                hop: int, filters_len: int = FILTERS_LEN, device: str | torch.device = "cpu") -> list[np.ndarray]:
+def bss_eval_v4(
+    references: Sequence[np.ndarray],
+    estimate_sets: Sequence[Sequence[np.ndarray]],
+    window: int,
+    hop: int,
+    filters_len: int = FILTERS_LEN,
+    device: str | torch.device = "cpu",
+) -> list[np.ndarray]:
     """museval's ``bss_eval`` (v4: time-invariant filters, no permutation) of several estimate
     sets against the same references.
 
@@ -64,10 +70,15 @@ def bss_eval_v4(references: Sequence[np.ndarray], estimate_sets: Sequence[Sequen
     refs = [np.asarray(r) for r in references]
     sets = [[np.asarray(e) for e in est] for est in estimate_sets]
     n_src, (length, n_chan) = len(refs), refs[0].shape
-    if length == 0 or any(x.shape != (length, n_chan) for x in refs + [e for est in sets for e in est]) \
-            or any(len(est) != n_src for est in sets):
-        raise ValueError(f"references {[r.shape for r in refs]} and estimates {[[e.shape for e in est] for est in sets]}"
-                         " must be one non-empty [samples, channels] signal per source, all of one shape")
+    if (
+        length == 0
+        or any(x.shape != (length, n_chan) for x in refs + [e for est in sets for e in est])
+        or any(len(est) != n_src for est in sets)
+    ):
+        raise ValueError(
+            f"references {[r.shape for r in refs]} and estimates {[[e.shape for e in est] for est in sets]}"
+            " must be one non-empty [samples, channels] signal per source, all of one shape"
+        )
     window, hop = int(min(window, length)), int(hop)
     signals, which = _distinct(sets)
     # museval's silence test, on the channel sum: a source silent throughout is refused (as in
@@ -89,11 +100,12 @@ def bss_eval_v4(references: Sequence[np.ndarray], estimate_sets: Sequence[Sequen
 
     bounds = window_bounds(length, window, hop)
     silent = np.stack([_silent(x, window, hop, len(bounds)) for x in channel_sums])  # [S + U, windows]
-    energies = _window_energies(rows[:, k - 1:k - 1 + length], n_src, n_chan, filters_all, filters_own, pairs,
-                                window, hop, len(bounds), k)
+    energies = _window_energies(
+        rows[:, k - 1 : k - 1 + length], n_src, n_chan, filters_all, filters_own, pairs, window, hop, len(bounds), k
+    )
     results = []
     for s, ids in enumerate(which):
-        e = energies[:, s * n_src:(s + 1) * n_src]  # [7, sources, windows]
+        e = energies[:, s * n_src : (s + 1) * n_src]  # [7, sources, windows]
         metrics = torch.stack([_db(e[0], e[1]), _db(e[0], e[2]), _db(e[3], e[4]), _db(e[5], e[6])]).cpu().numpy()
         metrics[:, :, silent[:n_src].any(0) | silent[[n_src + u for u in ids]].any(0)] = np.nan
         results.append(metrics)
@@ -110,8 +122,9 @@ def _distinct(estimate_sets: list[list[np.ndarray]]) -> tuple[list[np.ndarray], 
         ids = []
         for signal in est:
             key = signal[::1009].tobytes()  # a cheap fingerprint; equality is then checked in full
-            match = next((i for i in by_key.get(key, [])
-                          if signals[i] is signal or np.array_equal(signals[i], signal)), None)
+            match = next(
+                (i for i in by_key.get(key, []) if signals[i] is signal or np.array_equal(signals[i], signal)), None
+            )
             if match is None:
                 match = len(signals)
                 signals.append(signal)
@@ -134,7 +147,7 @@ def _channel_rows(signals: list[np.ndarray], left: int, right: int, device) -> t
     length, n_chan = signals[0].shape
     rows = torch.zeros(len(signals) * n_chan, left + length + right, dtype=torch.float64, device=device)
     for i, signal in enumerate(signals):
-        rows[i * n_chan:(i + 1) * n_chan, left:left + length] = torch.from_numpy(np.ascontiguousarray(signal)).T
+        rows[i * n_chan : (i + 1) * n_chan, left : left + length] = torch.from_numpy(np.ascontiguousarray(signal)).T
     return rows
 
 
@@ -148,12 +161,12 @@ def _correlations(rows: torch.Tensor, n_ref: int, k: int, n_fft: int, step: int)
     blocks = rows.unfold(-1, n_fft, step)  # [rows, blocks, n_fft]: block b, widened
     spectra = torch.zeros(n_ref, len(rows), n_fft // 2 + 1, dtype=torch.complex128, device=rows.device)
     for first in range(0, blocks.shape[1], 4):  # a few blocks at a time: small temporaries
-        wide = blocks[:, first:first + 4]
-        a = torch.fft.rfft(wide[:n_ref, :, k - 1:k - 1 + step], n=n_fft).conj_physical()  # [R, blocks, F]
+        wide = blocks[:, first : first + 4]
+        a = torch.fft.rfft(wide[:n_ref, :, k - 1 : k - 1 + step], n=n_fft).conj_physical()  # [R, blocks, F]
         b = torch.fft.rfft(wide)  # [rows, blocks, F]
         for v in range(len(rows)):
             spectra[:, v] += (a * b[v]).sum(1)
-    xc = torch.fft.irfft(spectra, n=n_fft)[..., :2 * k - 1]  # lag l at index l + k - 1
+    xc = torch.fft.irfft(spectra, n=n_fft)[..., : 2 * k - 1]  # lag l at index l + k - 1
     # xc[u, v][l] = xc[v, u][-l]: average the two, so that the Gram matrix is exactly symmetric
     xc_refs = (xc[:, :n_ref] + xc[:, :n_ref].transpose(0, 1).flip(-1)) / 2
     # <u delayed by a, v delayed by b> = xc[u, v][a - b]: one Toeplitz block per pair (u, v),
@@ -162,7 +175,7 @@ def _correlations(rows: torch.Tensor, n_ref: int, k: int, n_fft: int, step: int)
     hankel = rev.as_strided((n_ref, k, n_ref, k), (rev.stride(0), 1, rev.stride(1), 1))  # [u, a', v, b]
     gram = hankel.flip(1).reshape(n_ref * k, n_ref * k)  # a = k - 1 - a'
     # <u delayed by a, e> = xc[u, e][a]
-    cross = xc[:, n_ref:, k - 1:].permute(0, 2, 1).reshape(n_ref * k, -1)
+    cross = xc[:, n_ref:, k - 1 :].permute(0, 2, 1).reshape(n_ref * k, -1)
     return gram, cross
 
 
@@ -182,18 +195,20 @@ def _solve(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.linalg.lstsq(gram, rhs, driver="gelsd" if gram.is_cpu else None).solution
 
 
-def _own_filters(gram: torch.Tensor, cross: torch.Tensor, pairs: list[tuple[int, int]], block: int,
-                 n_chan: int) -> torch.Tensor:
+def _own_filters(
+    gram: torch.Tensor, cross: torch.Tensor, pairs: list[tuple[int, int]], block: int, n_chan: int
+) -> torch.Tensor:
     """``[pairs, C*K, C]``: the projection of signal ``u`` on target ``j``'s own reference alone,
     for each pair ``(j, u)``; one factorization per target, all its signals as right-hand sides."""
     out: list[torch.Tensor | None] = [None] * len(pairs)
     for j in sorted({j for j, _ in pairs}):
         mine = [i for i, (t, _) in enumerate(pairs) if t == j]
-        rhs = torch.cat([cross[j * block:(j + 1) * block, pairs[i][1] * n_chan:(pairs[i][1] + 1) * n_chan]
-                         for i in mine], 1)
-        solution = _solve(gram[j * block:(j + 1) * block, j * block:(j + 1) * block], rhs)
+        rhs = torch.cat(
+            [cross[j * block : (j + 1) * block, pairs[i][1] * n_chan : (pairs[i][1] + 1) * n_chan] for i in mine], 1
+        )
+        solution = _solve(gram[j * block : (j + 1) * block, j * block : (j + 1) * block], rhs)
         for n, i in enumerate(mine):
-            out[i] = solution[:, n * n_chan:(n + 1) * n_chan]
+            out[i] = solution[:, n * n_chan : (n + 1) * n_chan]
     return torch.stack(out)
 
 
@@ -247,16 +262,28 @@ def _window_energies(rows, n_src, n_chan, filters_all, filters_own, pairs, width
     windows = rows.unfold(-1, width, hop)[:, :count]  # [rows, windows, width]
     out = []
     for first in range(0, count, _WINDOW_CHUNK):
-        spectra = torch.fft.rfft(windows[:, first:first + _WINDOW_CHUNK], n=n_fft) * scale
+        spectra = torch.fft.rfft(windows[:, first : first + _WINDOW_CHUNK], n=n_fft) * scale
         spectra = spectra.reshape(-1, n_chan, *spectra.shape[1:])  # [S + U, C, T, F]
         ref_f, est_f = spectra[:n_src], spectra[n_src:]
-        proj_all = sum(ref_f[s, i, None, None] * f_all[s, i, :, :, None]
-                       for s in range(n_src) for i in range(n_chan))  # [U, C, T, F]
+        proj_all = sum(
+            ref_f[s, i, None, None] * f_all[s, i, :, :, None] for s in range(n_src) for i in range(n_chan)
+        )  # [U, C, T, F]
         own = ref_f[target]  # [P, C, T, F]
         proj_own = sum(own[:, i, None] * f_own[:, i, :, None] for i in range(n_chan))  # [P, C, T, F]
         est, proj_all = est_f[signal], proj_all[signal]
-        out.append(torch.stack([energy(own), energy(est - own), energy(proj_own - own), energy(proj_own),
-                                energy(proj_all - proj_own), energy(proj_all), energy(est - proj_all)]))
+        out.append(
+            torch.stack(
+                [
+                    energy(own),
+                    energy(est - own),
+                    energy(proj_own - own),
+                    energy(proj_own),
+                    energy(proj_all - proj_own),
+                    energy(proj_all),
+                    energy(est - proj_all),
+                ]
+            )
+        )
     return torch.cat(out, -1)
 
 

@@ -42,8 +42,9 @@ def _demo(args: argparse.Namespace) -> int:
     point = Point(f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", study.overrides)
     code = run_foreground(repo, point)
     if code != 0:
-        print(f"error: the {study.name} pipeline failed (exit {code}); the stage output above says why",
-              file=sys.stderr)
+        print(
+            f"error: the {study.name} pipeline failed (exit {code}); the stage output above says why", file=sys.stderr
+        )
         return code
     print(experiment_summary(repo, point.name))
     return 0
@@ -77,8 +78,10 @@ def _ui(args: argparse.Namespace) -> int:
 
     uri = tracking.tracking_uri()
     if uri.split(":", 1)[0] in ("http", "https", "databricks"):
-        raise ConfigError(f"MLFLOW_TRACKING_URI is {tracking.redact(uri)}: that tracking server has its own "
-                          f"UI; open it in a browser (make ui serves a database: mlflow.db, or a SQL URI)")
+        raise ConfigError(
+            f"MLFLOW_TRACKING_URI is {tracking.redact(uri)}: that tracking server has its own "
+            f"UI; open it in a browser (make ui serves a database: mlflow.db, or a SQL URI)"
+        )
     tracking.client()  # creates the database (WAL mode) if this is the first use
     print(f"MLflow UI for {tracking.redact(uri)} at http://{args.host}:{args.port}  (Ctrl+C to stop)")
     # The store URI goes through the environment: command lines (with any password) are public in `ps`.
@@ -89,8 +92,15 @@ def _ui(args: argparse.Namespace) -> int:
 def _separate(args: argparse.Namespace) -> int:
     from .separate import separate_songs
 
-    failures = separate_songs(args.songs, args.model, args.out, args.targets.split(","), overlap=args.overlap,
-                              batch_size=args.batch_size, device=args.device)
+    failures = separate_songs(
+        args.songs,
+        args.model,
+        args.out,
+        args.targets.split(","),
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
     if failures:
         print(f"error: {len(failures)} of {len(args.songs)} songs failed (see above)", file=sys.stderr)
     return 1 if failures else 0
@@ -111,9 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ablate", help="queue one DVC experiment per grid point, run them, compare")
     p.add_argument("grid", help="study file, e.g. experiments/dk_num_tdfs.yaml")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="experiments at once (queue workers); on a multi-GPU machine each training "
-                        "takes a free GPU, so use the number of GPUs")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="experiments at once (queue workers); on a multi-GPU machine each training "
+        "takes a free GPU, so use the number of GPUs",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override")
     p.add_argument("--compare-only", action="store_true", help="only rebuild the comparison tables")
     p.set_defaults(func=_ablate)

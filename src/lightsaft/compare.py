@@ -16,8 +16,15 @@ from . import tracking
 from .experiments import Study, experiment_refs, read_from_experiment
 from .spectral import TARGETS
 
-METRIC_COLUMNS = ["param_count", "peak_cpu_rss_gb", "peak_gpu_mem_gb", "best_val_loss", "steps",
-                  *[f"sdr_{t}" for t in TARGETS], "sdr_mean"]
+METRIC_COLUMNS = [
+    "param_count",
+    "peak_cpu_rss_gb",
+    "peak_gpu_mem_gb",
+    "best_val_loss",
+    "steps",
+    *[f"sdr_{t}" for t in TARGETS],
+    "sdr_mean",
+]
 
 
 def collect(repo: Path, study: Study) -> pd.DataFrame:
@@ -63,14 +70,22 @@ def ensure_mlflow_runs(repo: Path, table: pd.DataFrame, experiment: str) -> None
     for row in table[table["status"] == "done"].itertuples():
         found = client.search_runs(
             [e.experiment_id for e in client.search_experiments()],
-            filter_string=f"tags.dvc_experiment = '{row.experiment}'", max_results=1)
+            filter_string=f"tags.dvc_experiment = '{row.experiment}'",
+            max_results=1,
+        )
         if found or not row.mlflow_run_id:
             continue
         source = client.get_run(row.mlflow_run_id)
         exp_id = tracking.experiment_id(client, experiment)
-        run = client.create_run(exp_id, run_name=row.experiment, tags={
-            **{k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")},
-            "dvc_experiment": row.experiment, "restored_from_run_cache": row.mlflow_run_id})
+        run = client.create_run(
+            exp_id,
+            run_name=row.experiment,
+            tags={
+                **{k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")},
+                "dvc_experiment": row.experiment,
+                "restored_from_run_cache": row.mlflow_run_id,
+            },
+        )
         tracking.log_params(client, run.info.run_id, source.data.params)
         tracking.log_metrics(client, run.info.run_id, source.data.metrics)
         client.set_terminated(run.info.run_id, "FINISHED")
@@ -80,13 +95,18 @@ def write_comparison(table: pd.DataFrame, study: Study, out_dir: Path) -> dict[s
     """``points.csv``, ``summary.csv``, ``summary.md`` and ``sdr.png`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = aggregate(table, study)
-    paths = {"points": out_dir / "points.csv", "summary": out_dir / "summary.csv",
-             "markdown": out_dir / "summary.md", "plot": out_dir / "sdr.png"}
+    paths = {
+        "points": out_dir / "points.csv",
+        "summary": out_dir / "summary.csv",
+        "markdown": out_dir / "summary.md",
+        "plot": out_dir / "sdr.png",
+    }
     table.to_csv(paths["points"], index=False)
     summary.to_csv(paths["summary"], index=False)
     paths["markdown"].write_text(
         f"# Study `{study.name}`\n\n## Per point\n\n{table.to_markdown(index=False, floatfmt='.3f')}\n\n"
-        f"## Mean and standard deviation over seeds\n\n{summary.to_markdown(index=False, floatfmt='.3f')}\n")
+        f"## Mean and standard deviation over seeds\n\n{summary.to_markdown(index=False, floatfmt='.3f')}\n"
+    )
     _plot(summary, study, paths["plot"])
     return paths
 
@@ -107,10 +127,17 @@ def _plot(summary: pd.DataFrame, study: Study, path: Path) -> None:
             groups = summary.groupby(others) if others else [((), summary)]
             for label, group in groups:
                 group = group.sort_values(key)
-                name = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in
-                                 zip(others, label if isinstance(label, tuple) else (label,)))
-                ax.errorbar(group[key], group["sdr_mean_mean"], yerr=group.get("sdr_mean_std"),
-                            marker="o", capsize=3, label=name or None)
+                name = ", ".join(
+                    f"{k.split('.')[-1]}={v}" for k, v in zip(others, label if isinstance(label, tuple) else (label,))
+                )
+                ax.errorbar(
+                    group[key],
+                    group["sdr_mean_mean"],
+                    yerr=group.get("sdr_mean_std"),
+                    marker="o",
+                    capsize=3,
+                    label=name or None,
+                )
             if pd.api.types.is_numeric_dtype(summary[key]) and (summary[key] > 0).all():
                 ax.set_xscale("log", base=2)
             ax.set_xlabel(key)
@@ -123,7 +150,6 @@ def _plot(summary: pd.DataFrame, study: Study, path: Path) -> None:
     plt.close(fig)
 
 
-
 def experiment_summary(repo: Path, name: str) -> str:
     """What a user wants after a run: SDR per target, where the report is, how to browse runs."""
     ref = experiment_refs(repo).get(name)
@@ -131,8 +157,10 @@ def experiment_summary(repo: Path, name: str) -> str:
         return f"experiment {name} not found (dvc exp show lists the experiments)"
     sdr = read_from_experiment(repo, ref, "metrics/sdr.json") or {}
     run = read_from_experiment(repo, ref, "models/mlflow_run.json") or {}
-    lines = [f"\nExperiment {name}: test SDR (museval, median over frames then tracks, dB)",
-             f"  {'target':<8} {'model':>7} {'mixture':>8} {'gain':>6}"]
+    lines = [
+        f"\nExperiment {name}: test SDR (museval, median over frames then tracks, dB)",
+        f"  {'target':<8} {'model':>7} {'mixture':>8} {'gain':>6}",
+    ]
     for target in TARGETS:
         est, base = sdr.get(f"sdr_{target}"), sdr.get(f"baseline_sdr_{target}")
         if est is not None and base is not None:
@@ -143,10 +171,13 @@ def experiment_summary(repo: Path, name: str) -> str:
     if run.get("run_id"):
         artifact_uri = tracking.client().get_run(run["run_id"]).info.artifact_uri
         if artifact_uri.startswith("file://"):
-            report = Path(artifact_uri[len("file://"):]) / "report" / "index.html"
-    lines += ["", f"report:   {report or 'in the MLflow run ' + str(run.get('run_id'))}",
-              f"          (or `dvc exp apply {name}` puts results/report/index.html in the workspace)",
-              "MLflow:   make ui   ->  http://127.0.0.1:5000  (experiment "
-              f"{run.get('experiment', '?')!r}, sort by test_sdr_vocals)",
-              "DVC:      dvc exp show"]
+            report = Path(artifact_uri[len("file://") :]) / "report" / "index.html"
+    lines += [
+        "",
+        f"report:   {report or 'in the MLflow run ' + str(run.get('run_id'))}",
+        f"          (or `dvc exp apply {name}` puts results/report/index.html in the workspace)",
+        "MLflow:   make ui   ->  http://127.0.0.1:5000  (experiment "
+        f"{run.get('experiment', '?')!r}, sort by test_sdr_vocals)",
+        "DVC:      dvc exp show",
+    ]
     return "\n".join(lines)

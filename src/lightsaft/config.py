@@ -44,11 +44,11 @@ def integer(lo: int | None = None, hi: int | None = None, nullable: bool = False
         if hi is not None and v > hi:
             return f"must be <= {hi}"
         return None
+
     return check
 
 
-def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-           nullable: bool = False) -> Check:
+def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False, nullable: bool = False) -> Check:
     def check(v):
         if v is None and nullable:
             return None
@@ -61,6 +61,7 @@ def number(lo: float | None = None, hi: float | None = None, lo_open: bool = Fal
         if hi is not None and v > hi:
             return f"must be <= {hi}"
         return None
+
     return check
 
 
@@ -71,6 +72,7 @@ def boolean() -> Check:
 def choice(*options: Any) -> Check:
     def check(v):
         return None if v in options else f"must be one of {', '.join(map(repr, options))}"
+
     return check
 
 
@@ -83,6 +85,7 @@ def text(nullable: bool = False, pattern: str | None = None, hint: str = "") -> 
         if pattern and not re.fullmatch(pattern, v):
             return hint or f"must match {pattern}"
         return None
+
     return check
 
 
@@ -96,6 +99,7 @@ def list_of(item: Check, nullable: bool = True) -> Check:
             if (reason := item(x)) is not None:
                 return f"item {x!r}: {reason}"
         return None
+
     return check
 
 
@@ -181,8 +185,15 @@ SCHEMA: dict[str, dict[str, Any]] = {
     },
     "trainer": {
         "accelerator": ("auto", choice("auto", "cpu", "gpu", "cuda", "mps")),
-        "devices": (1, one_of(choice("auto"), integer(-1), list_of(integer(0), nullable=False),
-                                   hint="expected 'auto', a device count or a list of device ids")),
+        "devices": (
+            1,
+            one_of(
+                choice("auto"),
+                integer(-1),
+                list_of(integer(0), nullable=False),
+                hint="expected 'auto', a device count or a list of device ids",
+            ),
+        ),
         "strategy": ("auto", choice("auto", "ddp", "ddp_find_unused_parameters_true")),
         "sync_batchnorm": (False, boolean()),
         "precision": ("auto", choice("auto", 32, "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true")),
@@ -226,11 +237,15 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
-                   |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
+                   |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -244,8 +259,9 @@ def read_yaml(path: str | Path) -> Any:
     except yaml.YAMLError as e:  # on one line: where, what, and in which construct
         mark, context = getattr(e, "problem_mark", None), getattr(e, "context", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}"
-                          f"{f' ({context})' if context else ''}") from None
+        raise ConfigError(
+            f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}{f' ({context})' if context else ''}"
+        ) from None
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -279,12 +295,15 @@ def validate_section(name: str, values: Mapping[str, Any], where: str = "params"
 
 def _validate_mapping(values: Any, schema: Mapping[str, Any], prefix: str, where: str) -> dict[str, Any]:
     if not isinstance(values, Mapping):
-        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'the file'} must be a mapping of keys, "
-                          f"got {type(values).__name__}")
+        raise ConfigError(
+            f"{where}: {prefix.rstrip('.') or 'the file'} must be a mapping of keys, got {type(values).__name__}"
+        )
     unknown = [k for k in values if k not in schema]
     if unknown:
-        raise ConfigError(f"{where}: unknown key {prefix}{unknown[0]}; valid keys under "
-                          f"{prefix.rstrip('.') or 'the top level'}: {', '.join(schema)}")
+        raise ConfigError(
+            f"{where}: unknown key {prefix}{unknown[0]}; valid keys under "
+            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(schema)}"
+        )
     out: dict[str, Any] = {}
     for key, spec in schema.items():
         if isinstance(spec, dict):
@@ -300,6 +319,7 @@ def _validate_mapping(values: Any, schema: Mapping[str, Any], prefix: str, where
 
 def _check_model(m: dict[str, Any], where: str, prefix: str) -> None:
     """Constraints between model keys (shapes the U-Net must be able to build)."""
+
     def fail(key: str, why: str) -> None:
         raise ConfigError(f"{where}: {prefix}{key} = {m[key]!r}: {why}")
 
@@ -316,12 +336,18 @@ def _check_model(m: dict[str, Any], where: str, prefix: str) -> None:
             fail(axis, f"level indices must be below n_blocks // 2 = {levels}")
     t_levels = levels if m["t_down_layers"] is None else len(set(m["t_down_layers"]))
     f_levels = levels if m["f_down_layers"] is None else len(set(m["f_down_layers"]))
-    if m["num_frame"] % 2 ** t_levels:
-        fail("num_frame", f"must be divisible by 2**{t_levels} = {2 ** t_levels}, the U-Net's total "
-                          f"time downsampling with n_blocks = {m['n_blocks']}")
-    if (m["n_fft"] // 2) % 2 ** f_levels or m["n_fft"] // 2 < 2 ** f_levels:
-        fail("n_fft", f"n_fft // 2 must be divisible by 2**{f_levels}, the U-Net's total frequency "
-                      f"downsampling with n_blocks = {m['n_blocks']}")
+    if m["num_frame"] % 2**t_levels:
+        fail(
+            "num_frame",
+            f"must be divisible by 2**{t_levels} = {2**t_levels}, the U-Net's total "
+            f"time downsampling with n_blocks = {m['n_blocks']}",
+        )
+    if (m["n_fft"] // 2) % 2**f_levels or m["n_fft"] // 2 < 2**f_levels:
+        fail(
+            "n_fft",
+            f"n_fft // 2 must be divisible by 2**{f_levels}, the U-Net's total frequency "
+            f"downsampling with n_blocks = {m['n_blocks']}",
+        )
     for key in ("kernel_size_t", "kernel_size_f"):
         if m[key] % 2 == 0:
             fail(key, "must be odd so that the convolution keeps the tensor size")

@@ -40,9 +40,15 @@ class TrainDataset(Dataset):
     per stem; the mixture is the sum of the four, the target the stem of ``condition``.
     """
 
-    def __init__(self, cache: Cache, num_frame: int, items_per_epoch: int | None = None,
-                 mix_across_tracks: bool = True, augment_gain: bool = False,
-                 augment_channel_swap: bool = False):
+    def __init__(
+        self,
+        cache: Cache,
+        num_frame: int,
+        items_per_epoch: int | None = None,
+        mix_across_tracks: bool = True,
+        augment_gain: bool = False,
+        augment_channel_swap: bool = False,
+    ):
         self.cache, self.num_frame = cache, num_frame
         self.names = cache.tracks("train")
         if not self.names:
@@ -50,10 +56,15 @@ class TrainDataset(Dataset):
         self.frames = [cache.frames(name) for name in self.names]
         self.length = items_per_epoch or 4 * sum(f // num_frame for f in self.frames)
         if self.length == 0:
-            raise DataError(f"{cache.path}: every train track is shorter than num_frame = {num_frame} "
-                            f"frames; set train.items_per_epoch")
+            raise DataError(
+                f"{cache.path}: every train track is shorter than num_frame = {num_frame} "
+                f"frames; set train.items_per_epoch"
+            )
         self.mix_across_tracks, self.augment_gain, self.augment_channel_swap = (
-            mix_across_tracks, augment_gain, augment_channel_swap)
+            mix_across_tracks,
+            augment_gain,
+            augment_channel_swap,
+        )
         self._stored: np.ndarray | None = None  # scratch buffers of assemble()
         self._widened: torch.Tensor | None = None
 
@@ -67,10 +78,13 @@ class TrainDataset(Dataset):
         offsets = [int(torch.randint(max(1, self.frames[t] - self.num_frame + 1), ())) for t in picks]
         if not self.mix_across_tracks:
             picks, offsets = picks * n, offsets * n
-        return Draw(condition=int(torch.randint(n, ())),
-                    tracks=[self.names[t] for t in picks], offsets=offsets,
-                    gains=(0.25 + torch.rand(n)).tolist() if self.augment_gain else [1.0] * n,
-                    swaps=(torch.rand(n) < 0.5).tolist() if self.augment_channel_swap else [False] * n)
+        return Draw(
+            condition=int(torch.randint(n, ())),
+            tracks=[self.names[t] for t in picks],
+            offsets=offsets,
+            gains=(0.25 + torch.rand(n)).tolist() if self.augment_gain else [1.0] * n,
+            swaps=(torch.rand(n) < 0.5).tolist() if self.augment_channel_swap else [False] * n,
+        )
 
     def assemble(self, draw: Draw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Read the four windows of ``draw`` and mix them in float32.
@@ -90,7 +104,7 @@ class TrainDataset(Dataset):
             spec = self.cache.spec(track)
             frames = min(n, spec.shape[2] - offset)  # a track shorter than the window is zero-padded
             for channel, source in enumerate(SWAP_CHANNELS if swap else range(4)):
-                self._stored[channel, :frames] = spec[k, source, offset:offset + frames]
+                self._stored[channel, :frames] = spec[k, source, offset : offset + frames]
             self._stored[:, frames:] = 0
             stem = mixture if k == 0 else self._widened
             stem.copy_(torch.from_numpy(self._stored))
@@ -138,6 +152,6 @@ class ValidDataset(Dataset):
         waves = []
         for stem in ("mixture", target):
             wave = np.zeros((self.window, 2), dtype=np.float32)
-            wave[:len(audio[stem])] = audio[stem]
+            wave[: len(audio[stem])] = audio[stem]
             waves.append(torch.from_numpy(wave))
         return waves[0], waves[1], torch.tensor(condition)

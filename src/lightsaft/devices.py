@@ -22,6 +22,8 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {device!r}: CUDA is not available on this machine; use auto or cpu")
     if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
-        raise DeviceError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        raise DeviceError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
     return resolved

@@ -24,18 +24,26 @@ from urllib.parse import unquote, urlparse
 from tqdm import tqdm
 
 from .audio import AudioError, probe
-from .synthetic import generate, track_names
 from .paths import atomic_dir, file_lock, in_project
+from .synthetic import generate, track_names
 from .tracking import redact
-from .tracks import (STEMS, DataError, assign_splits, file_sha256, find_tree,
-                     missing_dataset_message, musdb_validation_tracks, scan_tree, write_dataset)
+from .tracks import (
+    STEMS,
+    DataError,
+    assign_splits,
+    file_sha256,
+    find_tree,
+    missing_dataset_message,
+    musdb_validation_tracks,
+    scan_tree,
+    write_dataset,
+)
 
 EXPECTED_TRACKS = {"train": 100, "test": 50}  # every MUSDB18 release, previews included
 CHUNK = 1 << 20
 
 
-def download(data_params: dict[str, Any], out_dir: str | Path,
-             downloads_dir: str | Path | None = None) -> Path:
+def download(data_params: dict[str, Any], out_dir: str | Path, downloads_dir: str | Path | None = None) -> Path:
     """Prepare ``out_dir`` for the ``prepare`` stage; returns ``out_dir/dataset.json``.
 
     ``downloads_dir`` (default: ``data/downloads`` of the main repository) keeps fetched archives
@@ -46,8 +54,12 @@ def download(data_params: dict[str, Any], out_dir: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     if p["source"] == "synthetic":
         s = p["synthetic"]
-        tree, sha256 = generate(out_dir / "synthetic", s["train_tracks"], s["valid_tracks"], s["test_tracks"],
-                                s["seconds"], s["seed"]), None
+        tree, sha256 = (
+            generate(
+                out_dir / "synthetic", s["train_tracks"], s["valid_tracks"], s["test_tracks"], s["seconds"], s["seed"]
+            ),
+            None,
+        )
     else:
         tree, sha256 = _locate(p, out_dir, Path(downloads_dir or in_project("data/downloads")))
     tracks = assign_splits(scan_tree(tree, _layout(p["source"])), *_valid_names(p))
@@ -84,8 +96,11 @@ def _locate(p: dict[str, Any], out_dir: Path, downloads_dir: Path) -> tuple[Path
     elif in_project(location).is_file():
         archive = in_project(location)
     else:
-        raise DataError(f"{location}: archive not found" if source == "musdb18-sample"
-                        else missing_dataset_message(source, location))
+        raise DataError(
+            f"{location}: archive not found"
+            if source == "musdb18-sample"
+            else missing_dataset_message(source, location)
+        )
     sha256 = verify_sha256(archive, p["sha256"], delete=archive.parent == downloads_dir)
     dest = extract_zip(archive, out_dir / source)
     try:
@@ -122,8 +137,10 @@ class _NoDowngrade(urllib.request.HTTPRedirectHandler):
 def _check_scheme(url: str, allow_http: bool) -> None:
     scheme = urlparse(url).scheme
     if scheme == "http" and not allow_http:
-        raise DataError(f"{redact(url)}: plain http is refused (the data could be altered in transit); use "
-                        f"https, or set data.allow_insecure_http=true for a local test server")
+        raise DataError(
+            f"{redact(url)}: plain http is refused (the data could be altered in transit); use "
+            f"https, or set data.allow_insecure_http=true for a local test server"
+        )
     if scheme not in ("http", "https"):
         raise DataError(f"{redact(url)}: unsupported URL scheme {scheme!r}; use https or a local path")
 
@@ -152,10 +169,14 @@ def fetch(url: str, dest: str | Path, allow_insecure_http: bool = False, timeout
             total = offset + int(length) if length is not None else None
             free = shutil.disk_usage(dest.parent).free
             if length is not None and int(length) > free:
-                raise DataError(f"{dest.parent}: {int(length) / 1e6:,.1f} MB still to download but "
-                                f"{free / 1e6:,.1f} MB free; free some space, then run the download stage again")
-            with open(part, "ab" if offset else "wb") as f, tqdm(
-                    total=total, initial=offset, unit="B", unit_scale=True, desc=dest.name) as bar:
+                raise DataError(
+                    f"{dest.parent}: {int(length) / 1e6:,.1f} MB still to download but "
+                    f"{free / 1e6:,.1f} MB free; free some space, then run the download stage again"
+                )
+            with (
+                open(part, "ab" if offset else "wb") as f,
+                tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=dest.name) as bar,
+            ):
                 while chunk := response.read(CHUNK):
                     f.write(chunk)
                     bar.update(len(chunk))
@@ -175,9 +196,11 @@ def fetch(url: str, dest: str | Path, allow_insecure_http: bool = False, timeout
 def _interrupted(url: str, part: Path, why: Any) -> str:
     got = part.stat().st_size if part.is_file() else 0
     full = isinstance(why, OSError) and why.errno in (errno.ENOSPC, errno.EDQUOT)
-    return (f"{redact(url)}: download interrupted after {got} bytes ({why}); "
-            f"{'free some space on that disk, then ' if full else ''}run the download stage again "
-            f"to resume from {part}")
+    return (
+        f"{redact(url)}: download interrupted after {got} bytes ({why}); "
+        f"{'free some space on that disk, then ' if full else ''}run the download stage again "
+        f"to resume from {part}"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,9 +211,11 @@ def verify_sha256(path: Path, expected: str | None, delete: bool) -> str:
     if expected is not None and actual != expected:
         if delete:
             path.unlink()
-        raise DataError(f"{path}: sha256 {actual} does not match data.sha256 = {expected}"
-                        f"{' (the download was deleted)' if delete else ''}; check the URL/file and the "
-                        f"checksum you were given")
+        raise DataError(
+            f"{path}: sha256 {actual} does not match data.sha256 = {expected}"
+            f"{' (the download was deleted)' if delete else ''}; check the URL/file and the "
+            f"checksum you were given"
+        )
     return actual
 
 
@@ -223,16 +248,18 @@ def extract_zip(archive: str | Path, dest: str | Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         needed, free = sum(i.file_size for i in members), shutil.disk_usage(dest.parent).free
         if needed > free:
-            raise DataError(f"{archive}: needs {needed / 1e9:.1f} GB to extract, {free / 1e9:.1f} GB free "
-                            f"under {dest.parent}")
+            raise DataError(
+                f"{archive}: needs {needed / 1e9:.1f} GB to extract, {free / 1e9:.1f} GB free under {dest.parent}"
+            )
         try:
             with atomic_dir(dest) as tmp:
                 root = tmp.resolve()
                 for info in members:
                     target = (tmp / info.filename).resolve()
                     if not target.is_relative_to(root):
-                        raise DataError(f"{archive}: refusing to extract entry {info.filename!r} (path "
-                                        f"leaves the target folder)")
+                        raise DataError(
+                            f"{archive}: refusing to extract entry {info.filename!r} (path leaves the target folder)"
+                        )
                     if info.is_dir():
                         target.mkdir(parents=True, exist_ok=True)
                         continue
@@ -253,8 +280,10 @@ def check_content(tree: Path, layout: str) -> None:
             folder = tree / split
             found = sorted(d for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
         if len(found) != expected:
-            raise DataError(f"{tree / split}: {len(found)} tracks, a complete {layout} release has "
-                            f"{expected}; the archive is incomplete or not MUSDB18")
+            raise DataError(
+                f"{tree / split}: {len(found)} tracks, a complete {layout} release has "
+                f"{expected}; the archive is incomplete or not MUSDB18"
+            )
         for track in found:
             if layout == "musdb18":
                 try:
@@ -264,5 +293,6 @@ def check_content(tree: Path, layout: str) -> None:
             else:
                 streams = sum((track / f"{stem}.wav").is_file() for stem in STEMS)
             if streams != len(STEMS):
-                raise DataError(f"{track}: {streams} audio streams, expected {len(STEMS)} (mixture, "
-                                f"drums, bass, other, vocals)")
+                raise DataError(
+                    f"{track}: {streams} audio streams, expected {len(STEMS)} (mixture, drums, bass, other, vocals)"
+                )

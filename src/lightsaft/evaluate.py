@@ -65,9 +65,14 @@ class EvaluationResult:
             raise EvaluationError(failure_message(self.failed, total))
 
 
-def score_sets(references: dict[str, np.ndarray], estimate_sets: Sequence[dict[str, np.ndarray]],
-               track: str = "track", rate: int = SAMPLE_RATE, engine: str = "fast",
-               device: str = "cpu") -> list[museval.TrackStore]:
+def score_sets(
+    references: dict[str, np.ndarray],
+    estimate_sets: Sequence[dict[str, np.ndarray]],
+    track: str = "track",
+    rate: int = SAMPLE_RATE,
+    engine: str = "fast",
+    device: str = "cpu",
+) -> list[museval.TrackStore]:
     """BSSEval v4 (1 s windows and hops, time-invariant filters) of each estimate set against the
     same-named ``references`` (any names, at least two), one museval TrackStore per set.
 
@@ -76,29 +81,44 @@ def score_sets(references: dict[str, np.ndarray], estimate_sets: Sequence[dict[s
     """
     _check_engine(engine)
     names = list(estimate_sets[0])
-    if len(names) < 2 or any(name not in references for name in names) \
-            or any(list(est) != names for est in estimate_sets):
-        raise EvaluationError(f"{track}: need references for at least two estimated targets; "
-                              f"estimates {[list(e) for e in estimate_sets]}, references {list(references)}")
+    if (
+        len(names) < 2
+        or any(name not in references for name in names)
+        or any(list(est) != names for est in estimate_sets)
+    ):
+        raise EvaluationError(
+            f"{track}: need references for at least two estimated targets; "
+            f"estimates {[list(e) for e in estimate_sets]}, references {list(references)}"
+        )
     length = len(references[names[0]])
     for name in names:
         for est in estimate_sets:
             if references[name].shape != (length, 2) or est[name].shape != (length, 2):
-                raise EvaluationError(f"{track}/{name}: estimate {est[name].shape}, reference "
-                                      f"{references[name].shape}; both must be [{length}, 2] (rerun separate)")
+                raise EvaluationError(
+                    f"{track}/{name}: estimate {est[name].shape}, reference "
+                    f"{references[name].shape}; both must be [{length}, 2] (rerun separate)"
+                )
     refs = [references[n] for n in names]
     sets = [[est[n] for n in names] for est in estimate_sets]
     if engine == "fast":
         results = bss_eval_v4(refs, sets, window=rate, hop=rate, device=resolve_device(device))
     else:
-        results = [np.stack(museval.evaluate(np.array(refs, dtype=np.float64), np.array(est, dtype=np.float64),
-                                             win=rate, hop=rate, mode="v4")) for est in sets]
+        results = [
+            np.stack(
+                museval.evaluate(
+                    np.array(refs, dtype=np.float64), np.array(est, dtype=np.float64), win=rate, hop=rate, mode="v4"
+                )
+            )
+            for est in sets
+        ]
     stores = []
     for sdr, isr, sir, sar in results:  # each [targets, windows]
         store = museval.TrackStore(track_name=track, win=1.0, hop=1.0)
         for i, name in enumerate(names):
-            store.add_target(target_name=name, values={"SDR": sdr[i].tolist(), "SIR": sir[i].tolist(),
-                                                       "ISR": isr[i].tolist(), "SAR": sar[i].tolist()})
+            store.add_target(
+                target_name=name,
+                values={"SDR": sdr[i].tolist(), "SIR": sir[i].tolist(), "ISR": isr[i].tolist(), "SAR": sar[i].tolist()},
+            )
         stores.append(store)
     return stores
 
@@ -108,8 +128,14 @@ def _check_engine(engine: str) -> None:
         raise EvaluationError(f"evaluate.engine {engine!r}: choose one of {', '.join(ENGINES)}")
 
 
-def score_track(references: dict[str, np.ndarray], estimates: dict[str, np.ndarray], track: str = "track",
-                rate: int = SAMPLE_RATE, engine: str = "fast", device: str = "cpu") -> museval.TrackStore:
+def score_track(
+    references: dict[str, np.ndarray],
+    estimates: dict[str, np.ndarray],
+    track: str = "track",
+    rate: int = SAMPLE_RATE,
+    engine: str = "fast",
+    device: str = "cpu",
+) -> museval.TrackStore:
     """:func:`score_sets` of one estimate set."""
     return score_sets(references, [estimates], track, rate, engine, device)[0]
 
@@ -121,8 +147,10 @@ def read_estimates(estimates_dir: str | Path, track: str, targets: Sequence[str]
         path = Path(estimates_dir) / "test" / track / f"{target}.wav"
         audio, rate = read_audio(path)
         if rate != SAMPLE_RATE or audio.shape[1] != 2:
-            raise AudioError(f"{path}: {rate} Hz, {audio.shape[1]} channel(s); estimates must be "
-                             f"stereo {SAMPLE_RATE} Hz; rerun the separate stage")
+            raise AudioError(
+                f"{path}: {rate} Hz, {audio.shape[1]} channel(s); estimates must be "
+                f"stereo {SAMPLE_RATE} Hz; rerun the separate stage"
+            )
         estimates[target] = audio.astype(np.float64)
     return estimates
 
@@ -160,8 +188,9 @@ def _score_one(track: str, estimates_dir: Path, targets: tuple[str, ...]) -> tup
     references = {t: audio[t] for t in targets}
     estimates = read_estimates(estimates_dir, track, targets)
     mixture = audio["mixture"]
-    stores = score_sets(references, [estimates, {t: mixture for t in targets}], track,
-                        engine=engine.name, device=engine.device)
+    stores = score_sets(
+        references, [estimates, {t: mixture for t in targets}], track, engine=engine.name, device=engine.device
+    )
     return stores[0].json, stores[1].json
 
 
@@ -181,13 +210,18 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _run_pool(jobs: int, cache: Any, engine: Engine, tracks: list[str], estimates_dir: Path,
-              targets: tuple[str, ...]) -> dict[str, tuple[Any, str | None]]:
+def _run_pool(
+    jobs: int, cache: Any, engine: Engine, tracks: list[str], estimates_dir: Path, targets: tuple[str, ...]
+) -> dict[str, tuple[Any, str | None]]:
     # Spawned, not forked: a fork of a process whose torch (OpenMP) threads have run can hang in
     # the child's first parallel region, and CUDA cannot start in a forked child at all.
     workers = min(jobs, len(tracks))
-    pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), initializer=_init_worker,
-                               initargs=(cache, engine, max(1, _cores() // workers)))
+    pool = ProcessPoolExecutor(
+        workers,
+        multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(cache, engine, max(1, _cores() // workers)),
+    )
     try:
         futures = {pool.submit(_score_one, track, estimates_dir, targets): track for track in tracks}
         done = tqdm(as_completed(futures), total=len(futures), desc="evaluate", unit="track")
@@ -196,8 +230,9 @@ def _run_pool(jobs: int, cache: Any, engine: Engine, tracks: list[str], estimate
         pool.shutdown(cancel_futures=True)  # on Ctrl+C / SIGTERM: drop the tracks not yet started
 
 
-def _score_all(cache: Any, engine: Engine, tracks: list[str], estimates_dir: Path, targets: tuple[str, ...],
-               jobs: int) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+def _score_all(
+    cache: Any, engine: Engine, tracks: list[str], estimates_dir: Path, targets: tuple[str, ...], jobs: int
+) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
     """Score tracks in ``jobs`` processes. A dying worker breaks the whole pool, so the tracks it
     took down are rerun one per fresh process: only the track that kills its worker fails."""
     outcomes = _run_pool(jobs, cache, engine, tracks, estimates_dir, targets)
@@ -212,9 +247,12 @@ def _score_all(cache: Any, engine: Engine, tracks: list[str], estimates_dir: Pat
 def score_rows(track: str, museval_json: str, kind: str) -> list[tuple]:
     """Long-format rows ``(track, target, metric, frame, value, kind)`` of one museval JSON."""
     data = json.loads(museval_json)  # museval writes NaN for silent frames; json reads it back
-    return [(track, target["name"], metric, i, float(frame["metrics"][metric]), kind)
-            for target in data["targets"] for metric in METRICS
-            for i, frame in enumerate(target["frames"])]
+    return [
+        (track, target["name"], metric, i, float(frame["metrics"][metric]), kind)
+        for target in data["targets"]
+        for metric in METRICS
+        for i, frame in enumerate(target["frames"])
+    ]
 
 
 def summarize(scores: pd.DataFrame, targets: Sequence[str] = TARGETS) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -222,8 +260,9 @@ def summarize(scores: pd.DataFrame, targets: Sequence[str] = TARGETS) -> tuple[p
     target and metric; baseline and improvement columns; a ``mean`` row: the mean target SDR."""
     per_track = scores.groupby(["kind", "target", "metric", "track"])["value"].median()
     table = per_track.groupby(level=["kind", "target", "metric"]).median().unstack("kind")
-    table = table.reindex(index=pd.MultiIndex.from_product([list(targets), METRICS], names=["target", "metric"]),
-                          columns=list(KINDS))
+    table = table.reindex(
+        index=pd.MultiIndex.from_product([list(targets), METRICS], names=["target", "metric"]), columns=list(KINDS)
+    )
     table["improvement"] = table["estimate"] - table["baseline"]
     table.loc[("mean", "SDR"), :] = table.xs("SDR", level="metric").mean(skipna=False)
     summary = table.reset_index()
@@ -235,9 +274,15 @@ def summarize(scores: pd.DataFrame, targets: Sequence[str] = TARGETS) -> tuple[p
     return summary, metrics
 
 
-def evaluate_tracks(cache: Any, estimates_dir: str | Path, out_dir: str | Path | None = None, jobs: int = 1,
-                    targets: Sequence[str] = TARGETS, engine: str = "fast",
-                    device: str = "auto") -> EvaluationResult:
+def evaluate_tracks(
+    cache: Any,
+    estimates_dir: str | Path,
+    out_dir: str | Path | None = None,
+    jobs: int = 1,
+    targets: Sequence[str] = TARGETS,
+    engine: str = "fast",
+    device: str = "auto",
+) -> EvaluationResult:
     """The ``evaluate`` stage: score every test track of ``cache`` against its estimates.
 
     ``engine`` (see :func:`score_sets`) runs in ``jobs`` processes that share the CPU cores; the
@@ -275,8 +320,9 @@ def evaluate_tracks(cache: Any, estimates_dir: str | Path, out_dir: str | Path |
 
 
 def failure_message(failed: dict[str, str], total: int) -> str:
-    return (f"evaluation failed for {len(failed)} of {total} track(s): "
-            + "; ".join(f"{track!r}: {why}" for track, why in failed.items()))
+    return f"evaluation failed for {len(failed)} of {total} track(s): " + "; ".join(
+        f"{track!r}: {why}" for track, why in failed.items()
+    )
 
 
 def write_metrics(path: str | Path, metrics: dict[str, float]) -> None:

@@ -84,8 +84,9 @@ def load_study(path: str | Path, extra: dict[str, Any] | None = None) -> Study:
     raw = read_yaml(path) or {}
     unknown = set(raw) - {"study", "description", "base", "set", "grid", "seeds"}
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; a study has study, description, "
-                          f"base, set, grid, seeds")
+        raise ConfigError(
+            f"{path}: unknown key(s) {sorted(unknown)}; a study has study, description, base, set, grid, seeds"
+        )
     overrides: dict[str, Any] = {}
     if raw.get("base"):
         overrides.update(load_study(path.parent / raw["base"]).overrides)
@@ -113,8 +114,7 @@ def load_study(path: str | Path, extra: dict[str, Any] | None = None) -> Study:
 def _dvc(repo: Path, *args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env,
-                            capture_output=capture, text=True)
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=capture, text=True)
     if check and result.returncode != 0:
         detail = (result.stderr or result.stdout or "").strip()[-2000:] if capture else ""
         raise ExperimentError(f"dvc {' '.join(args[:3])} ... failed (exit {result.returncode}). {detail}")
@@ -130,8 +130,9 @@ def _set_args(overrides: dict[str, Any]) -> list[str]:
 
 def experiment_refs(repo: Path) -> dict[str, str]:
     """Experiment name -> git ref, for every finished DVC experiment in the repo."""
-    out = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], cwd=repo,
-                         capture_output=True, text=True).stdout.split()
+    out = subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], cwd=repo, capture_output=True, text=True
+    ).stdout.split()
     return {ref.rsplit("/", 1)[-1]: ref for ref in out if ref.count("/") >= 4}
 
 

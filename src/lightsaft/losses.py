@@ -6,8 +6,8 @@ spectrogram or a waveform, whichever the loss needs. Add one by writing a two-li
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -23,7 +23,7 @@ def project_root(start: str | Path | None = None) -> Path:
     path = Path(start or os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
     parts = path.parts
     for i in range(len(parts) - 3):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
     for candidate in (path, *path.parents):
         if (candidate / ".dvc").is_dir() or (candidate / "dvc.yaml").is_file():

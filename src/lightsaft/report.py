@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from .errors import LightSAFTError
 from .audio import write_audio
-from .paths import atomic_dir
+from .errors import LightSAFTError
 from .evaluate import METRICS, per_track_sdr
 from .model import load_weights
+from .paths import atomic_dir
 from .spectral import SAMPLE_RATE, TARGETS
 
 FORMATS = ("mp3", "ogg", "wav")
@@ -35,10 +35,20 @@ class ReportError(LightSAFTError, RuntimeError):
     """An input of the report is missing or does not match the others."""
 
 
-def build_report(out_dir: str | Path, *, cache: Any, scores_dir: str | Path, estimates_dir: str | Path,
-                 curves_csv: str | Path, train_metrics: str | Path, weights: str | Path,
-                 excerpt_seconds: float = 15.0, excerpt_offset: float = 0.0, audio_format: str = "mp3",
-                 dataset: str | None = None) -> Path:
+def build_report(
+    out_dir: str | Path,
+    *,
+    cache: Any,
+    scores_dir: str | Path,
+    estimates_dir: str | Path,
+    curves_csv: str | Path,
+    train_metrics: str | Path,
+    weights: str | Path,
+    excerpt_seconds: float = 15.0,
+    excerpt_offset: float = 0.0,
+    audio_format: str = "mp3",
+    dataset: str | None = None,
+) -> Path:
     """Write the report of the test tracks of ``cache`` to ``out_dir`` (replaced as a whole).
 
     ``cache``: anything with ``.tracks("test")`` and ``.load_audio(track, start, stop, stems)``
@@ -49,8 +59,10 @@ def build_report(out_dir: str | Path, *, cache: Any, scores_dir: str | Path, est
     if audio_format not in FORMATS:
         raise ReportError(f"report.audio_format = {audio_format!r}: use one of {', '.join(FORMATS)}")
     if not excerpt_seconds > 0 or not excerpt_offset >= 0:
-        raise ReportError(f"report.excerpt_seconds = {excerpt_seconds!r}, report.excerpt_offset = "
-                          f"{excerpt_offset!r}: the length must be > 0 and the offset >= 0")
+        raise ReportError(
+            f"report.excerpt_seconds = {excerpt_seconds!r}, report.excerpt_offset = "
+            f"{excerpt_offset!r}: the length must be > 0 and the offset >= 0"
+        )
     tracks = list(cache.tracks("test"))
     scores = _read_csv(Path(scores_dir) / "scores.csv", ("track", "target", "metric", "frame", "value", "kind"))
     summary = _read_csv(Path(scores_dir) / "summary.csv", ("target", "metric", "estimate", "baseline", "improvement"))
@@ -60,8 +72,12 @@ def build_report(out_dir: str | Path, *, cache: Any, scores_dir: str | Path, est
     slugs = unique_slugs(tracks)
     with atomic_dir(out_dir) as tmp:
         plot_curves(curves, tmp / "curves.png")
-        rows = [write_excerpts(cache, track, Path(estimates_dir), tmp, slugs[track], audio_format,
-                               excerpt_seconds, excerpt_offset) for track in tracks]
+        rows = [
+            write_excerpts(
+                cache, track, Path(estimates_dir), tmp, slugs[track], audio_format, excerpt_seconds, excerpt_offset
+            )
+            for track in tracks
+        ]
         page = render_page(facts, summary, tracks, rows, per_track, excerpt_seconds)
         (tmp / "index.html").write_text(page, encoding="utf-8")
     return Path(out_dir)
@@ -78,8 +94,9 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
         raise ReportError(f"{path}: not a readable CSV table ({e}); rerun the stage that writes it") from None
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise ReportError(f"{path}: columns {missing} missing (it has {list(table.columns)}); "
-                          f"rerun the stage that writes it")
+        raise ReportError(
+            f"{path}: columns {missing} missing (it has {list(table.columns)}); rerun the stage that writes it"
+        )
     if table.empty:
         raise ReportError(f"{path}: no rows; rerun the stage that writes it")
     return table
@@ -90,8 +107,10 @@ def track_sdr(scores: pd.DataFrame, tracks: list[str], path: Path) -> pd.DataFra
     column per kind (``estimate``, ``baseline``); the scored tracks must be the test tracks."""
     scored = set(scores["track"])
     if scored != set(tracks):
-        raise ReportError(f"{path}: scores are for {sorted(scored)} but the test tracks are {sorted(tracks)}; "
-                          f"rerun the separate and evaluate stages")
+        raise ReportError(
+            f"{path}: scores are for {sorted(scored)} but the test tracks are {sorted(tracks)}; "
+            f"rerun the separate and evaluate stages"
+        )
     return per_track_sdr(scores)
 
 
@@ -108,10 +127,16 @@ def run_facts(train_metrics: str | Path, weights: str | Path, tracks: int, datas
         if key not in metrics:
             raise ReportError(f"{path}: no {key!r}; rerun the train stage")
     m = load_weights(weights).params
-    facts = {"Model": VARIANTS[m["variant"]], "dk": str(m["dk"]), "TDFs": str(m["num_tdfs"]),
-             "Parameters": f"{metrics['param_count']:,}", "STFT": f"{m['n_fft']} / hop {m['hop_length']}",
-             "Steps": f"{metrics['steps']:,} ({metrics['epochs']} epochs)",
-             "Best val loss": _number(metrics["best_val_loss"], ".4g"), "Test tracks": str(tracks)}
+    facts = {
+        "Model": VARIANTS[m["variant"]],
+        "dk": str(m["dk"]),
+        "TDFs": str(m["num_tdfs"]),
+        "Parameters": f"{metrics['param_count']:,}",
+        "STFT": f"{m['n_fft']} / hop {m['hop_length']}",
+        "Steps": f"{metrics['steps']:,} ({metrics['epochs']} epochs)",
+        "Best val loss": _number(metrics["best_val_loss"], ".4g"),
+        "Test tracks": str(tracks),
+    }
     if dataset:
         facts["Data"] = dataset
     return facts
@@ -133,8 +158,16 @@ def unique_slugs(tracks: list[str]) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------------
 # Outputs
-def write_excerpts(cache: Any, track: str, estimates_dir: Path, report_dir: Path, slug: str,
-                   audio_format: str, seconds: float, offset: float) -> dict[str, str]:
+def write_excerpts(
+    cache: Any,
+    track: str,
+    estimates_dir: Path,
+    report_dir: Path,
+    slug: str,
+    audio_format: str,
+    seconds: float,
+    offset: float,
+) -> dict[str, str]:
     """Encode the same excerpt of the mixture and of each estimate into ``audio/<slug>/``;
     returns source -> path relative to ``report_dir``. Samples beyond [-1, 1] are clipped, as a player would."""
     files = {t: estimates_dir / "test" / track / f"{t}.wav" for t in TARGETS}
@@ -144,15 +177,18 @@ def write_excerpts(cache: Any, track: str, estimates_dir: Path, report_dir: Path
     length = sf.info(str(files[TARGETS[0]])).frames
     start = round(offset * SAMPLE_RATE)
     if start >= length:
-        raise ReportError(f"report.excerpt_offset = {offset}: beyond the end of {track!r} "
-                          f"({length / SAMPLE_RATE:.1f} s); lower it")
+        raise ReportError(
+            f"report.excerpt_offset = {offset}: beyond the end of {track!r} ({length / SAMPLE_RATE:.1f} s); lower it"
+        )
     stop = min(length, start + round(seconds * SAMPLE_RATE))
     audio = {"mixture": cache.load_audio(track, start=start, stop=stop, stems=("mixture",))["mixture"]}
     for target, path in files.items():
         audio[target], rate = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
         if rate != SAMPLE_RATE or audio[target].shape != audio["mixture"].shape:
-            raise ReportError(f"{path}: {rate} Hz, excerpt {audio[target].shape}; expected {SAMPLE_RATE} Hz "
-                              f"and the mixture's {audio['mixture'].shape}; rerun the separate stage")
+            raise ReportError(
+                f"{path}: {rate} Hz, excerpt {audio[target].shape}; expected {SAMPLE_RATE} Hz "
+                f"and the mixture's {audio['mixture'].shape}; rerun the separate stage"
+            )
     (report_dir / "audio" / slug).mkdir(parents=True)
     subtype = "PCM_16" if audio_format == "wav" else None  # browsers play 16-bit PCM, not float wav
     relative = {}
@@ -171,10 +207,15 @@ def plot_curves(curves: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), dpi=110, layout="constrained",
-                             gridspec_kw={"width_ratios": [2, 2, 1.2]})
-    for ax, column, color, title in zip(axes, ("train_loss", "val_loss", "lr"), ("#3465a4", "#c4540c", "#555555"),
-                                        ("Training loss", "Validation loss", "Learning rate")):
+    fig, axes = plt.subplots(
+        1, 3, figsize=(12, 3.2), dpi=110, layout="constrained", gridspec_kw={"width_ratios": [2, 2, 1.2]}
+    )
+    for ax, column, color, title in zip(
+        axes,
+        ("train_loss", "val_loss", "lr"),
+        ("#3465a4", "#c4540c", "#555555"),
+        ("Training loss", "Validation loss", "Learning rate"),
+    ):
         data = curves.dropna(subset=[column])
         marker = "." if len(data) < 30 else None
         if column == "lr":
@@ -189,8 +230,15 @@ def plot_curves(curves: pd.DataFrame, path: Path) -> None:
     valid = curves.dropna(subset=["val_loss"])
     if len(valid):
         best = valid.loc[valid["val_loss"].idxmin()]
-        axes[1].plot([best["epoch"]], [best["val_loss"]], "o", color="#c4540c", mfc="white", ms=8,
-                     label=f"best {best['val_loss']:.4g} (epoch {int(best['epoch'])})")
+        axes[1].plot(
+            [best["epoch"]],
+            [best["val_loss"]],
+            "o",
+            color="#c4540c",
+            mfc="white",
+            ms=8,
+            label=f"best {best['val_loss']:.4g} (epoch {int(best['epoch'])})",
+        )
         axes[1].legend(frameon=False)
     fig.savefig(path, format="png")
     plt.close(fig)
@@ -203,16 +251,21 @@ def _number(value: Any, spec: str = ".2f") -> str:
 def _summary_table(summary: pd.DataFrame) -> str:
     """Per target: SDR, the mixture's SDR, the gain, then SIR/ISR/SAR (model values)."""
     table = summary.set_index(["target", "metric"])
-    head = ("<tr><th>Target</th><th>SDR</th><th>Mixture SDR</th><th>Improvement</th>"
-            + "".join(f"<th>{m}</th>" for m in METRICS[1:]) + "</tr>")
+    head = (
+        "<tr><th>Target</th><th>SDR</th><th>Mixture SDR</th><th>Improvement</th>"
+        + "".join(f"<th>{m}</th>" for m in METRICS[1:])
+        + "</tr>"
+    )
     rows = []
     for target in (*TARGETS, "mean"):
         value = {m: table.loc[(target, m)] if (target, m) in table.index else {} for m in METRICS}
         sdr = value["SDR"]
         others = "".join(f"<td>{_number(value[m].get('estimate'))}</td>" for m in METRICS[1:])
-        rows.append(f'<tr class="{"mean" if target == "mean" else "target"}"><th>{target.capitalize()}</th>'
-                    f"<td><b>{_number(sdr.get('estimate'))}</b></td><td>{_number(sdr.get('baseline'))}</td>"
-                    f"<td>{_number(sdr.get('improvement'), '+.2f')}</td>{others}</tr>")
+        rows.append(
+            f'<tr class="{"mean" if target == "mean" else "target"}"><th>{target.capitalize()}</th>'
+            f"<td><b>{_number(sdr.get('estimate'))}</b></td><td>{_number(sdr.get('baseline'))}</td>"
+            f"<td>{_number(sdr.get('improvement'), '+.2f')}</td>{others}</tr>"
+        )
     return f'<table class="summary"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
 
@@ -223,22 +276,39 @@ def _track_row(track: str, files: dict[str, str], sdr: pd.DataFrame) -> str:
         score = ""
         if name != "mixture":
             values = sdr.loc[(track, name)] if (track, name) in sdr.index else {}
-            score = (f'<p class="score"><span class="sdr">{_number(values.get("estimate"))}</span> dB SDR '
-                     f'<span class="baseline">mixture {_number(values.get("baseline"))}</span></p>')
-        cells.append(f'<figure class="source" data-source="{name}"><figcaption>{label}</figcaption>'
-                     f'<audio controls preload="metadata" src="{html.escape(path)}"></audio>{score}</figure>')
+            score = (
+                f'<p class="score"><span class="sdr">{_number(values.get("estimate"))}</span> dB SDR '
+                f'<span class="baseline">mixture {_number(values.get("baseline"))}</span></p>'
+            )
+        cells.append(
+            f'<figure class="source" data-source="{name}"><figcaption>{label}</figcaption>'
+            f'<audio controls preload="metadata" src="{html.escape(path)}"></audio>{score}</figure>'
+        )
     name = html.escape(track)
-    return (f'<section class="track" data-track="{name}"><h3>{name}</h3>'
-            f'<div class="sources">{"".join(cells)}</div></section>')
+    return (
+        f'<section class="track" data-track="{name}"><h3>{name}</h3>'
+        f'<div class="sources">{"".join(cells)}</div></section>'
+    )
 
 
-def render_page(facts: dict[str, str], summary: pd.DataFrame, tracks: list[str], rows: list[dict[str, str]],
-                sdr: pd.DataFrame, excerpt_seconds: float) -> str:
+def render_page(
+    facts: dict[str, str],
+    summary: pd.DataFrame,
+    tracks: list[str],
+    rows: list[dict[str, str]],
+    sdr: pd.DataFrame,
+    excerpt_seconds: float,
+) -> str:
     """The whole page; every text from the inputs is HTML-escaped."""
     header = "".join(f"<div><dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd></div>" for k, v in facts.items())
     grid = "\n".join(_track_row(track, files, sdr) for track, files in zip(tracks, rows))
-    return PAGE.format(title=f"{html.escape(facts['Model'])} separation results", facts=header,
-                       summary=_summary_table(summary), tracks=grid, seconds=f"{excerpt_seconds:g}")
+    return PAGE.format(
+        title=f"{html.escape(facts['Model'])} separation results",
+        facts=header,
+        summary=_summary_table(summary),
+        tracks=grid,
+        seconds=f"{excerpt_seconds:g}",
+    )
 
 
 PAGE = """<!DOCTYPE html>

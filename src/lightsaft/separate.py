@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .audio import AudioError, read_audio, resample, to_stereo, write_audio
 from .devices import resolve_device
 from .errors import LightSAFTError
-from .audio import AudioError, read_audio, resample, to_stereo, write_audio
-from .paths import atomic_dir
 from .model import Separator, load_weights
+from .paths import atomic_dir
 from .spectral import SAMPLE_RATE, TARGETS, window_samples
 
 EDGE_SAMPLES = 5000  # official: ceil(5000 / hop) * hop samples trimmed at each window edge
@@ -62,8 +62,7 @@ def check_options(targets: Iterable[str], overlap: float, batch_size: int) -> tu
     """Validate the separation options (before any work starts); returns the targets as a tuple."""
     targets = tuple(targets)
     if not targets or any(t not in TARGETS for t in targets):
-        raise SeparationError(f"targets {','.join(targets) or '(none)'}: "
-                              f"choose one or more of {', '.join(TARGETS)}")
+        raise SeparationError(f"targets {','.join(targets) or '(none)'}: choose one or more of {', '.join(TARGETS)}")
     if not 0 <= overlap <= 0.9:
         raise SeparationError(f"overlap {overlap}: must be between 0 and 0.9")
     if batch_size < 1:
@@ -71,8 +70,14 @@ def check_options(targets: Iterable[str], overlap: float, batch_size: int) -> tu
     return targets
 
 
-def separate_track(model: Separator, mixture: np.ndarray, targets: Sequence[str] = TARGETS,
-                   overlap: float = 0.5, batch_size: int = 4, device: str = "auto") -> dict[str, np.ndarray]:
+def separate_track(
+    model: Separator,
+    mixture: np.ndarray,
+    targets: Sequence[str] = TARGETS,
+    overlap: float = 0.5,
+    batch_size: int = 4,
+    device: str = "auto",
+) -> dict[str, np.ndarray]:
     """Separate a whole stereo 44.1 kHz track ``[L, 2]`` into ``{target: float32 [L, 2]}``.
 
     Runs batches of (chunk, target) pairs through the model in eval mode; on a GPU with bf16,
@@ -92,7 +97,7 @@ def separate_track(model: Separator, mixture: np.ndarray, targets: Sequence[str]
     n_chunks = math.ceil((length + shared) / step)
     lead = edge + shared  # padding before sample 0: the dropped edge plus the fade-in
     padded = torch.zeros((n_chunks - 1) * step + window, 2, device=dev)
-    padded[lead:lead + length] = torch.as_tensor(mixture, dtype=torch.float32, device=dev)
+    padded[lead : lead + length] = torch.as_tensor(mixture, dtype=torch.float32, device=dev)
     chunks = padded.unfold(0, window, step).transpose(1, 2)  # [n_chunks, window, 2] (a view)
     fade_t = torch.as_tensor(fade, dtype=torch.float32, device=dev)[:, None]
     out = torch.zeros(len(targets), len(padded), 2, device=dev)
@@ -101,17 +106,17 @@ def separate_track(model: Separator, mixture: np.ndarray, targets: Sequence[str]
     bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
     with torch.inference_mode():
         for start in range(0, len(pairs), batch_size):
-            batch = pairs[start:start + batch_size]
+            batch = pairs[start : start + batch_size]
             ids = torch.tensor([c for c, _ in batch], device=dev)
             condition = torch.tensor([TARGETS.index(targets[k]) for _, k in batch], device=dev)
             unique, inverse = torch.unique(ids, return_inverse=True)  # one STFT per chunk
             spec = model.front.stft(chunks[unique])[inverse]
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
                 estimate = model(spec, condition)
-            waves = model.front.istft(estimate.float(), length=window)[:, edge:edge + kept] * fade_t
+            waves = model.front.istft(estimate.float(), length=window)[:, edge : edge + kept] * fade_t
             for (c, k), wave in zip(batch, waves):
-                out[k, c * step + edge:c * step + edge + kept] += wave
-    result = out[:, lead:lead + length].cpu().numpy()
+                out[k, c * step + edge : c * step + edge + kept] += wave
+    result = out[:, lead : lead + length].cpu().numpy()
     return {target: result[k] for k, target in enumerate(targets)}
 
 
@@ -129,8 +134,7 @@ def _write_estimates(folder: Path, estimates: dict[str, np.ndarray], rate: int) 
         write_audio(folder / f"{target}.wav", audio, rate)
 
 
-def separate_tracks(weights_path: str | Path, cache: Any, out_dir: str | Path,
-                    separate_params: dict[str, Any]) -> Path:
+def separate_tracks(weights_path: str | Path, cache: Any, out_dir: str | Path, separate_params: dict[str, Any]) -> Path:
     """The ``separate`` stage: every test track of ``cache`` -> ``out_dir/test/<track>/<target>.wav``.
 
     ``cache`` is anything with ``.tracks("test")`` and ``.load_audio(name)`` (``lightsaft.cache.Cache``).
@@ -146,10 +150,13 @@ def separate_tracks(weights_path: str | Path, cache: Any, out_dir: str | Path,
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         for track in tqdm(tracks, desc="separate", unit="track"):
-            estimates = separate_track(model, cache.load_audio(track, stems=("mixture",))["mixture"],
-                                       overlap=separate_params["overlap"],
-                                       batch_size=separate_params["batch_size"],
-                                       device=separate_params["device"])
+            estimates = separate_track(
+                model,
+                cache.load_audio(track, stems=("mixture",))["mixture"],
+                overlap=separate_params["overlap"],
+                batch_size=separate_params["batch_size"],
+                device=separate_params["device"],
+            )
             _write_estimates(tmp / "test" / track, estimates, SAMPLE_RATE)
     return out_dir
 
@@ -166,12 +173,20 @@ def _writable_dir(path: Path) -> None:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as e:
-        raise SeparationError(f"{path}: cannot write the output folder: {e.strerror or e}; "
-                              f"choose another --out") from None
+        raise SeparationError(
+            f"{path}: cannot write the output folder: {e.strerror or e}; choose another --out"
+        ) from None
 
 
-def separate_song(model: Separator, song: str | Path, folder: Path, targets: Sequence[str],
-                  overlap: float, batch_size: int, device: str) -> None:
+def separate_song(
+    model: Separator,
+    song: str | Path,
+    folder: Path,
+    targets: Sequence[str],
+    overlap: float,
+    batch_size: int,
+    device: str,
+) -> None:
     """One file of any rate, mono or stereo -> ``folder/<target>.wav`` at its own rate and length.
 
     A ``.stem.mp4`` contributes stream 0, its mixture. Mono input gives mono estimates (the
@@ -183,16 +198,22 @@ def separate_song(model: Separator, song: str | Path, folder: Path, targets: Seq
     stereo = resample(to_stereo(audio, song), rate, SAMPLE_RATE)
     estimates = separate_track(model, stereo, targets, overlap, batch_size, device)
     for target, estimate in estimates.items():
-        estimate = resample(estimate, SAMPLE_RATE, rate)[:len(audio)]
+        estimate = resample(estimate, SAMPLE_RATE, rate)[: len(audio)]
         estimate = np.pad(estimate, ((0, len(audio) - len(estimate)), (0, 0)))
         if audio.shape[1] == 1:
             estimate = estimate.mean(axis=1, keepdims=True)
         write_audio(folder / f"{target}.wav", estimate, rate)
 
 
-def separate_songs(songs: Sequence[str | Path], weights_path: str | Path, out_dir: str | Path,
-                   targets: Sequence[str] = TARGETS, overlap: float = 0.5, batch_size: int = 4,
-                   device: str = "auto") -> list[str]:
+def separate_songs(
+    songs: Sequence[str | Path],
+    weights_path: str | Path,
+    out_dir: str | Path,
+    targets: Sequence[str] = TARGETS,
+    overlap: float = 0.5,
+    batch_size: int = 4,
+    device: str = "auto",
+) -> list[str]:
     """``lightsaft separate``: each song -> ``out_dir/<song>/<target>.wav``; returns the failures.
 
     A song that cannot be read is reported (on stderr, naming it) and skipped; the rest still
@@ -209,8 +230,10 @@ def separate_songs(songs: Sequence[str | Path], weights_path: str | Path, out_di
         name = song_name(song)
         try:
             if name in seen:
-                raise SeparationError(f"{song}: writes {out_dir / name}, as {seen[name]} already does; "
-                                      f"rename one of them or separate them into different --out folders")
+                raise SeparationError(
+                    f"{song}: writes {out_dir / name}, as {seen[name]} already does; "
+                    f"rename one of them or separate them into different --out folders"
+                )
             seen[name] = song
             separate_song(model, song, out_dir / name, targets, overlap, batch_size, device)
         except (AudioError, SeparationError, OSError) as e:

@@ -40,8 +40,17 @@ class SpectralFrontEnd(torch.nn.Module):
             raise ValueError(f"expected a stereo waveform [batch, samples, 2], got {tuple(wave.shape)}")
         batch, length, channels = wave.shape
         flat = wave.float().transpose(1, 2).reshape(batch * channels, length)
-        spec = torch.stft(flat, self.n_fft, self.hop_length, window=self.window, center=True,
-                          pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
+        spec = torch.stft(
+            flat,
+            self.n_fft,
+            self.hop_length,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            normalized=False,
+            onesided=True,
+            return_complex=True,
+        )
         spec = torch.view_as_real(spec)  # [B*ch, F, T, re/im]
         spec = spec.reshape(batch, channels, *spec.shape[1:]).permute(0, 4, 1, 3, 2)  # [B, re/im, ch, T, F]
         return spec.reshape(batch, 2 * channels, spec.shape[3], spec.shape[4])
@@ -53,10 +62,19 @@ class SpectralFrontEnd(torch.nn.Module):
         """
         batch, four, frames, bins = spec.shape
         if four != 4 or bins != self.n_fft // 2 + 1:
-            raise ValueError(f"expected a spectrogram [batch, 4, frames, {self.n_fft // 2 + 1}], "
-                             f"got {tuple(spec.shape)}")
+            raise ValueError(
+                f"expected a spectrogram [batch, 4, frames, {self.n_fft // 2 + 1}], got {tuple(spec.shape)}"
+            )
         parts = spec.float().reshape(batch, 2, 2, frames, bins).permute(0, 2, 4, 3, 1)  # [B, ch, F, T, re/im]
         complex_spec = torch.view_as_complex(parts.contiguous()).reshape(batch * 2, bins, frames)
-        wave = torch.istft(complex_spec, self.n_fft, self.hop_length, window=self.window,
-                           center=True, normalized=False, onesided=True, length=length)
+        wave = torch.istft(
+            complex_spec,
+            self.n_fft,
+            self.hop_length,
+            window=self.window,
+            center=True,
+            normalized=False,
+            onesided=True,
+            length=length,
+        )
         return wave.reshape(batch, 2, -1).transpose(1, 2)

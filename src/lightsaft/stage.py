@@ -12,7 +12,8 @@ import argparse
 import errno
 import signal
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .config import load_params
 from .errors import LightSAFTError
@@ -28,10 +29,13 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
-def run_stage(name: str, body: Callable[[dict[str, Any], argparse.Namespace], Any],
-              argv: list[str] | None = None,
-              add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-              handle_sigterm: bool = True) -> None:
+def run_stage(
+    name: str,
+    body: Callable[[dict[str, Any], argparse.Namespace], Any],
+    argv: list[str] | None = None,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    handle_sigterm: bool = True,
+) -> None:
     """Parse ``--params``, validate the params file and run ``body(params, args)``.
 
     ``handle_sigterm=False`` leaves SIGTERM to the stage (Lightning stops at a batch boundary

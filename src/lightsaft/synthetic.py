@@ -20,8 +20,8 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import butter, sosfilt
 
-from .spectral import SAMPLE_RATE, TARGETS
 from .paths import atomic_dir
+from .spectral import SAMPLE_RATE, TARGETS
 
 SCALES = ((0, 2, 4, 5, 7, 9, 11), (0, 2, 3, 5, 7, 8, 10))  # major, natural minor
 VOWELS = ((800, 1200), (500, 1900), (300, 2300), (500, 900), (350, 800))  # formants F1, F2 (Hz)
@@ -34,8 +34,9 @@ def track_names(split: str, count: int) -> list[str]:
     return [f"synthetic {split} {i:03d}" for i in range(count)]
 
 
-def generate(out_dir: str | Path, train_tracks: int, valid_tracks: int, test_tracks: int,
-             seconds: float, seed: int) -> Path:
+def generate(
+    out_dir: str | Path, train_tracks: int, valid_tracks: int, test_tracks: int, seconds: float, seed: int
+) -> Path:
     """Write ``out_dir/{train,test}/<track>/{mixture,vocals,drums,bass,other}.wav`` atomically."""
     with atomic_dir(out_dir) as tmp:
         for split, count in (("train", train_tracks), ("valid", valid_tracks), ("test", test_tracks)):
@@ -56,7 +57,7 @@ def synthesize(rng: np.random.Generator, seconds: float) -> dict[str, np.ndarray
     levels = {"vocals": (-6, 0), "drums": (-8, 0), "bass": (-8, -1), "other": (-10, -2)}
     pans = {"vocals": 0.3, "drums": 0.2, "bass": 0.15, "other": 0.7}
     for name, mono in stems.items():
-        rms = np.sqrt(np.mean(mono ** 2)) + 1e-9
+        rms = np.sqrt(np.mean(mono**2)) + 1e-9
         gain = 10 ** (rng.uniform(*levels[name]) / 20) / rms
         stems[name] = _pan(mono * gain, rng.uniform(-1, 1) * pans[name])
     total = sum(stems.values())
@@ -124,13 +125,20 @@ class _Song:
     def _place(self, out: np.ndarray, start: int, sound: np.ndarray) -> None:
         end = min(self.length, start + len(sound))
         if end > start:
-            out[start:end] += sound[:end - start]
+            out[start:end] += sound[: end - start]
 
-    def _notes(self, out: np.ndarray, notes: list[tuple[int, int, float]], table: np.ndarray,
-               attack: float, decay: float | None) -> np.ndarray:
+    def _notes(
+        self,
+        out: np.ndarray,
+        notes: list[tuple[int, int, float]],
+        table: np.ndarray,
+        attack: float,
+        decay: float | None,
+    ) -> np.ndarray:
         for start, count, midi in notes:
-            self._place(out, start, _oscillate(table, _hz(midi), count, self.rng.random())
-                        * _envelope(count, attack, decay))
+            self._place(
+                out, start, _oscillate(table, _hz(midi), count, self.rng.random()) * _envelope(count, attack, decay)
+            )
         return out
 
     def bass(self) -> np.ndarray:
@@ -143,8 +151,9 @@ class _Song:
         for b, degree in enumerate(self.chords):
             for s, dur in pattern:
                 fifth = rng.random() < 0.2
-                notes.append((b * bar + s * self.step, int(dur * self.step * 0.9),
-                              self.pitch(degree + (4 if fifth else 0), 28)))
+                notes.append(
+                    (b * bar + s * self.step, int(dur * self.step * 0.9), self.pitch(degree + (4 if fifth else 0), 28))
+                )
         return self._notes(np.zeros(self.length), notes, table, 0.005, rng.uniform(0.3, 0.8))
 
     def drums(self) -> np.ndarray:
@@ -165,12 +174,15 @@ class _Song:
                 self._place(out, start, 1.2 * velocity * kick)
             if beat in (4, 12):
                 n = len(t) * 5 // 7
-                body = snare_noise[start:start + n] * np.exp(-t[:n] / 0.08)
-                self._place(out, start, velocity * (body / 3 + 0.4 * np.sin(2 * np.pi * snare_tone * t[:n])
-                                                    * np.exp(-t[:n] / 0.04)))
+                body = snare_noise[start : start + n] * np.exp(-t[:n] / 0.08)
+                self._place(
+                    out,
+                    start,
+                    velocity * (body / 3 + 0.4 * np.sin(2 * np.pi * snare_tone * t[:n]) * np.exp(-t[:n] / 0.04)),
+                )
             if beat % hats == 0 and rng.random() < 0.9:
                 n = len(t) // 4 if rng.random() < 0.9 else len(t)
-                self._place(out, start, velocity * 0.4 * hat_noise[start:start + n] * np.exp(-t[:n] / 0.03))
+                self._place(out, start, velocity * 0.4 * hat_noise[start : start + n] * np.exp(-t[:n] / 0.03))
         return out
 
     def vocals(self) -> np.ndarray:
@@ -207,8 +219,7 @@ class _Song:
             if style == 0:
                 notes += [(b * bar, bar, m + detune) for m in chord for detune in (-0.05, 0.05)]
             elif style == 1:
-                notes += [(b * bar + s * self.step, 2 * self.step, chord[s // 2 % 3])
-                          for s in range(0, 16, 2)]
+                notes += [(b * bar + s * self.step, 2 * self.step, chord[s // 2 % 3]) for s in range(0, 16, 2)]
             else:
                 notes += [(b * bar + s * self.step, self.step, m) for s in (2, 6, 10, 14) for m in chord]
         attack, decay = ((0.15, None), (0.005, 0.2), (0.005, 0.08))[style]

@@ -29,8 +29,10 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / DB_NAME}"
 
 
-_SECRET_QUERY = re.compile(r"(?i)([?&][^=&#\s]*(?:token|key|secret|passw|signature|sig|credential|auth)"
-                           r"[^=&#\s]*=)[^&#\s]+")
+_SECRET_QUERY = re.compile(
+    r"(?i)([?&][^=&#\s]*(?:token|key|secret|passw|signature|sig|credential|auth)"
+    r"[^=&#\s]*=)[^&#\s]+"
+)
 
 
 class TrackingError(LightSAFTError, ValueError):
@@ -44,7 +46,7 @@ def redact(uri: str) -> str:
 
 
 def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
 def client():
@@ -86,6 +88,7 @@ def experiment_id(mlflow_client, name: str) -> str:
 
 def git_tags(root: Path | None = None) -> dict[str, str]:
     """Commit and dirty flag of the code that runs (the experiment copy inside DVC runs)."""
+
     def git(*args: str) -> str:
         result = subprocess.run(["git", *args], cwd=root or os.getcwd(), capture_output=True, text=True)
         return result.stdout.strip() if result.returncode == 0 else ""
@@ -106,7 +109,7 @@ def log_params(mlflow_client, run_id: str, flat_params: dict[str, Any]) -> None:
 
     items = [Param(k, "null" if v is None else redact(str(v))) for k, v in sorted(flat_params.items())]
     for start in range(0, len(items), 100):
-        mlflow_client.log_batch(run_id, params=items[start:start + 100])
+        mlflow_client.log_batch(run_id, params=items[start : start + 100])
 
 
 def log_metrics(mlflow_client, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
@@ -115,13 +118,24 @@ def log_metrics(mlflow_client, run_id: str, metrics: dict[str, float], step: int
     now = int(time.time() * 1000)
     items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
     for start in range(0, len(items), 500):
-        mlflow_client.log_batch(run_id, metrics=items[start:start + 500])
+        mlflow_client.log_batch(run_id, metrics=items[start : start + 500])
 
 
 def write_run_file(path: str | Path, run_id: str, experiment: str) -> None:
     """Record which MLflow run a trained model belongs to (read by later stages)."""
-    write_text_atomic(path, json.dumps({"format": RUN_FILE_FORMAT, "run_id": run_id, "experiment": experiment,
-                                        "tracking_uri": redact(tracking_uri())}, indent=2) + "\n")
+    write_text_atomic(
+        path,
+        json.dumps(
+            {
+                "format": RUN_FILE_FORMAT,
+                "run_id": run_id,
+                "experiment": experiment,
+                "tracking_uri": redact(tracking_uri()),
+            },
+            indent=2,
+        )
+        + "\n",
+    )
 
 
 def read_run_file(path: str | Path) -> dict[str, Any]:
@@ -129,8 +143,7 @@ def read_run_file(path: str | Path) -> dict[str, Any]:
     try:
         info = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no MLflow run record; run the train stage first "
-                                f"(dvc repro train)") from None
+        raise FileNotFoundError(f"{path}: no MLflow run record; run the train stage first (dvc repro train)") from None
     except json.JSONDecodeError as e:
         raise TrackingError(f"{path}: corrupt MLflow run record ({e}); re-run the train stage") from None
     if not isinstance(info, dict) or "run_id" not in info:
@@ -138,8 +151,9 @@ def read_run_file(path: str | Path) -> dict[str, Any]:
     return info
 
 
-def log_evaluation(run_file: str | Path, params: dict[str, Any], metrics: dict[str, float],
-                   artifacts: list[Path], per_track=None) -> str:
+def log_evaluation(
+    run_file: str | Path, params: dict[str, Any], metrics: dict[str, float], artifacts: list[Path], per_track=None
+) -> str:
     """One evaluation = a child run of the training run, carrying the training's params plus
     ``separate.*`` / ``evaluate.*`` (MLflow params are immutable, so a changed ``evaluate.jobs``
     could not go on the parent). The parent gets ``test_<metric>`` copies of the latest scores,
@@ -150,8 +164,9 @@ def log_evaluation(run_file: str | Path, params: dict[str, Any], metrics: dict[s
     mlflow_client = client()
     parent = mlflow_client.get_run(parent_id)
     tags = {**git_tags(), "stage": "evaluate", "mlflow.parentRunId": parent_id}
-    child = mlflow_client.create_run(parent.info.experiment_id, run_name=f"{parent.info.run_name}/evaluate",
-                                     tags=tags).info.run_id
+    child = mlflow_client.create_run(
+        parent.info.experiment_id, run_name=f"{parent.info.run_name}/evaluate", tags=tags
+    ).info.run_id
     own = flatten({"separate": params["separate"], "evaluate": params["evaluate"]})
     log_params(mlflow_client, child, {**parent.data.params, **own})
     log_metrics(mlflow_client, child, metrics)

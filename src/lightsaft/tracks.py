@@ -20,8 +20,8 @@ import numpy as np
 import soundfile as sf
 import yaml
 
-from .errors import LightSAFTError
 from .audio import AudioError, probe, read_audio, read_stems
+from .errors import LightSAFTError
 from .paths import portable, resolve, write_text_atomic
 from .spectral import SAMPLE_RATE, TARGETS
 
@@ -36,30 +36,35 @@ class DataError(LightSAFTError, RuntimeError):
     """The data set is missing, incomplete, or not what the pipeline needs."""
 
 
-
-
 # ---------------------------------------------------------------------------------------
 # Finding tracks
 def musdb_validation_tracks() -> list[str]:
     """musdb's official validation tracks, read from its ``configs/mus.yaml`` (without importing it)."""
     spec = importlib.util.find_spec("musdb")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("the musdb package is not installed (pip install musdb==0.4.3); it holds the "
-                        "official list of validation tracks, or set data.valid_tracks")
-    config = Path(list(spec.submodule_search_locations)[0]) / "configs" / "mus.yaml"
+        raise DataError(
+            "the musdb package is not installed (pip install musdb==0.4.3); it holds the "
+            "official list of validation tracks, or set data.valid_tracks"
+        )
+    config = Path(next(iter(spec.submodule_search_locations))) / "configs" / "mus.yaml"
     with open(config) as f:
         return list(yaml.safe_load(f)["validation_tracks"])
 
 
 def missing_dataset_message(source: str, root: str | Path) -> str:
     """How to obtain the access-restricted MUSDB18 release, and what to use instead."""
-    url, layout = ((MUSDB18_URL, "train/*.stem.mp4 and test/*.stem.mp4") if source == "musdb18"
-                   else (MUSDB18HQ_URL, "train/<track>/{mixture,vocals,drums,bass,other}.wav and test/..."))
-    return (f"{source} not found at data.root = {str(root)!r}. The full data set is access-restricted: "
-            f"request it on {url}, then unzip it so that {root}/{layout} exist (or set data.root to "
-            f"the .zip, or data.archive to the URL you were granted, with data.sha256). Without it, "
-            f"use data.source=musdb18-sample (the public 7-second previews, downloaded automatically) "
-            f"or data.source=synthetic (an offline demo set).")
+    url, layout = (
+        (MUSDB18_URL, "train/*.stem.mp4 and test/*.stem.mp4")
+        if source == "musdb18"
+        else (MUSDB18HQ_URL, "train/<track>/{mixture,vocals,drums,bass,other}.wav and test/...")
+    )
+    return (
+        f"{source} not found at data.root = {str(root)!r}. The full data set is access-restricted: "
+        f"request it on {url}, then unzip it so that {root}/{layout} exist (or set data.root to "
+        f"the .zip, or data.archive to the URL you were granted, with data.sha256). Without it, "
+        f"use data.source=musdb18-sample (the public 7-second previews, downloaded automatically) "
+        f"or data.source=synthetic (an offline demo set)."
+    )
 
 
 def find_tree(folder: Path) -> Path | None:
@@ -84,18 +89,26 @@ def scan_tree(root: str | Path, source: str) -> list[dict[str, Any]]:
         if not folder.is_dir():
             raise DataError(f"{folder}: missing; a {source} tree has train/ and test/ folders")
         if wav:
-            found = [{"name": d.name, "split": split, "files": _stem_files(d)}
-                     for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+            found = [
+                {"name": d.name, "split": split, "files": _stem_files(d)}
+                for d in sorted(folder.iterdir())
+                if d.is_dir() and not d.name.startswith(".")
+            ]
         else:
-            found = [{"name": f.name[:-len(".stem.mp4")], "split": split, "stem_file": os.path.abspath(f)}
-                     for f in sorted(folder.glob("*.stem.mp4"))]
+            found = [
+                {"name": f.name[: -len(".stem.mp4")], "split": split, "stem_file": os.path.abspath(f)}
+                for f in sorted(folder.glob("*.stem.mp4"))
+            ]
         if not found:
             if wav:
                 stems = any(folder.glob("*.stem.mp4"))
                 hint = " (it holds .stem.mp4 files: data.source=musdb18?)" if stems else ""
                 raise DataError(f"{folder}: no track folders of wav stems found{hint}")
-            hint = " (it holds folders: wav stems, data.source=musdb18hq?)" if any(
-                p.is_dir() for p in folder.iterdir()) else ""
+            hint = (
+                " (it holds folders: wav stems, data.source=musdb18hq?)"
+                if any(p.is_dir() for p in folder.iterdir())
+                else ""
+            )
             raise DataError(f"{folder}: no .stem.mp4 files found{hint}")
         tracks += found
     names = [t["name"] for t in tracks]
@@ -106,43 +119,53 @@ def scan_tree(root: str | Path, source: str) -> list[dict[str, Any]]:
 
 def _stem_files(folder: Path) -> dict[str, str]:
     files = {stem: folder / f"{stem}.wav" for stem in STEMS}
-    for stem, path in files.items():
+    for path in files.values():
         if not path.is_file():
-            raise DataError(f"{path}: missing; every track folder needs "
-                            f"{', '.join(s + '.wav' for s in STEMS)}")
+            raise DataError(f"{path}: missing; every track folder needs {', '.join(s + '.wav' for s in STEMS)}")
     return {stem: os.path.abspath(path) for stem, path in files.items()}
 
 
-def assign_splits(tracks: list[dict[str, Any]], valid_names: list[str],
-                  origin: str = "data.valid_tracks") -> list[dict[str, Any]]:
+def assign_splits(
+    tracks: list[dict[str, Any]], valid_names: list[str], origin: str = "data.valid_tracks"
+) -> list[dict[str, Any]]:
     """Move the named train tracks to the ``valid`` split (musdb's convention).
 
     An empty list, or a name that is not a train track, is an error: validation is never skipped.
     """
     train = sorted(t["name"] for t in tracks if t["split"] == "train")
     if not valid_names:
-        raise DataError(f"{origin}: the validation split is empty; set data.valid_tracks to a list of "
-                        f"train track names (null = musdb's official validation tracks)")
+        raise DataError(
+            f"{origin}: the validation split is empty; set data.valid_tracks to a list of "
+            f"train track names (null = musdb's official validation tracks)"
+        )
     for name in valid_names:
         if name not in train:
-            raise DataError(f"{origin}: {name!r} is not a train track of this data set; set "
-                            f"data.valid_tracks to names among: {', '.join(train[:10])}"
-                            f"{' ...' if len(train) > 10 else ''}")
+            raise DataError(
+                f"{origin}: {name!r} is not a train track of this data set; set "
+                f"data.valid_tracks to names among: {', '.join(train[:10])}"
+                f"{' ...' if len(train) > 10 else ''}"
+            )
     valid = set(valid_names)
     return [dict(t, split="valid") if t["name"] in valid else dict(t) for t in tracks]
 
 
 # ---------------------------------------------------------------------------------------
 # dataset.json
-def write_dataset(path: str | Path, source: str, root: str | Path, sha256: str | None,
-                  tracks: list[dict[str, Any]]) -> Path:
+def write_dataset(
+    path: str | Path, source: str, root: str | Path, sha256: str | None, tracks: list[dict[str, Any]]
+) -> Path:
     """Write the track list atomically. Paths inside the stage output (generated or extracted
     data) are recorded relative to the file, so they move with DVC experiment copies; others
     (the user's data set) absolute."""
     path = Path(path)
     base = path.parent
-    payload = {"format": DATASET_FORMAT, "source": source, "root": portable(root, base, base),
-               "sha256": sha256, "tracks": [_map_paths(t, lambda p: portable(p, base, base)) for t in tracks]}
+    payload = {
+        "format": DATASET_FORMAT,
+        "source": source,
+        "root": portable(root, base, base),
+        "sha256": sha256,
+        "tracks": [_map_paths(t, lambda p: portable(p, base, base)) for t in tracks],
+    }
     write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
     return path
 
@@ -157,11 +180,16 @@ def read_dataset(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e}); rerun the download stage") from None
     if not isinstance(data, dict) or data.get("format") != DATASET_FORMAT:
-        raise DataError(f"{path}: format {data.get('format') if isinstance(data, dict) else None!r}, "
-                        f"expected {DATASET_FORMAT}; rerun the download stage")
+        raise DataError(
+            f"{path}: format {data.get('format') if isinstance(data, dict) else None!r}, "
+            f"expected {DATASET_FORMAT}; rerun the download stage"
+        )
     for track in data.get("tracks") or [None]:
-        if not isinstance(track, dict) or track.get("split") not in SPLITS or not (
-                "files" in track or "stem_file" in track):
+        if (
+            not isinstance(track, dict)
+            or track.get("split") not in SPLITS
+            or not ("files" in track or "stem_file" in track)
+        ):
             raise DataError(f"{path}: malformed track entry {track!r}; rerun the download stage")
     base = path.parent
     data["root"] = str(resolve(data["root"], base))
@@ -207,11 +235,11 @@ def load_track(track: dict[str, Any]) -> dict[str, np.ndarray]:
         path = _existing(track["stem_file"])
         streams = probe(path)["audio"]
         if len(streams) < len(STEMS):
-            raise AudioError(f"{path}: {len(streams)} audio streams; a MUSDB18 .stem.mp4 has 5 "
-                             f"(mixture, drums, bass, other, vocals)")
-        for stream in streams[:len(STEMS)]:
-            _check_format(f"{path} (stream {stream['index']})", int(stream["sample_rate"]),
-                          int(stream["channels"]))
+            raise AudioError(
+                f"{path}: {len(streams)} audio streams; a MUSDB18 .stem.mp4 has 5 (mixture, drums, bass, other, vocals)"
+            )
+        for stream in streams[: len(STEMS)]:
+            _check_format(f"{path} (stream {stream['index']})", int(stream["sample_rate"]), int(stream["channels"]))
         audio, _ = read_stems(path)
         paths = {stem: f"{path} ({stem} stream)" for stem in STEMS}
         expected = track_samples(track)
@@ -249,8 +277,10 @@ def _wav_info(path: Path) -> Any:
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
         declared = struct.unpack("<I", head[4:8])[0] + 8
         if declared not in (8, 0xFFFFFFFF + 8) and declared > os.path.getsize(path):
-            raise AudioError(f"{path}: truncated (header says {declared} bytes, file has "
-                             f"{os.path.getsize(path)}); download the data set again")
+            raise AudioError(
+                f"{path}: truncated (header says {declared} bytes, file has "
+                f"{os.path.getsize(path)}); download the data set again"
+            )
     return info
 
 
@@ -265,9 +295,13 @@ def _check_lengths(audio: dict[str, np.ndarray], paths: dict[str, str], expected
     length = len(audio["mixture"])
     for stem in TARGETS:
         if len(audio[stem]) != length:
-            raise AudioError(f"{paths[stem]}: {len(audio[stem])} samples but the mixture has {length}; "
-                             f"stems must be as long as the mixture (truncated file?)")
+            raise AudioError(
+                f"{paths[stem]}: {len(audio[stem])} samples but the mixture has {length}; "
+                f"stems must be as long as the mixture (truncated file?)"
+            )
     # AAC priming/padding makes the decoded length differ from the container duration a little.
     if expected is not None and abs(length - expected) > SAMPLE_RATE // 10:
-        raise AudioError(f"{paths['mixture']}: decoded {length} samples but the container says about "
-                         f"{expected}; the file is truncated or corrupt, download it again")
+        raise AudioError(
+            f"{paths['mixture']}: decoded {length} samples but the container says about "
+            f"{expected}; the file is truncated or corrupt, download it again"
+        )

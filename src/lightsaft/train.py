@@ -9,17 +9,18 @@ writes the DVC outputs, each through a temporary file and a rename.
 from __future__ import annotations
 
 import hashlib
-import logging
 import json
+import logging
 import os
 import resource
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -110,11 +111,15 @@ class EpochCurves(Callback):
         m = trainer.callback_metrics
         elapsed = time.perf_counter() - self._start
         gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
-        row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
-               "train_loss": float(m.get("train_loss_epoch", float("nan"))),
-               "val_loss": float(m.get("val_loss", float("nan"))),
-               "lr": trainer.optimizers[0].param_groups[0]["lr"],
-               "epoch_time_s": round(elapsed, 3), "gpu_mem_gb": round(gpu, 3)}
+        row = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "train_loss": float(m.get("train_loss_epoch", float("nan"))),
+            "val_loss": float(m.get("val_loss", float("nan"))),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "epoch_time_s": round(elapsed, 3),
+            "gpu_mem_gb": round(gpu, 3),
+        }
         self.rows.append(row)
         pl_module.log_dict({"epoch_time_s": elapsed, **({"gpu_mem_gb": gpu} if gpu else {})}, on_epoch=True)
         lines = [",".join(self.COLUMNS)] + [",".join(str(r[c]) for c in self.COLUMNS) for r in self.rows]
@@ -139,8 +144,10 @@ class InterruptCheckpoint(Callback):
         if trainer.world_size > 1:  # saving waits for every rank, and one rank alone failed: last.ckpt it is
             return
         trainer.save_checkpoint(self.path)
-        print(f"\ntraining interrupted ({type(exception).__name__}); checkpoint saved to {self.path}.\n"
-              f"Resume with: dvc exp run -S train.resume=true (or set train.resume: true and dvc repro)")
+        print(
+            f"\ntraining interrupted ({type(exception).__name__}); checkpoint saved to {self.path}.\n"
+            f"Resume with: dvc exp run -S train.resume=true (or set train.resume: true and dvc repro)"
+        )
 
 
 def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -155,24 +162,40 @@ def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
         if step > best_step:
             best, best_step = path, step
     if torn and best is None:
-        raise LightSAFTError(f"train.resume: no checkpoint in {ckpt_dir} can be read: {'; '.join(torn)}. "
-                             f"Move the folder away to start a new training")
+        raise LightSAFTError(
+            f"train.resume: no checkpoint in {ckpt_dir} can be read: {'; '.join(torn)}. "
+            f"Move the folder away to start a new training"
+        )
     return best
 
 
 def _loaders(params: dict[str, Any], cache: Cache) -> tuple[DataLoader, DataLoader]:
     m, t, tr = params["model"], params["train"], params["trainer"]
-    train_set = TrainDataset(cache, m["num_frame"], t["items_per_epoch"], t["mix_across_tracks"],
-                             t["augment_gain"], t["augment_channel_swap"])
+    train_set = TrainDataset(
+        cache,
+        m["num_frame"],
+        t["items_per_epoch"],
+        t["mix_across_tracks"],
+        t["augment_gain"],
+        t["augment_channel_swap"],
+    )
     valid_set = ValidDataset(cache, m["num_frame"], t["valid_chunks_per_track"])
-    common = {"batch_size": tr["batch_size"], "num_workers": tr["num_workers"],
-              "pin_memory": torch.cuda.is_available(), "persistent_workers": tr["num_workers"] > 0}
+    common = {
+        "batch_size": tr["batch_size"],
+        "num_workers": tr["num_workers"],
+        "pin_memory": torch.cuda.is_available(),
+        "persistent_workers": tr["num_workers"] > 0,
+    }
     if len(train_set) < tr["batch_size"]:
-        raise ConfigError(f"trainer.batch_size = {tr['batch_size']} is larger than an epoch "
-                          f"({len(train_set)} items): lower it or set train.items_per_epoch")
+        raise ConfigError(
+            f"trainer.batch_size = {tr['batch_size']} is larger than an epoch "
+            f"({len(train_set)} items): lower it or set train.items_per_epoch"
+        )
     # drop_last: train-mode BatchNorm1d in the control model cannot take a batch of one.
-    return (DataLoader(train_set, shuffle=False, drop_last=True, **common),
-            DataLoader(valid_set, shuffle=False, **common))
+    return (
+        DataLoader(train_set, shuffle=False, drop_last=True, **common),
+        DataLoader(valid_set, shuffle=False, **common),
+    )
 
 
 def _start_run(params: dict[str, Any], run_dir: Path, resume_from: Path | None, cache: Cache):
@@ -185,10 +208,13 @@ def _start_run(params: dict[str, Any], run_dir: Path, resume_from: Path | None, 
         return client, run_id
     exp_id = tracking.experiment_id(client, params["mlflow"]["experiment"])
     m = params["model"]
-    tags = {**tracking.git_tags(), "variant": m["variant"], "stage": "train",
-            "data_manifest_sha256": hashlib.sha256(
-                json.dumps(cache.manifest, sort_keys=True).encode()).hexdigest(),
-            "params_fingerprint": fingerprint(params)}
+    tags = {
+        **tracking.git_tags(),
+        "variant": m["variant"],
+        "stage": "train",
+        "data_manifest_sha256": hashlib.sha256(json.dumps(cache.manifest, sort_keys=True).encode()).hexdigest(),
+        "params_fingerprint": fingerprint(params),
+    }
     name = os.environ.get("DVC_EXP_NAME") or f"{m['variant']}-dk{m['dk']}-tdfs{m['num_tdfs']}"
     run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
     tracking.log_params(client, run_id, flatten({s: params[s] for s in TRACKED_SECTIONS}))
@@ -204,9 +230,11 @@ def _exclusive(run_dir: Path) -> Iterator[None]:
         with file_lock(run_dir.parent.parent / "locks" / f"{run_dir.name}.lock", wait=False):
             yield
     except BlockingIOError:
-        raise LightSAFTError(f"another training of this configuration is running (checkpoints in "
-                             f"{run_dir}); wait for it to finish (a rerun then reuses its result), or "
-                             f"change train.seed to train a second model") from None
+        raise LightSAFTError(
+            f"another training of this configuration is running (checkpoints in "
+            f"{run_dir}); wait for it to finish (a rerun then reuses its result), or "
+            f"change train.seed to train a second model"
+        ) from None
 
 
 def visible_gpus(accelerator: str) -> list[str]:
@@ -230,7 +258,7 @@ def claim_gpu(devices: Any, gpus: list[str], lock_dir: Path, poll_s: float = 10.
     with ExitStack() as stack:
         waited = False
         while True:
-            for index, name in enumerate(gpus):
+            for index, name in enumerate(gpus):  # noqa: B007 (index is used after the break)
                 try:
                     stack.enter_context(file_lock(lock_dir / f"gpu-{name}.lock", wait=False))
                 except BlockingIOError:
@@ -247,8 +275,9 @@ def claim_gpu(devices: Any, gpus: list[str], lock_dir: Path, poll_s: float = 10.
         yield [index]
 
 
-def train(params: dict[str, Any], cache_dir: str | Path = "data/cache",
-          outputs: TrainOutputs = TrainOutputs()) -> dict[str, Any]:
+def train(
+    params: dict[str, Any], cache_dir: str | Path = "data/cache", outputs: TrainOutputs = TrainOutputs()
+) -> dict[str, Any]:
     """Train (or resume) the model of ``params``; write weights, checkpoint, metrics and curves."""
     run_dir = project_root() / ".lightsaft" / "train" / fingerprint(params)
     if rank_zero_only.rank != 0:  # DDP: the other ranks follow rank zero
@@ -259,8 +288,9 @@ def train(params: dict[str, Any], cache_dir: str | Path = "data/cache",
         return _train(params, cache_dir, outputs, run_dir, devices)
 
 
-def _train(params: dict[str, Any], cache_dir: str | Path, outputs: TrainOutputs,
-           run_dir: Path, devices: Any) -> dict[str, Any]:
+def _train(
+    params: dict[str, Any], cache_dir: str | Path, outputs: TrainOutputs, run_dir: Path, devices: Any
+) -> dict[str, Any]:
     started = time.time()
     m, t, tr = params["model"], params["train"], params["trainer"]
     cache = Cache(cache_dir, n_fft=m["n_fft"], hop_length=m["hop_length"])
@@ -270,26 +300,55 @@ def _train(params: dict[str, Any], cache_dir: str | Path, outputs: TrainOutputs,
     pl.seed_everything(t["seed"] + rank_zero_only.rank, workers=True)
     train_loader, valid_loader = _loaders(params, cache)
     module = LightSAFTModule(m, t)
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch}-{val_loss:.5f}", monitor="val_loss",
-                           mode="min", save_top_k=t["save_top_k"], save_last=True)
+    best = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best-{epoch}-{val_loss:.5f}",
+        monitor="val_loss",
+        mode="min",
+        save_top_k=t["save_top_k"],
+        save_last=True,
+    )
     curves = EpochCurves(run_dir / "train_curves.csv")  # copied to the DVC output when training ends
-    callbacks = [best, curves, InterruptCheckpoint(ckpt_dir / "interrupted.ckpt"),
-                 EarlyStopping(monitor="val_loss", mode="min", patience=t["early_stop_patience"],
-                               min_delta=t["early_stop_min_delta"], check_on_train_epoch_end=False),
-                 LearningRateMonitor(logging_interval="epoch")]
+    callbacks = [
+        best,
+        curves,
+        InterruptCheckpoint(ckpt_dir / "interrupted.ckpt"),
+        EarlyStopping(
+            monitor="val_loss",
+            mode="min",
+            patience=t["early_stop_patience"],
+            min_delta=t["early_stop_min_delta"],
+            check_on_train_epoch_end=False,
+        ),
+        LearningRateMonitor(logging_interval="epoch"),
+    ]
     precision = resolve_precision(str(tr["precision"]), tr["accelerator"])
     try:  # before the MLflow run: a setting this machine cannot run must not leave a run behind
         trainer = pl.Trainer(
-            accelerator=tr["accelerator"], devices=devices, strategy=tr["strategy"],
-            sync_batchnorm=tr["sync_batchnorm"], precision=precision, max_epochs=tr["max_epochs"],
-            max_steps=tr["max_steps"], limit_train_batches=tr["limit_train_batches"],
-            limit_val_batches=tr["limit_val_batches"], gradient_clip_val=tr["gradient_clip_val"],
-            accumulate_grad_batches=tr["accumulate_grad_batches"], deterministic=tr["deterministic"],
-            log_every_n_steps=tr["log_every_n_steps"], check_val_every_n_epoch=tr["check_val_every_n_epoch"],
-            callbacks=callbacks, logger=False, default_root_dir=run_dir, enable_model_summary=False)
+            accelerator=tr["accelerator"],
+            devices=devices,
+            strategy=tr["strategy"],
+            sync_batchnorm=tr["sync_batchnorm"],
+            precision=precision,
+            max_epochs=tr["max_epochs"],
+            max_steps=tr["max_steps"],
+            limit_train_batches=tr["limit_train_batches"],
+            limit_val_batches=tr["limit_val_batches"],
+            gradient_clip_val=tr["gradient_clip_val"],
+            accumulate_grad_batches=tr["accumulate_grad_batches"],
+            deterministic=tr["deterministic"],
+            log_every_n_steps=tr["log_every_n_steps"],
+            check_val_every_n_epoch=tr["check_val_every_n_epoch"],
+            callbacks=callbacks,
+            logger=False,
+            default_root_dir=run_dir,
+            enable_model_summary=False,
+        )
     except MisconfigurationException as e:
-        raise ConfigError(f"trainer settings accelerator={tr['accelerator']!r}, devices={tr['devices']!r}, "
-                          f"strategy={tr['strategy']!r}, precision={precision!r} cannot run here: {e}") from None
+        raise ConfigError(
+            f"trainer settings accelerator={tr['accelerator']!r}, devices={tr['devices']!r}, "
+            f"strategy={tr['strategy']!r}, precision={precision!r} cannot run here: {e}"
+        ) from None
     # DDP re-executes this script per GPU: only rank zero touches files and MLflow.
     client, run_id = None, None
     if rank_zero_only.rank == 0:
@@ -328,7 +387,8 @@ def _finish(params, trainer, module, best, run_dir, outputs, client, run_id, pre
     gpu_peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     metrics = {
         "best_val_loss": float(best.best_model_score) if best.best_model_score is not None else None,
-        "epochs": trainer.current_epoch, "steps": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
         "wall_time_s": round(time.time() - started, 1),
         "param_count": count_parameters(module.model),
         "peak_cpu_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
@@ -336,8 +396,9 @@ def _finish(params, trainer, module, best, run_dir, outputs, client, run_id, pre
         "precision": precision,
     }
     write_text_atomic(outputs.metrics, json.dumps(metrics, indent=2) + "\n")
-    tracking.log_metrics(client, run_id, {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                         step=trainer.global_step)
+    tracking.log_metrics(
+        client, run_id, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=trainer.global_step
+    )
     client.log_artifact(run_id, str(outputs.weights), "model")
     client.set_terminated(run_id, "FINISHED")
     tracking.write_run_file(outputs.run_file, run_id, params["mlflow"]["experiment"])

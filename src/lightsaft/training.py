@@ -50,6 +50,9 @@ class LightSAFTModule(pl.LightningModule):
         if not p["auto_lr_schedule"]:
             return optimizer
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=p["lr_factor"], patience=p["lr_patience"])
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss", "interval": "epoch"}}
+            optimizer, mode="min", factor=p["lr_factor"], patience=p["lr_patience"]
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss", "interval": "epoch"},
+        }

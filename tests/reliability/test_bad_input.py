@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import REPO, TINY_MODEL, make_project, require_ffmpeg, tiny_params
+
 from lightsaft import tracking
 from lightsaft.cli import main
 from lightsaft.config import ConfigError
 from lightsaft.download import download
 from lightsaft.model import WeightsError, build_model, load_state_dict_checked, load_weights, save_weights
 from lightsaft.stage import run_stage
-from lightsaft.train import TrainOutputs, train
 from lightsaft.tracks import DataError
+from lightsaft.train import TrainOutputs, train
 
 
 def run_stage_script(stage: str, *args: str) -> int:
@@ -76,19 +76,24 @@ def test_bad_params_stop_every_stage_with_one_line(tmp_path, monkeypatch, capsys
     assert sorted(p.name for p in root.iterdir()) == [".dvc", "bad.yaml"]  # nothing written
 
 
-@pytest.mark.parametrize("override,message", [
-    ({"trainer.accelerator": "mps"}, "trainer settings accelerator='mps', devices=1"),
-    ({"train.items_per_epoch": 4}, "trainer.batch_size = 8 is larger than an epoch (4 items)"),
-])
-def test_trainer_settings_this_machine_cannot_run_leave_no_mlflow_run(tmp_path, monkeypatch, synthetic_cache,
-                                                                       override, message):
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ({"trainer.accelerator": "mps"}, "trainer settings accelerator='mps', devices=1"),
+        ({"train.items_per_epoch": 4}, "trainer.batch_size = 8 is larger than an epoch (4 items)"),
+    ],
+)
+def test_trainer_settings_this_machine_cannot_run_leave_no_mlflow_run(
+    tmp_path, monkeypatch, synthetic_cache, override, message
+):
     if override.get("trainer.accelerator") == "mps" and torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")
     root = make_project(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    outputs = TrainOutputs(models=root / "models", metrics=root / "metrics" / "train.json",
-                           curves=root / "plots" / "train_curves.csv")
+    outputs = TrainOutputs(
+        models=root / "models", metrics=root / "metrics" / "train.json", curves=root / "plots" / "train_curves.csv"
+    )
     with pytest.raises(ConfigError, match=re.escape(message)):
         train(tiny_params(**override), synthetic_cache, outputs)
     assert not (root / "mlflow.db").exists() and not (root / ".lightsaft" / "train").exists()
@@ -164,15 +169,19 @@ def test_weights_of_another_config_name_the_key_and_both_configs(tmp_path):
     with pytest.raises(WeightsError) as error:
         load_state_dict_checked(model, payload["state_dict"], "dk16.pt", source_params=payload["model_params"])
     message = str(error.value)
-    assert ("first mismatch at net.encoders.0.saft.bottleneck.linear.weight: file (256, 128) vs model (128, 128)"
-            in message), message
+    assert (
+        "first mismatch at net.encoders.0.saft.bottleneck.linear.weight: file (256, 128) vs model (128, 128)" in message
+    ), message
     assert "model config of the file vs this model: num_tdfs 8 vs 4, dk 16 vs 8" in message
 
     # A weights file whose model_params were edited no longer describes its tensors.
     payload["model_params"] = dict(TINY_MODEL)
     torch.save(payload, tmp_path / "edited.pt")
-    with pytest.raises(WeightsError, match=r"edited.pt: .*first mismatch at net.encoders.0.saft.bottleneck.*"
-                                           r"model_params are this model's config.*re-export"):
+    with pytest.raises(
+        WeightsError,
+        match=r"edited.pt: .*first mismatch at net.encoders.0.saft.bottleneck.*"
+        r"model_params are this model's config.*re-export",
+    ):
         load_weights(tmp_path / "edited.pt")
 
 
@@ -216,8 +225,7 @@ def test_every_torch_load_refuses_code():
     every call in the code base passes ``weights_only=True``."""
     loaders = {"load", "fit", "load_from_checkpoint"}
     calls = []
-    for path in [*(REPO / "src").rglob("*.py"), *(REPO / "pipeline").glob("*.py"),
-                 *(REPO / "benchmarks").glob("*.py")]:
+    for path in [*(REPO / "src").rglob("*.py"), *(REPO / "pipeline").glob("*.py"), *(REPO / "benchmarks").glob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in loaders:
                 target = ast.unparse(node.func.value)
@@ -238,8 +246,12 @@ def test_corrupt_mlflow_run_record_is_a_one_line_error(tmp_path, monkeypatch, ca
     (tmp_path / "models" / "mlflow_run.json").write_text('{"run_id": "abc"')  # cut short
     (tmp_path / "params.yaml").write_text("{}\n")
     with pytest.raises(SystemExit) as stopped:
-        run_stage("evaluate", lambda params, args: tracking.read_run_file("models/mlflow_run.json"), argv=[],
-                  handle_sigterm=False)
+        run_stage(
+            "evaluate",
+            lambda params, args: tracking.read_run_file("models/mlflow_run.json"),
+            argv=[],
+            handle_sigterm=False,
+        )
     err = capsys.readouterr().err
     assert stopped.value.code == 2 and err.count("\n") == 1
     assert err.startswith("error: evaluate: models/mlflow_run.json: corrupt MLflow run record"), err
@@ -252,8 +264,20 @@ def test_unsupported_song_format_is_named_and_the_others_still_run(tmp_path, cap
     (tmp_path / "notes.txt").write_text("la la la")
     (tmp_path / "song.mid").write_bytes(b"MThd\x00\x00\x00\x06")
     sf.write(tmp_path / "good.flac", np.zeros((2205, 2), dtype=np.float32), 44100)
-    code = main(["separate", str(tmp_path / "notes.txt"), str(tmp_path / "song.mid"), str(tmp_path / "good.flac"),
-                 "--model", str(weights), "--out", str(tmp_path / "out"), "--targets", "vocals"])
+    code = main(
+        [
+            "separate",
+            str(tmp_path / "notes.txt"),
+            str(tmp_path / "song.mid"),
+            str(tmp_path / "good.flac"),
+            "--model",
+            str(weights),
+            "--out",
+            str(tmp_path / "out"),
+            "--targets",
+            "vocals",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "2 of 3 songs failed" in err
     assert "notes.txt: unsupported format .txt; use one of .aac, .aif, .aiff, .flac" in err

@@ -9,12 +9,12 @@ import subprocess
 import sys
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import make_project
+from mlflow.tracking import MlflowClient
+from test_interrupts import EPOCH_CHECKPOINT, start_paused, training_project
+
 from lightsaft.errors import LightSAFTError
 from lightsaft.train import TrainOutputs, train
-from test_interrupts import EPOCH_CHECKPOINT, start_paused, training_project
 
 WRITERS, STEPS, PARAMS, BATCH = 4, 200, 120, 150
 
@@ -42,11 +42,19 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["DVC_ROOT"] = str(root)
     go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(go), str(i)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(WRITERS)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(go), str(i)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(WRITERS)
+    ]
     go.touch()  # all start together, against a database that does not exist yet
     results = [p.communicate(timeout=600) for p in procs]
-    for proc, (out, err) in zip(procs, results):
+    for proc, (_, err) in zip(procs, results):
         assert proc.returncode == 0 and "locked" not in err, err[-3000:]
 
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
@@ -60,7 +68,8 @@ def test_concurrent_writers_lose_nothing(tmp_path):
         history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss"))
         assert history == [(step, i + 1 / (step + 1)) for step in range(STEPS)]
         assert {k: v for k, v in run.data.metrics.items() if k.startswith("test_")} == {
-            f"test_m{k}": float(k + i) for k in range(BATCH)}
+            f"test_m{k}": float(k + i) for k in range(BATCH)
+        }
 
 
 def test_the_same_training_twice_at_once_is_refused(tmp_path, monkeypatch, synthetic_cache):

@@ -13,11 +13,11 @@ from collections import namedtuple
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from test_download import DUMMY, _sample_params
 
 from lightsaft import download as dl
 from lightsaft.download import download
 from lightsaft.tracks import DataError
-from test_download import DUMMY, _sample_params
 
 
 def _disk_fills_after(limit: int):
@@ -52,8 +52,11 @@ def test_disk_full_mid_file_keeps_the_part_and_never_extracts(server, tmp_path, 
     params = _sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
     downloads = tmp_path / "downloads"
     monkeypatch.setattr(dl, "open", _disk_fills_after(4000), raising=False)
-    with pytest.raises(DataError, match=r"interrupted after 4000 bytes \(\[Errno 28\] No space left on device.*\); "
-                                        r"free some space on that disk, then run the download stage again"):
+    with pytest.raises(
+        DataError,
+        match=r"interrupted after 4000 bytes \(\[Errno 28\] No space left on device.*\); "
+        r"free some space on that disk, then run the download stage again",
+    ):
         download(params, tmp_path / "raw", downloads)
     assert sorted(p.name for p in downloads.iterdir()) == ["MUSDB18-7-STEMS.zip.part"]
     assert list((tmp_path / "raw").iterdir()) == []  # nothing extracted, no dataset.json
@@ -68,7 +71,7 @@ def test_disk_full_mid_file_keeps_the_part_and_never_extracts(server, tmp_path, 
 def test_not_enough_disk_for_the_download_is_refused_before_writing(server, tmp_path, monkeypatch):
     params = _sample_params(server, DUMMY)
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(dl.shutil, "disk_usage", lambda path: usage(10 ** 9, 10 ** 9, 1000))
+    monkeypatch.setattr(dl.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1000))
     with pytest.raises(DataError, match=r"downloads: 0.0 MB still to download but 0.0 MB free; free some space"):
         download(params, tmp_path / "raw", tmp_path / "downloads")
     assert list((tmp_path / "downloads").iterdir()) == []
@@ -103,8 +106,11 @@ def test_redirects_leave_only_to_http_or_https(tmp_path, location):
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         with pytest.raises(DataError, match=f"{location}: unsupported URL scheme|url '{location}' is not allowed"):
-            dl.fetch(f"http://127.0.0.1:{httpd.server_address[1]}/musdb18.zip", tmp_path / "musdb18.zip",
-                     allow_insecure_http=True)
+            dl.fetch(
+                f"http://127.0.0.1:{httpd.server_address[1]}/musdb18.zip",
+                tmp_path / "musdb18.zip",
+                allow_insecure_http=True,
+            )
     finally:
         httpd.shutdown()
         httpd.server_close()

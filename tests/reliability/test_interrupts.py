@@ -22,9 +22,9 @@ import numpy as np
 import psutil
 import pytest
 import yaml
+from conftest import REPO, make_project, tiny_params
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, make_project, tiny_params
 from lightsaft import tracking
 from lightsaft.cache import Cache
 from lightsaft.download import download
@@ -72,9 +72,13 @@ def start_paused(root: Path, stage: str, pause_at: str) -> subprocess.Popen:
     marker, log = root / f".{stage}.working", root / f"{stage}.log"
     marker.unlink(missing_ok=True)
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", PAUSED_STAGE, pause_at, str(marker),
-                                 str(REPO / "pipeline" / f"{stage}.py")], cwd=root, env=ENV, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", PAUSED_STAGE, pause_at, str(marker), str(REPO / "pipeline" / f"{stage}.py")],
+            cwd=root,
+            env=ENV,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 120
     while not marker.exists():
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
@@ -96,7 +100,7 @@ def kill_while_working(root: Path, stage: str, pause_at: str, sig: signal.Signal
         assert f"{stage}: {'interrupted' if sig == signal.SIGINT else 'terminated'}" in output
         assert "Traceback" not in output, output[-3000:]
     # No process of the stage lives on (museval workers, DataLoader workers, ffmpeg).
-    gone, alive = psutil.wait_procs(children, timeout=30)
+    _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
 
 
@@ -106,14 +110,25 @@ def listing(folder: Path) -> list[str]:
 
 def project_files(root: Path) -> set[str]:
     """Every file of the project outside the inputs (temporary leftovers would show here)."""
-    return {str(p.relative_to(root)) for p in root.rglob("*")
-            if p.is_file() and p.relative_to(root).parts[0] not in ("mlartifacts", ".dvc")
-            and not p.name.startswith("mlflow.db")}
+    return {
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.relative_to(root).parts[0] not in ("mlartifacts", ".dvc")
+        and not p.name.startswith("mlflow.db")
+    }
 
 
-SMALL = {"data.synthetic.train_tracks": 2, "data.synthetic.valid_tracks": 1, "data.synthetic.test_tracks": 1,
-         "data.synthetic.seconds": 1.0, "evaluate.jobs": 2, "separate.batch_size": 64,
-         "report.excerpt_seconds": 1.0, "mlflow.experiment": "killed"}
+SMALL = {
+    "data.synthetic.train_tracks": 2,
+    "data.synthetic.valid_tracks": 1,
+    "data.synthetic.test_tracks": 1,
+    "data.synthetic.seconds": 1.0,
+    "evaluate.jobs": 2,
+    "separate.batch_size": 64,
+    "report.excerpt_seconds": 1.0,
+    "mlflow.experiment": "killed",
+}
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +152,11 @@ def project(tmp_path_factory, raw, trained):
     """A project with the session's trained model, run once through prepare, separate, evaluate
     and report: the reference outputs of a clean run."""
     root = new_project(tmp_path_factory.mktemp("killed"), raw)
-    for source, target in ((trained.outputs.weights, "models/weights.pt"),
-                           (trained.outputs.metrics, "metrics/train.json"),
-                           (trained.outputs.curves, "plots/train_curves.csv")):
+    for source, target in (
+        (trained.outputs.weights, "models/weights.pt"),
+        (trained.outputs.metrics, "metrics/train.json"),
+        (trained.outputs.curves, "plots/train_curves.csv"),
+    ):
         (root / target).parent.mkdir(exist_ok=True)
         shutil.copy(source, root / target)
     with pytest.MonkeyPatch.context() as mp:
@@ -172,13 +189,15 @@ def _same_bytes(a: Path, b: Path) -> None:
 def _same_audio_or_bytes(a: Path, b: Path) -> None:
     if a.suffix == ".wav":
         import soundfile as sf
+
         np.testing.assert_allclose(sf.read(a)[0], sf.read(b)[0], atol=1e-6, err_msg=str(a))
     else:
         _same_bytes(a, b)
 
 
-def _kill_three_times_then_finish(root: Path, stage: str, pause_at: str, outputs: list[str],
-                                  next_stage_refuses) -> None:
+def _kill_three_times_then_finish(
+    root: Path, stage: str, pause_at: str, outputs: list[str], next_stage_refuses
+) -> None:
     """Kill the stage with each signal (its outputs removed first, as DVC does), then run it to the end."""
     for output in outputs:
         if (root / output).is_dir():
@@ -195,11 +214,21 @@ def _kill_three_times_then_finish(root: Path, stage: str, pause_at: str, outputs
             assert all(Path(p).is_relative_to(tmp) for p in left), left
         else:
             assert left == set(), left
-    result = subprocess.run([sys.executable, str(REPO / "pipeline" / f"{stage}.py")], cwd=root, env=ENV,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "pipeline" / f"{stage}.py")],
+        cwd=root,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    written = {str(p.relative_to(root)) for output in outputs for p in [root / output, *(root / output).rglob("*")]
-               if p.is_file()}
+    written = {
+        str(p.relative_to(root))
+        for output in outputs
+        for p in [root / output, *(root / output).rglob("*")]
+        if p.is_file()
+    }
     assert project_files(root) - before == written
 
 
@@ -224,8 +253,9 @@ def test_killed_separate(project, tmp_path):
         with pytest.raises(EvaluationError, match="run the separate stage first"):
             evaluate_tracks(Cache(project / "data" / "cache"), project / "results" / "estimates")
 
-    _kill_three_times_then_finish(project, "separate", "lightsaft.separate:_write_estimates",
-                                  ["results/estimates"], refused)
+    _kill_three_times_then_finish(
+        project, "separate", "lightsaft.separate:_write_estimates", ["results/estimates"], refused
+    )
     _same_tree(project / "results" / "estimates", reference, _same_audio_or_bytes)
 
 
@@ -235,13 +265,23 @@ def test_killed_evaluate(project, tmp_path):
 
     def refused():
         with pytest.raises(ReportError, match="scores.csv: not found"):
-            build_report(tmp_path / "report", cache=Cache(project / "data" / "cache"),
-                         scores_dir=project / "results" / "scores", estimates_dir=project / "results" / "estimates",
-                         curves_csv=project / "plots" / "train_curves.csv",
-                         train_metrics=project / "metrics" / "train.json", weights=project / "models" / "weights.pt")
+            build_report(
+                tmp_path / "report",
+                cache=Cache(project / "data" / "cache"),
+                scores_dir=project / "results" / "scores",
+                estimates_dir=project / "results" / "estimates",
+                curves_csv=project / "plots" / "train_curves.csv",
+                train_metrics=project / "metrics" / "train.json",
+                weights=project / "models" / "weights.pt",
+            )
 
-    _kill_three_times_then_finish(project, "evaluate", "lightsaft.evaluate:_outcome",
-                                  ["results/scores", "metrics/sdr.json", "plots/sdr_per_target.csv"], refused)
+    _kill_three_times_then_finish(
+        project,
+        "evaluate",
+        "lightsaft.evaluate:_outcome",
+        ["results/scores", "metrics/sdr.json", "plots/sdr_per_target.csv"],
+        refused,
+    )
     _same_tree(project / "results" / "scores", reference, _same_bytes)
 
 
@@ -268,8 +308,14 @@ def training_project(root: Path, cache: Path, epochs: int, experiment: str) -> d
     make_project(root)
     (root / "data").mkdir()
     os.symlink(cache, root / "data" / "cache")
-    params = tiny_params(**{"train.items_per_epoch": 64, "train.valid_chunks_per_track": 1,
-                            "trainer.max_epochs": epochs, "mlflow.experiment": experiment})
+    params = tiny_params(
+        **{
+            "train.items_per_epoch": 64,
+            "train.valid_chunks_per_track": 1,
+            "trainer.max_epochs": epochs,
+            "mlflow.experiment": experiment,
+        }
+    )
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return params
 
@@ -287,8 +333,14 @@ def test_training_killed_with_sigkill_resumes_from_its_last_epoch(tmp_path, synt
 
     params["train"]["resume"] = True
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    done = subprocess.run([sys.executable, str(REPO / "pipeline" / "train.py")], cwd=root, env=ENV,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "pipeline" / "train.py")],
+        cwd=root,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     [run] = client.search_runs([client.get_experiment_by_name("sigkill").experiment_id])
     assert run.info.status == "FINISHED"

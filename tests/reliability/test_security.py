@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import make_project, tiny_params
 from mlflow.tracking import MlflowClient
 
-from conftest import make_project, tiny_params
 from lightsaft import cli, tracking
 from lightsaft.train import TrainOutputs, train
 
@@ -44,12 +44,19 @@ def test_no_secret_in_mlflow_params_tags_or_outputs(tmp_path, monkeypatch, capfd
     root = make_project(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    params = tiny_params(**{"data.archive": "https://zenodo.org/records/1117372/files/musdb18.zip?token=S3CRET",
-                            "data.sample_url": "https://bob:S3CRET@example.org/sample.zip",
-                            "train.items_per_epoch": 16, "trainer.max_epochs": 1, "trainer.limit_val_batches": 1,
-                            "mlflow.experiment": "secrets"})
-    outputs = TrainOutputs(models=root / "models", metrics=root / "metrics" / "train.json",
-                           curves=root / "plots" / "train_curves.csv")
+    params = tiny_params(
+        **{
+            "data.archive": "https://zenodo.org/records/1117372/files/musdb18.zip?token=S3CRET",
+            "data.sample_url": "https://bob:S3CRET@example.org/sample.zip",
+            "train.items_per_epoch": 16,
+            "trainer.max_epochs": 1,
+            "trainer.limit_val_batches": 1,
+            "mlflow.experiment": "secrets",
+        }
+    )
+    outputs = TrainOutputs(
+        models=root / "models", metrics=root / "metrics" / "train.json", curves=root / "plots" / "train_curves.csv"
+    )
     train(params, synthetic_cache, outputs)
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("secrets").experiment_id])

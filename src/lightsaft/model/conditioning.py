@@ -14,7 +14,7 @@ def dense_control_mlp(embedding_dim: int, num_layers: int) -> nn.Sequential:
     """
     stages: list[nn.Module] = []
     for k in range(1, num_layers):
-        width = embedding_dim * 2 ** k
+        width = embedding_dim * 2**k
         stages += [nn.Linear(width // 2, width), nn.ReLU()]
         if k > 1:
             stages += [nn.Dropout(0.5), nn.BatchNorm1d(width)]

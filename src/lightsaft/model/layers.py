@@ -62,8 +62,9 @@ class TFC(nn.Module):
     axes; we keep that order so official weights load for non-square kernels too.
     """
 
-    def __init__(self, in_channels: int, channels: int, num_layers: int, kernel_size_t: int,
-                 kernel_size_f: int, act: str):
+    def __init__(
+        self, in_channels: int, channels: int, num_layers: int, kernel_size_t: int, kernel_size_f: int, act: str
+    ):
         super().__init__()
         kernel = (kernel_size_f, kernel_size_t)
         padding = (kernel_size_f // 2, kernel_size_t // 2)
@@ -105,8 +106,18 @@ class LightSAFT(nn.Module):
     mixes them into one ``nb``-wide code, and ``LaSIFT`` (``nb -> f``) maps it back.
     """
 
-    def __init__(self, channels: int, width: int, num_tdfs: int, bn_factor: int, min_bn_units: int,
-                 dk: int, embedding_dim: int, bias: bool, act: str):
+    def __init__(
+        self,
+        channels: int,
+        width: int,
+        num_tdfs: int,
+        bn_factor: int,
+        min_bn_units: int,
+        dk: int,
+        embedding_dim: int,
+        bias: bool,
+        act: str,
+    ):
         super().__init__()
         self.num_tdfs = num_tdfs
         self.bn_units = max(width // bn_factor, min_bn_units)
@@ -127,8 +138,18 @@ class LaSAFT(nn.Module):
     Its TDF output is viewed ``[B, C, T, f, K]`` (K is the minor axis, unlike LightSAFT).
     """
 
-    def __init__(self, channels: int, width: int, num_tdfs: int, bn_factor: int, min_bn_units: int,
-                 dk: int, embedding_dim: int, bias: bool, act: str):
+    def __init__(
+        self,
+        channels: int,
+        width: int,
+        num_tdfs: int,
+        bn_factor: int,
+        min_bn_units: int,
+        dk: int,
+        embedding_dim: int,
+        bias: bool,
+        act: str,
+    ):
         super().__init__()
         self.num_tdfs = num_tdfs
         hidden = max(width * num_tdfs // bn_factor, min_bn_units)

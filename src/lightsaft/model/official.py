@@ -64,12 +64,14 @@ def load_official_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Te
         else:
             converted[name] = tensor
     missing = sorted(set(ours) - set(converted) - {official_to_ours(k) for k in state_dict})
-    problems = [("unmatched official keys", unknown), ("shape mismatches", mismatched),
-                ("our keys with no official value", missing)]
+    problems = [
+        ("unmatched official keys", unknown),
+        ("shape mismatches", mismatched),
+        ("our keys with no official value", missing),
+    ]
     if any(items for _, items in problems):
         lines = [f"{title} ({len(items)}):\n  " + "\n  ".join(items) for title, items in problems if items]
         from . import WeightsError
 
-        raise WeightsError("official state_dict does not fit this model (check the model config):\n"
-                         + "\n".join(lines))
+        raise WeightsError("official state_dict does not fit this model (check the model config):\n" + "\n".join(lines))
     net.load_state_dict(converted, strict=True)

@@ -16,13 +16,29 @@ class Block(nn.Module):
     def __init__(self, in_channels: int, width: int, p: dict, transform: type[nn.Module]):
         super().__init__()
         channels = p["internal_channels"]
-        self.tfc = TFC(in_channels, channels, p["n_internal_layers"], p["kernel_size_t"],
-                       p["kernel_size_f"], p["tfc_tdf_activation"])
-        self.saft = transform(channels, width, p["num_tdfs"], p["bn_factor"], p["min_bn_units"],
-                              p["dk"], p["embedding_dim"], p["tfc_tdf_bias"], p["tfc_tdf_activation"])
+        self.tfc = TFC(
+            in_channels,
+            channels,
+            p["n_internal_layers"],
+            p["kernel_size_t"],
+            p["kernel_size_f"],
+            p["tfc_tdf_activation"],
+        )
+        self.saft = transform(
+            channels,
+            width,
+            p["num_tdfs"],
+            p["bn_factor"],
+            p["min_bn_units"],
+            p["dk"],
+            p["embedding_dim"],
+            p["tfc_tdf_bias"],
+            p["tfc_tdf_activation"],
+        )
 
-    def forward(self, x: torch.Tensor, embedding: torch.Tensor,
-                gate: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, embedding: torch.Tensor, gate: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         x = self.tfc(x)
         if gate is not None:
             x = gpocm_gate(x, *gate)
@@ -52,19 +68,21 @@ class ConditionedUNet(nn.Module):
             widths.append(widths[-1] // f_scale)
 
         self.embedding = nn.Embedding(p["control_input_dim"], p["embedding_dim"])
-        self.control = GPoCMControl(p["embedding_dim"], p["control_n_layer"], c, n,
-                                    norm=p["pocm_norm"] == "batch_norm")
+        self.control = GPoCMControl(p["embedding_dim"], p["control_n_layer"], c, n, norm=p["pocm_norm"] == "batch_norm")
         self.first_conv = ConvBN(nn.Conv2d(p["input_channels"], c, (1, 2)), c, p["first_conv_activation"])
         self.encoders = nn.ModuleList(Block(c, widths[i], p, transform) for i in range(n))
         self.downsamplings = nn.ModuleList(
-            ConvBN(nn.Conv2d(c, c, (t, f), stride=(t, f)), c, None) for t, f in zip(t_scales, f_scales))
+            ConvBN(nn.Conv2d(c, c, (t, f), stride=(t, f)), c, None) for t, f in zip(t_scales, f_scales)
+        )
         self.mid_block = Block(c, widths[n], p, transform)
         self.upsamplings = nn.ModuleList(
             ConvBN(nn.ConvTranspose2d(c, c, (t, f), stride=(t, f)), c, None)
-            for t, f in zip(reversed(t_scales), reversed(f_scales)))
+            for t, f in zip(reversed(t_scales), reversed(f_scales))
+        )
         self.decoders = nn.ModuleList(Block(2 * c, widths[n - 1 - i], p, transform) for i in range(n))
-        self.last_conv = nn.Sequential(nn.Conv2d(c, p["input_channels"], (1, 2), padding=(0, 1)),
-                                       activation(p["last_activation"]))
+        self.last_conv = nn.Sequential(
+            nn.Conv2d(c, p["input_channels"], (1, 2), padding=(0, 1)), activation(p["last_activation"])
+        )
 
     def forward(self, spec: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         embedding = self.embedding(condition)
@@ -111,16 +129,24 @@ class Separator(nn.Module):
 
     def _check(self, spec: torch.Tensor, condition: torch.Tensor) -> None:
         if spec.dim() != 4 or spec.shape[1] != 4 or spec.shape[3] != self.bins:
-            raise ValueError(f"expected a spectrogram [batch, 4, frames, {self.bins}] "
-                             f"(n_fft={self.params['n_fft']}), got {tuple(spec.shape)}")
+            raise ValueError(
+                f"expected a spectrogram [batch, 4, frames, {self.bins}] "
+                f"(n_fft={self.params['n_fft']}), got {tuple(spec.shape)}"
+            )
         if spec.shape[2] % self.time_multiple:
-            raise ValueError(f"the number of frames ({spec.shape[2]}) must be a multiple of "
-                             f"{self.time_multiple}, the U-Net's total time downsampling")
+            raise ValueError(
+                f"the number of frames ({spec.shape[2]}) must be a multiple of "
+                f"{self.time_multiple}, the U-Net's total time downsampling"
+            )
         if condition.shape != (spec.shape[0],) or condition.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"expected one integer condition per batch item, shape ({spec.shape[0]},), "
-                             f"got {tuple(condition.shape)} {condition.dtype}")
+            raise ValueError(
+                f"expected one integer condition per batch item, shape ({spec.shape[0]},), "
+                f"got {tuple(condition.shape)} {condition.dtype}"
+            )
         n_conditions = self.params["control_input_dim"]
         if condition.device.type != "meta" and ((condition < 0) | (condition >= n_conditions)).any():
-            raise ValueError(f"condition indices must be in 0..{n_conditions - 1} "
-                             f"({', '.join(f'{i} {t}' for i, t in enumerate(TARGETS))}), "
-                             f"got {condition.tolist()}")
+            raise ValueError(
+                f"condition indices must be in 0..{n_conditions - 1} "
+                f"({', '.join(f'{i} {t}' for i, t in enumerate(TARGETS))}), "
+                f"got {condition.tolist()}"
+            )
