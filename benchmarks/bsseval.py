@@ -25,8 +25,8 @@ from model_speed import isolated, quiet_openmp
 from tabulate import tabulate
 
 from lightsaft.bsseval import bss_eval_v4
+from lightsaft.data.synthetic import synthesize
 from lightsaft.spectral import SAMPLE_RATE, TARGETS
-from lightsaft.synthetic import synthesize
 
 TEST_SET_SECONDS = 3.5 * 3600  # MUSDB18 test set: 50 tracks, about 3.5 hours
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

@@ -22,9 +22,9 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightsaft.cache import Cache, prepare
 from lightsaft.config import defaults
-from lightsaft.datasets import TrainDataset
+from lightsaft.data.cache import Cache, prepare
+from lightsaft.data.datasets import TrainDataset
 from lightsaft.download import download
 from lightsaft.spectral import SAMPLE_RATE, TARGETS, SpectralFrontEnd, window_samples
 

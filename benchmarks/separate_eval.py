@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightsaft.audio import write_audio
 from lightsaft.config import defaults
+from lightsaft.data.audio import write_audio
 from lightsaft.evaluate import evaluate_tracks
 from lightsaft.model import build_model
 from lightsaft.separate import crossfade, edge_trim, separate_track

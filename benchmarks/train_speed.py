@@ -31,8 +31,8 @@ from model_speed import (
 )
 from tabulate import tabulate
 
-from lightsaft.losses import Target, spec_mse
 from lightsaft.model import build_model
+from lightsaft.training.losses import Target, spec_mse
 
 GPU_WARMUP, GPU_STEPS = 3, 20
 

@@ -4,7 +4,7 @@ metrics/sdr.json, plots/sdr_per_target.csv, and an MLflow evaluation run under t
 from pathlib import Path
 
 from lightsaft import tracking
-from lightsaft.cache import Cache
+from lightsaft.data.cache import Cache
 from lightsaft.evaluate import evaluate_tracks, per_track_sdr, write_metrics, write_sdr_plot
 from lightsaft.stage import run_stage
 

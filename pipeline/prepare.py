@@ -1,6 +1,6 @@
 """DVC stage `prepare`: decode every track once into the memory-mapped spectrogram cache."""
 
-from lightsaft.cache import prepare
+from lightsaft.data.cache import prepare
 from lightsaft.stage import run_stage
 
 

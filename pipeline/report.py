@@ -1,6 +1,6 @@
 """DVC stage `report`: scores, estimates, training curves and weights -> results/report (+ MLflow)."""
 
-from lightsaft.cache import Cache
+from lightsaft.data.cache import Cache
 from lightsaft.report import build_report
 from lightsaft.stage import run_stage
 from lightsaft.tracking import log_report

@@ -1,6 +1,6 @@
 """DVC stage `separate`: the test tracks of data/cache through models/weights.pt -> results/estimates."""
 
-from lightsaft.cache import Cache
+from lightsaft.data.cache import Cache
 from lightsaft.separate import separate_tracks
 from lightsaft.stage import run_stage
 

@@ -119,7 +119,7 @@ def make_project(root: Path) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_cache(tmp_path_factory):
     """The tiny synthetic set, downloaded (generated) and prepared once per test session."""
-    from lightsaft.cache import prepare
+    from lightsaft.data.cache import prepare
     from lightsaft.download import download
 
     root = make_project(tmp_path_factory.mktemp("synthetic"))
@@ -183,7 +183,7 @@ def small_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_cache(small_dataset):
-    from lightsaft.cache import Cache, prepare
+    from lightsaft.data.cache import Cache, prepare
 
     return Cache(prepare(small_dataset, small_dataset.parent.parent / "cache", 256, 64))
 
@@ -191,7 +191,7 @@ def small_cache(small_dataset):
 @pytest.fixture(scope="session")
 def real_cache(tmp_path_factory):
     """80s Rock twice (train, and a copy as valid) and Falcon 69 (test), at the seed STFT."""
-    from lightsaft.cache import Cache, prepare
+    from lightsaft.data.cache import Cache, prepare
 
     require_ffmpeg()
     folder = tmp_path_factory.mktemp("real")

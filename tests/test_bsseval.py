@@ -10,8 +10,8 @@ import torch
 from conftest import FALCON, ROCK, require_ffmpeg, shared_path
 from test_evaluate import TWO, MemoryCache, make_tracks, write_estimates
 
-from lightsaft.audio import read_stems
 from lightsaft.bsseval import bss_eval_v4, window_bounds
+from lightsaft.data.audio import read_stems
 from lightsaft.devices import DeviceError
 from lightsaft.evaluate import evaluate_tracks
 from lightsaft.separate import load_separator, separate_track

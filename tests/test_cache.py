@@ -19,11 +19,11 @@ import soundfile as sf
 import torch
 from conftest import FALCON, REPO, ROCK, SYNTHETIC, dataset_json, shared_path
 
-from lightsaft import cache as cache_module
-from lightsaft.audio import read_stems
-from lightsaft.cache import Cache, prepare
+from lightsaft.data import cache as cache_module
+from lightsaft.data.audio import read_stems
+from lightsaft.data.cache import Cache, prepare
+from lightsaft.data.tracks import STEMS, DataError, read_dataset
 from lightsaft.spectral import TARGETS, SpectralFrontEnd
-from lightsaft.tracks import STEMS, DataError, read_dataset
 
 
 def _stft(wave: np.ndarray, n_fft: int, hop: int) -> np.ndarray:

@@ -10,9 +10,9 @@ from pytorch_lightning import seed_everything
 from test_cache import _stft
 from torch.utils.data import DataLoader
 
-from lightsaft.audio import read_stems
-from lightsaft.datasets import Draw, TrainDataset, ValidDataset
-from lightsaft.tracks import DataError
+from lightsaft.data.audio import read_stems
+from lightsaft.data.datasets import Draw, TrainDataset, ValidDataset
+from lightsaft.data.tracks import DataError
 
 NUM_FRAME = 16
 

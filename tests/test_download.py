@@ -19,8 +19,8 @@ from conftest import REPO, require_ffmpeg, shared_path
 
 from lightsaft import download as dl
 from lightsaft.config import defaults
+from lightsaft.data.tracks import DataError, read_dataset
 from lightsaft.download import download, extract_zip
-from lightsaft.tracks import DataError, read_dataset
 
 ROCK = ("musdb", "musdb18-7", "train", "Music Delta - 80s Rock.stem.mp4")
 FALCON = ("musdb", "musdb18-7", "test", "The Easton Ellises - Falcon 69.stem.mp4")

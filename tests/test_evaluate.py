@@ -12,7 +12,7 @@ import pytest
 import simplejson
 from conftest import require_ffmpeg, shared_path
 
-from lightsaft.audio import read_stems, write_audio
+from lightsaft.data.audio import read_stems, write_audio
 from lightsaft.evaluate import (
     ENGINES,
     METRICS,
@@ -54,7 +54,7 @@ def test_both_engines_reproduce_sigsep_regression_scores(engine):
 
 
 class MemoryCache:
-    """``lightsaft.cache.Cache``'s interface, in memory; a track can raise or kill its worker."""
+    """``lightsaft.data.cache.Cache``'s interface, in memory; a track can raise or kill its worker."""
 
     def __init__(self, audio: dict[str, dict[str, np.ndarray]], crash: str | None = None):
         self.audio, self.crash = audio, crash

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from lightsaft.cache import Cache
+from lightsaft.data.cache import Cache
 
 CI = {
     "data.synthetic.train_tracks": 3,

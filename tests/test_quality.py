@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightsaft.cache import Cache
+from lightsaft.data.cache import Cache
 from lightsaft.evaluate import evaluate_tracks
 from lightsaft.separate import separate_tracks
 

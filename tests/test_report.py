@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from conftest import TINY_MODEL, require
 
-from lightsaft.audio import write_audio
+from lightsaft.data.audio import write_audio
 from lightsaft.evaluate import KINDS, METRICS, summarize
 from lightsaft.model import build_model, count_parameters, save_weights
 from lightsaft.report import ReportError, build_report, unique_slugs
@@ -31,7 +31,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 class MemoryCache:
-    """``lightsaft.cache.Cache``'s reading interface, over in-memory test tracks."""
+    """``lightsaft.data.cache.Cache``'s reading interface, over in-memory test tracks."""
 
     def __init__(self, audio: dict[str, dict[str, np.ndarray]]):
         self.audio = audio

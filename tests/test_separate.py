@@ -134,7 +134,7 @@ def test_song_name():
 
 # ---------------------------------------------------------------------------------------
 class MemoryCache:
-    """The cache interface the stage needs (``lightsaft.cache.Cache``), in memory."""
+    """The cache interface the stage needs (``lightsaft.data.cache.Cache``), in memory."""
 
     def __init__(self, tracks: dict[str, dict[str, np.ndarray]], fail: str | None = None):
         self.audio, self.fail = tracks, fail

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from lightsaft.synthetic import generate, synthesize
-from lightsaft.tracks import STEMS
+from lightsaft.data.synthetic import generate, synthesize
+from lightsaft.data.tracks import STEMS
 
 
 def _digest(root) -> str:

@@ -11,14 +11,14 @@ import pytest
 import soundfile as sf
 from conftest import REPO, require_ffmpeg, shared_path
 
-from lightsaft.audio import AudioError
-from lightsaft.synthetic import generate
-from lightsaft.tracks import DataError, load_track, read_dataset, scan_tree
+from lightsaft.data.audio import AudioError
+from lightsaft.data.synthetic import generate
+from lightsaft.data.tracks import DataError, load_track, read_dataset, scan_tree
 
 
 def test_musdb_validation_list_is_read_without_importing_musdb():
     code = (
-        "import sys; from lightsaft.tracks import musdb_validation_tracks as v; names = v(); "
+        "import sys; from lightsaft.data.tracks import musdb_validation_tracks as v; names = v(); "
         "print(len(names), names[0], 'musdb' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)

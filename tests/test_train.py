@@ -16,10 +16,10 @@ from conftest import REPO, make_project, tiny_params
 from mlflow.tracking import MlflowClient
 
 from lightsaft import config
-from lightsaft.losses import LOSSES
 from lightsaft.model import build_model, load_weights
 from lightsaft.train import TrainOutputs, resolve_precision, train
-from lightsaft.training import LightSAFTModule
+from lightsaft.training.losses import LOSSES
+from lightsaft.training.module import LightSAFTModule
 
 
 def _runs(uri: str, experiment: str):

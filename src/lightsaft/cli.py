@@ -27,7 +27,7 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def _model_summary(args: argparse.Namespace) -> int:
-    from .summary import model_summary
+    from .model.summary import model_summary
 
     print(model_summary(load_params(args.params)["model"]))
     return 0

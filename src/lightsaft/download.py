@@ -23,11 +23,9 @@ from urllib.parse import unquote, urlparse
 
 from tqdm import tqdm
 
-from .audio import AudioError, probe
-from .paths import atomic_dir, file_lock, in_project
-from .synthetic import generate, track_names
-from .tracking import redact
-from .tracks import (
+from .data.audio import AudioError, probe
+from .data.synthetic import generate, track_names
+from .data.tracks import (
     STEMS,
     DataError,
     assign_splits,
@@ -38,6 +36,8 @@ from .tracks import (
     scan_tree,
     write_dataset,
 )
+from .paths import atomic_dir, file_lock, in_project
+from .tracking import redact
 
 EXPECTED_TRACKS = {"train": 100, "test": 50}  # every MUSDB18 release, previews included
 CHUNK = 1 << 20

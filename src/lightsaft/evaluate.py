@@ -31,8 +31,8 @@ import threadpoolctl
 import torch
 from tqdm import tqdm
 
-from .audio import AudioError, read_audio
 from .bsseval import bss_eval_v4
+from .data.audio import AudioError, read_audio
 from .devices import resolve_device
 from .errors import LightSAFTError
 from .paths import atomic_dir, atomic_path, write_text_atomic

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from .audio import write_audio
+from .data.audio import write_audio
 from .errors import LightSAFTError
 from .evaluate import METRICS, per_track_sdr
 from .model import load_weights
@@ -52,7 +52,7 @@ def build_report(
     """Write the report of the test tracks of ``cache`` to ``out_dir`` (replaced as a whole).
 
     ``cache``: anything with ``.tracks("test")`` and ``.load_audio(track, start, stop, stems)``
-    (:class:`lightsaft.cache.Cache`). ``scores_dir``: the evaluate stage's ``scores.csv`` and
+    (:class:`lightsaft.data.cache.Cache`). ``scores_dir``: the evaluate stage's ``scores.csv`` and
     ``summary.csv``. Excerpts start ``excerpt_offset`` seconds in and end after
     ``excerpt_seconds`` or at the end of the track. ``dataset`` names the data on the page.
     """

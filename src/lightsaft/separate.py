@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .audio import AudioError, read_audio, resample, to_stereo, write_audio
+from .data.audio import AudioError, read_audio, resample, to_stereo, write_audio
 from .devices import resolve_device
 from .errors import LightSAFTError
 from .model import Separator, load_weights
@@ -137,7 +137,7 @@ def _write_estimates(folder: Path, estimates: dict[str, np.ndarray], rate: int) 
 def separate_tracks(weights_path: str | Path, cache: Any, out_dir: str | Path, separate_params: dict[str, Any]) -> Path:
     """The ``separate`` stage: every test track of ``cache`` -> ``out_dir/test/<track>/<target>.wav``.
 
-    ``cache`` is anything with ``.tracks("test")`` and ``.load_audio(name)`` (``lightsaft.cache.Cache``).
+    ``cache`` is anything with ``.tracks("test")`` and ``.load_audio(name)`` (``lightsaft.data.cache.Cache``).
     The layout is MUSDB's estimates layout, which museval reads.
     """
     model = load_separator(weights_path)

@@ -31,14 +31,14 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from . import tracking
-from .cache import Cache
 from .config import ConfigError, flatten
-from .datasets import TrainDataset, ValidDataset
+from .data.cache import Cache
+from .data.datasets import TrainDataset, ValidDataset
 from .errors import LightSAFTError
 from .model import count_parameters, save_weights
 from .paths import atomic_path, file_lock, project_root, write_text_atomic
 from .stage import Terminated
-from .training import LightSAFTModule
+from .training.module import LightSAFTModule
 
 TRACKED_SECTIONS = ("data", "prepare", "model", "train", "trainer", "mlflow")
 

@@ -22,10 +22,10 @@ from conftest import REPO, TINY_MODEL, make_project, require_ffmpeg, tiny_params
 from lightsaft import tracking
 from lightsaft.cli import main
 from lightsaft.config import ConfigError
+from lightsaft.data.tracks import DataError
 from lightsaft.download import download
 from lightsaft.model import WeightsError, build_model, load_state_dict_checked, load_weights, save_weights
 from lightsaft.stage import run_stage
-from lightsaft.tracks import DataError
 from lightsaft.train import TrainOutputs, train
 
 

@@ -26,11 +26,11 @@ from conftest import REPO, make_project, tiny_params
 from mlflow.tracking import MlflowClient
 
 from lightsaft import tracking
-from lightsaft.cache import Cache
+from lightsaft.data.cache import Cache
+from lightsaft.data.tracks import DataError
 from lightsaft.download import download
 from lightsaft.evaluate import EvaluationError, evaluate_tracks
 from lightsaft.report import ReportError, build_report
-from lightsaft.tracks import DataError
 
 # Runs a stage script with ``module:owner.function`` pausing (after its first call returns) until killed.
 PAUSED_STAGE = """
@@ -239,7 +239,7 @@ def test_killed_prepare(tmp_path, raw, project):
         with pytest.raises(DataError, match="not a prepared cache"):
             Cache(root / "data" / "cache")
 
-    _kill_three_times_then_finish(root, "prepare", "lightsaft.cache:_prepare_track", ["data/cache"], refused)
+    _kill_three_times_then_finish(root, "prepare", "lightsaft.data.cache:_prepare_track", ["data/cache"], refused)
     cache, reference = Cache(root / "data" / "cache", 256, 64), Cache(project / "data" / "cache", 256, 64)
     assert cache.manifest == reference.manifest
     for name in cache.tracks("train"):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .spectral import SpectralFrontEnd
+from ..spectral import SpectralFrontEnd
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The LightningModule: the official LightSAFT training recipe, and nothing else.
 
-Batches come from :mod:`lightsaft.datasets`: training items are spectrograms mixed in the
+Batches come from :mod:`lightsaft.data.datasets`: training items are spectrograms mixed in the
 STFT domain, validation items are waveforms (the official ``raw_l1`` validation loss).
 """
 
@@ -11,8 +11,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from ..model import build_model, init_official
 from .losses import LOSSES, Target
-from .model import build_model, init_official
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 

@@ -21,9 +21,9 @@ import soundfile as sf
 import yaml
 
 from .audio import AudioError, probe, read_audio, read_stems
-from .errors import LightSAFTError
-from .paths import portable, resolve, write_text_atomic
-from .spectral import SAMPLE_RATE, TARGETS
+from ..errors import LightSAFTError
+from ..paths import portable, resolve, write_text_atomic
+from ..spectral import SAMPLE_RATE, TARGETS
 
 STEMS = ("mixture",) + TARGETS
 SPLITS = ("train", "valid", "test")

@@ -20,8 +20,8 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import butter, sosfilt
 
-from .paths import atomic_dir
-from .spectral import SAMPLE_RATE, TARGETS
+from ..paths import atomic_dir
+from ..spectral import SAMPLE_RATE, TARGETS
 
 SCALES = ((0, 2, 4, 5, 7, 9, 11), (0, 2, 3, 5, 7, 8, 10))  # major, natural minor
 VOWELS = ((800, 1200), (500, 1900), (300, 2300), (500, 900), (350, 800))  # formants F1, F2 (Hz)

@@ -8,7 +8,7 @@ Layout of a cache folder (written to a temporary folder beside it, then renamed)
   targets in :data:`~lightsaft.spectral.TARGETS` order, channels ``Re L, Re R, Im L, Im R``: the
   whole-track STFT of each stem in the model's layout (so ``spec[k]`` is ``[4, T, F]``);
 * ``audio/<i>.npy`` (valid/test tracks of ``.stem.mp4`` sources): float32 ``[5, L, 2]``, stems
-  in :data:`~lightsaft.tracks.STEMS` order. Wav sources keep a pointer to their files instead.
+  in :data:`~lightsaft.data.tracks.STEMS` order. Wav sources keep a pointer to their files instead.
 
 Source files are identified by sha256 (content, not mtime: a copied data set stays valid).
 """
@@ -26,8 +26,8 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from .paths import atomic_dir, portable, resolve
-from .spectral import SAMPLE_RATE, TARGETS, SpectralFrontEnd, num_frames
+from ..paths import atomic_dir, portable, resolve
+from ..spectral import SAMPLE_RATE, TARGETS, SpectralFrontEnd, num_frames
 from .tracks import SPLITS, STEMS, DataError, file_sha256, load_track, read_dataset, source_files, track_samples
 
 CACHE_FORMAT = 1

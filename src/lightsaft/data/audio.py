@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .errors import LightSAFTError
-from .paths import atomic_path
+from ..errors import LightSAFTError
+from ..paths import atomic_path
 
 SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 FFMPEG_SUFFIXES = {".mp3", ".mp4", ".m4a", ".aac", ".opus", ".webm"}
