@@ -1,27 +1,28 @@
 """DVC stage `report`: scores, estimates, training curves and weights -> results/report (+ MLflow)."""
 
+from lightsaft import layout
 from lightsaft.data.cache import Cache
 from lightsaft.report import build_report
 from lightsaft.stage import run_stage
 from lightsaft.tracking import log_report
 
 
-def report(params: dict, args) -> None:
-    cache = Cache("data/cache")
+def main(params: dict, args) -> None:
+    cache = Cache(layout.CACHE)
     out = build_report(
-        "results/report",
+        layout.REPORT,
         cache=cache,
-        scores_dir="results/scores",
-        estimates_dir="results/estimates",
-        curves_csv="plots/train_curves.csv",
-        train_metrics="metrics/train.json",
-        weights="models/weights.pt",
+        scores_dir=layout.SCORES,
+        estimates_dir=layout.ESTIMATES,
+        curves_csv=layout.TRAIN_CURVES,
+        train_metrics=layout.TRAIN_METRICS,
+        weights=layout.WEIGHTS,
         dataset=cache.manifest["source"],
         **params["report"],
     )
     print(f"report: {out / 'index.html'}")
-    log_report("models/mlflow_run.json", out)
+    log_report(layout.RUN_FILE, out)
 
 
 if __name__ == "__main__":
-    run_stage("report", report)
+    run_stage("report", main)

@@ -1,13 +1,22 @@
 """DVC stage `separate`: the test tracks of data/cache through models/weights.pt -> results/estimates."""
 
+from lightsaft import layout
 from lightsaft.data.cache import Cache
 from lightsaft.separate import separate_tracks
 from lightsaft.stage import run_stage
 
 
-def separate(params: dict, args) -> None:
-    separate_tracks("models/weights.pt", Cache("data/cache"), "results/estimates", params["separate"])
+def main(params: dict, args) -> None:
+    rt = params["runtime"]["separate"]
+    separate_tracks(
+        layout.WEIGHTS,
+        Cache(layout.CACHE),
+        layout.ESTIMATES,
+        overlap=params["separate"]["overlap"],
+        batch_size=rt["batch_size"],
+        device=rt["device"],
+    )
 
 
 if __name__ == "__main__":
-    run_stage("separate", separate)
+    run_stage("separate", main)

@@ -1,7 +1,16 @@
 """DVC stage `train`: train LightSAFT on the spectrogram cache, tracked in MLflow."""
 
 from lightsaft.stage import run_stage
-from lightsaft.train import train
+from lightsaft.train import train, write_outputs
+from lightsaft.training.callbacks import quiet_lightning
+
+
+def main(params: dict, args) -> None:
+    quiet_lightning()
+    result = train(params)
+    if result is not None:  # None: a DDP rank other than zero
+        write_outputs(result)
+
 
 if __name__ == "__main__":
-    run_stage("train", lambda params, args: train(params), handle_sigterm=False)
+    run_stage("train", main, handle_sigterm=False)

@@ -101,7 +101,7 @@ def tiny_params(**overrides) -> dict:
         "trainer.accelerator": "cpu",
         "trainer.precision": "32",
         "trainer.max_epochs": 3,
-        "trainer.num_workers": 0,
+        "runtime.train.num_workers": 0,
         "trainer.log_every_n_steps": 5,
         "mlflow.experiment": "tests",
     }
@@ -133,22 +133,29 @@ def synthetic_cache(tmp_path_factory):
     )
 
 
+def train_into(root: Path, params: dict, cache_dir) -> dict:
+    """Train as the stage does, writing the stage outputs below ``root``; returns train.json's metrics."""
+    from lightsaft.train import TrainOutputs, train, write_outputs
+
+    result = train(params, cache_dir)
+    write_outputs(result, TrainOutputs.under(root))
+    return result.metrics
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, synthetic_cache):
     """The tiny model trained once per session (300 steps); later tests reuse its outputs."""
     from types import SimpleNamespace
 
-    from lightsaft.train import TrainOutputs, train
+    from lightsaft.train import TrainOutputs
 
     root = make_project(tmp_path_factory.mktemp("trained"))
     params = tiny_params()
-    outputs = TrainOutputs(
-        models=root / "models", metrics=root / "metrics" / "train.json", curves=root / "plots" / "train_curves.csv"
-    )
+    outputs = TrainOutputs.under(root)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DVC_ROOT", str(root))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        metrics = train(params, synthetic_cache, outputs)
+        metrics = train_into(root, params, synthetic_cache)
     return SimpleNamespace(
         root=root,
         params=params,

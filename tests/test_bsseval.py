@@ -13,7 +13,7 @@ from test_evaluate import TWO, MemoryCache, make_tracks, write_estimates
 from lightsaft.bsseval import bss_eval_v4, window_bounds
 from lightsaft.data.audio import read_stems
 from lightsaft.devices import DeviceError
-from lightsaft.evaluate import evaluate_tracks
+from lightsaft.evaluate import evaluate_tracks, write_scores
 from lightsaft.separate import load_separator, separate_track
 from lightsaft.spectral import TARGETS
 
@@ -103,11 +103,11 @@ def test_engines_write_the_same_outputs(tmp_path):
     tracks = make_tracks(["a", "b"], seconds=2.5)
     write_estimates(tmp_path / "est", tracks, lambda s, t: s[t] + 0.5 * s["mixture"])
     results = {
-        engine: evaluate_tracks(
-            MemoryCache(tracks), tmp_path / "est", tmp_path / engine, jobs=2, targets=TWO, engine=engine, device="cpu"
-        )
+        engine: evaluate_tracks(MemoryCache(tracks), tmp_path / "est", jobs=2, targets=TWO, engine=engine, device="cpu")
         for engine in ("fast", "museval")
     }
+    for engine, result in results.items():
+        write_scores(result, tmp_path / engine)
     files = {
         engine: sorted(p.relative_to(tmp_path / engine) for p in (tmp_path / engine).rglob("*")) for engine in results
     }
@@ -133,7 +133,7 @@ def test_cuda_matches_cpu_or_is_refused_before_any_work(tmp_path):
     tracks = make_tracks(["a"], seconds=1.0)
     write_estimates(tmp_path / "est", tracks, lambda s, t: s[t])
     with pytest.raises(DeviceError, match="CUDA is not available"):
-        evaluate_tracks(MemoryCache(tracks), tmp_path / "est", tmp_path / "out", targets=TWO, device="cuda")
+        evaluate_tracks(MemoryCache(tracks), tmp_path / "est", targets=TWO, device="cuda")
     assert not (tmp_path / "out").exists()
 
 

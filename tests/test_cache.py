@@ -22,7 +22,8 @@ from conftest import FALCON, REPO, ROCK, SYNTHETIC, dataset_json, shared_path
 from lightsaft.data import cache as cache_module
 from lightsaft.data.audio import read_stems
 from lightsaft.data.cache import Cache, prepare
-from lightsaft.data.tracks import STEMS, DataError, read_dataset
+from lightsaft.data.tracks import STEMS, read_dataset
+from lightsaft.errors import DataError
 from lightsaft.spectral import TARGETS, SpectralFrontEnd
 
 
@@ -158,21 +159,13 @@ def test_stem_sources_keep_their_decoded_audio(real_cache):
 
 
 def test_prepare_stage_script(small_dataset, tmp_path):
-    params = tmp_path / "params.yaml"
-    params.write_text("model: {n_fft: 256, hop_length: 64, num_frame: 16, n_blocks: 5}\nprepare: {dtype: float32}\n")
+    """In a project whose download stage has run: data/raw -> data/cache, as dvc.yaml runs it."""
+    shutil.copytree(small_dataset.parent, tmp_path / "data" / "raw")
+    (tmp_path / "params.yaml").write_text(
+        "model: {n_fft: 256, hop_length: 64, num_frame: 16, n_blocks: 5}\nprepare: {dtype: float32}\n"
+    )
     result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "pipeline" / "prepare.py"),
-            "--params",
-            str(params),
-            "--dataset",
-            str(small_dataset),
-            "--out",
-            str(tmp_path / "cache"),
-        ],
-        capture_output=True,
-        text=True,
+        [sys.executable, str(REPO / "pipeline" / "prepare.py")], cwd=tmp_path, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
-    assert Cache(tmp_path / "cache", 256, 64, "float32").tracks("test") == ["synthetic test 000"]
+    assert Cache(tmp_path / "data" / "cache", 256, 64, "float32").tracks("test") == ["synthetic test 000"]

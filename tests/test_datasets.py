@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from lightsaft.data.audio import read_stems
 from lightsaft.data.datasets import Draw, TrainDataset, ValidDataset
-from lightsaft.data.tracks import DataError
+from lightsaft.errors import DataError
 
 NUM_FRAME = 16
 

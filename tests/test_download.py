@@ -19,8 +19,9 @@ from conftest import REPO, require_ffmpeg, shared_path
 
 from lightsaft import download as dl
 from lightsaft.config import defaults
-from lightsaft.data.tracks import DataError, read_dataset
+from lightsaft.data.tracks import read_dataset
 from lightsaft.download import download, extract_zip
+from lightsaft.errors import DataError
 
 ROCK = ("musdb", "musdb18-7", "train", "Music Delta - 80s Rock.stem.mp4")
 FALCON = ("musdb", "musdb18-7", "test", "The Easton Ellises - Falcon 69.stem.mp4")
@@ -189,7 +190,7 @@ def test_unpinned_archive_is_checked_and_its_sha256_recorded(server, tmp_path, m
     body = _musdb_zip({"A": rock, "B": rock}, {"C": falcon})
     params = _sample_params(server, body)
 
-    with pytest.raises(DataError, match="2 tracks, a complete musdb18 release has 100"):
+    with pytest.raises(DataError, match="2 tracks, a complete MUSDB18 release has 100"):
         download(params, tmp_path / "raw")  # the real counts: 100 train / 50 test
     assert _leftovers(tmp_path / "raw") == []
 
@@ -264,21 +265,11 @@ def test_synthetic_source(tmp_path):
 
 
 def test_stage_script_reports_one_line_error(tmp_path):
-    params = tmp_path / "params.yaml"
-    params.write_text(f"data:\n  source: musdb18hq\n  root: {tmp_path / 'nowhere'}\n")
+    (tmp_path / "params.yaml").write_text(f"data:\n  source: musdb18hq\n  root: {tmp_path / 'nowhere'}\n")
     result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "pipeline" / "download.py"),
-            "--params",
-            str(params),
-            "--out",
-            str(tmp_path / "raw"),
-        ],
-        capture_output=True,
-        text=True,
+        [sys.executable, str(REPO / "pipeline" / "download.py")], cwd=tmp_path, capture_output=True, text=True
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: download: musdb18hq not found")
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "raw" / "dataset.json").exists()
+    assert not (tmp_path / "data" / "raw" / "dataset.json").exists()

@@ -21,6 +21,7 @@ from lightsaft.evaluate import (
     score_track,
     summarize,
     write_metrics,
+    write_scores,
     write_sdr_plot,
 )
 
@@ -89,7 +90,8 @@ def test_true_stems_score_high_and_are_written_in_museval_format(tmp_path):
     rng = np.random.default_rng(1)
     # An exact copy scores +inf, which museval stores as NaN; a -60 dB noise floor keeps it finite.
     write_estimates(tmp_path / "est", tracks, lambda s, t: s[t] + 1e-4 * rng.standard_normal(s[t].shape))
-    result = evaluate_tracks(MemoryCache(tracks), tmp_path / "est", tmp_path / "scores", jobs=1, targets=TWO)
+    result = evaluate_tracks(MemoryCache(tracks), tmp_path / "est", jobs=1, targets=TWO)
+    write_scores(result, tmp_path / "scores")
     assert result.failed == {}
     for target in TWO:
         assert result.metrics[f"sdr_{target}"] > 50
@@ -111,7 +113,7 @@ def test_true_stems_score_high_and_are_written_in_museval_format(tmp_path):
 def test_mixture_as_estimate_equals_the_baseline(tmp_path):
     tracks = make_tracks(["a", "b"])
     write_estimates(tmp_path / "est", tracks, lambda s, t: s["mixture"])
-    result = evaluate_tracks(MemoryCache(tracks), tmp_path / "est", None, jobs=2, targets=TWO)
+    result = evaluate_tracks(MemoryCache(tracks), tmp_path / "est", jobs=2, targets=TWO)
     scores = result.scores.set_index(["track", "target", "metric", "frame"])
     estimate, baseline = scores[scores["kind"] == "estimate"], scores[scores["kind"] == "baseline"]
     assert len(estimate) == len(baseline) == 2 * 2 * 4 * 2
@@ -127,9 +129,8 @@ def test_failing_tracks_are_named_and_the_others_kept(tmp_path):
     for target in TWO:
         os.remove(tmp_path / "est" / "test" / "no estimates" / f"{target}.wav")
         write_audio(tmp_path / "est" / "test" / "short" / f"{target}.wav", tracks["short"][target][:1000], 44100)
-    result = evaluate_tracks(
-        MemoryCache(tracks, crash="crash"), tmp_path / "est", tmp_path / "scores", jobs=2, targets=TWO
-    )
+    result = evaluate_tracks(MemoryCache(tracks, crash="crash"), tmp_path / "est", jobs=2, targets=TWO)
+    write_scores(result, tmp_path / "scores")
     assert sorted(result.failed) == ["crash", "no estimates", "short"]
     assert "vocals.wav: file not found" in result.failed["no estimates"]
     assert "worker process died" in result.failed["crash"]
@@ -142,7 +143,7 @@ def test_failing_tracks_are_named_and_the_others_kept(tmp_path):
 
 def test_nothing_to_evaluate_is_an_error(tmp_path):
     with pytest.raises(EvaluationError, match="run the separate stage first"):
-        evaluate_tracks(MemoryCache(make_tracks(["a"], 0.1)), tmp_path / "none", None, targets=TWO)
+        evaluate_tracks(MemoryCache(make_tracks(["a"], 0.1)), tmp_path / "none", targets=TWO)
 
 
 def test_summary_is_median_of_frames_then_tracks():

@@ -13,8 +13,8 @@ from lightsaft.separate import separate_tracks
 @pytest.mark.slow
 def test_trained_model_beats_the_mixture_baseline(trained, tmp_path):
     cache = Cache(trained.cache)
-    estimates = separate_tracks(trained.outputs.weights, cache, tmp_path / "estimates", trained.params["separate"])
-    result = evaluate_tracks(cache, estimates, None, jobs=2)
+    estimates = separate_tracks(trained.outputs.weights, cache, tmp_path / "estimates")
+    result = evaluate_tracks(cache, estimates, jobs=2)
     result.check()
     m = result.metrics
     print({k: round(v, 2) for k, v in m.items()})

@@ -153,9 +153,7 @@ def test_stage_writes_musdb_estimates_layout(tmp_path, weights):
     cache = MemoryCache(
         {"Artist - Song": {"mixture": noise(2500, seed=1)}, "Other Band - B": {"mixture": noise(1200, seed=2)}}
     )
-    out = separate_tracks(
-        weights, cache, tmp_path / "results" / "estimates", {"overlap": 0.5, "batch_size": 4, "device": "auto"}
-    )
+    out = separate_tracks(weights, cache, tmp_path / "results" / "estimates", overlap=0.5, batch_size=4)
     assert sorted(p.name for p in (out / "test").iterdir()) == ["Artist - Song", "Other Band - B"]
     model = build_model(TINY_MODEL)
     model.load_state_dict(torch.load(weights, weights_only=True)["state_dict"])
@@ -174,13 +172,11 @@ def test_killed_stage_leaves_previous_output_untouched(tmp_path, weights):
     (out / "test" / "old").mkdir(parents=True)
     cache = MemoryCache({"a": {"mixture": noise(1000)}, "b": {"mixture": noise(1000)}}, fail="b")
     with pytest.raises(OSError, match="b: cannot read"):
-        separate_tracks(weights, cache, out, {"overlap": 0.5, "batch_size": 4, "device": "cpu"})
+        separate_tracks(weights, cache, out, batch_size=4, device="cpu")
     assert [p.name for p in tmp_path.iterdir() if p.name != "weights.pt"] == ["estimates"]
     assert [p.name for p in (out / "test").iterdir()] == ["old"]
 
 
 def test_stage_names_missing_weights(tmp_path):
     with pytest.raises(SeparationError, match="nope.pt: weights file not found"):
-        separate_tracks(
-            tmp_path / "nope.pt", MemoryCache({}), tmp_path / "out", {"overlap": 0.5, "batch_size": 4, "device": "cpu"}
-        )
+        separate_tracks(tmp_path / "nope.pt", MemoryCache({}), tmp_path / "out", device="cpu")

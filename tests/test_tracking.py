@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lightsaft import tracking
+from lightsaft.errors import redact
 from lightsaft.paths import in_project, portable, project_root, resolve
 
 
@@ -42,8 +43,8 @@ def test_experiment_copy_resolves_to_the_main_repo(repo, monkeypatch):
 def test_env_uri_wins_and_is_redacted(repo, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://alice:s3cret@mlflow.example.org")
     assert tracking.tracking_uri() == "https://alice:s3cret@mlflow.example.org"
-    assert tracking.redact(tracking.tracking_uri()) == "https://***@mlflow.example.org"
-    assert "s3cret" not in tracking.redact("postgresql://bob:s3cret@db:5432/mlflow")
+    assert redact(tracking.tracking_uri()) == "https://***@mlflow.example.org"
+    assert "s3cret" not in redact("postgresql://bob:s3cret@db:5432/mlflow")
 
 
 def test_run_from_an_experiment_copy_lands_in_the_main_database(repo):

@@ -13,7 +13,8 @@ from conftest import REPO, require_ffmpeg, shared_path
 
 from lightsaft.data.audio import AudioError
 from lightsaft.data.synthetic import generate
-from lightsaft.data.tracks import DataError, load_track, read_dataset, scan_tree
+from lightsaft.data.tracks import load_track, read_dataset, scan_tree
+from lightsaft.errors import DataError
 
 
 def test_musdb_validation_list_is_read_without_importing_musdb():

@@ -12,14 +12,12 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import REPO, make_project, tiny_params
+from conftest import REPO, make_project, tiny_params, train_into
 from mlflow.tracking import MlflowClient
 
-from lightsaft import config
 from lightsaft.model import build_model, load_weights
-from lightsaft.train import TrainOutputs, resolve_precision, train
-from lightsaft.training.losses import LOSSES
-from lightsaft.training.module import LightSAFTModule
+from lightsaft.train import resolve_precision
+from lightsaft.training.lightning_module import LightSAFTModule
 
 
 def _runs(uri: str, experiment: str):
@@ -91,15 +89,9 @@ def test_bf16_mixed_trains_and_validates_on_cpu(tmp_path, synthetic_cache, monke
             "mlflow.experiment": "bf16",
         }
     )
-    metrics = train(
-        params, synthetic_cache, TrainOutputs(models=root / "m", metrics=root / "t.json", curves=root / "c.csv")
-    )
+    metrics = train_into(root, params, synthetic_cache)
     assert metrics["steps"] == 2 and metrics["precision"] == "bf16-mixed"
     assert metrics["best_val_loss"] > 0 and metrics["best_val_loss"] == metrics["best_val_loss"]  # not NaN
-
-
-def test_losses_match_the_config_choices():
-    assert set(LOSSES) == set(config.SCHEMA["train"]["train_loss"][1].__closure__[0].cell_contents)
 
 
 def test_precision_auto_is_fp32_without_gpu():
@@ -136,7 +128,7 @@ def test_killed_training_resumes_with_the_same_run(tmp_path, synthetic_cache, si
     assert not (root / "models" / "weights.pt").exists()  # nothing that looks complete
     assert list((root / ".lightsaft").glob("train/*/checkpoints/interrupted.ckpt")), output[-2000:]
 
-    params["train"]["resume"] = True
+    params["runtime"]["train"]["resume"] = True
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -150,8 +142,8 @@ def test_killed_training_resumes_with_the_same_run(tmp_path, synthetic_cache, si
 
 def test_each_training_takes_a_free_gpu(tmp_path):
     """Queued trainings on a multi-GPU machine spread over the GPUs (locks; no GPU needed)."""
+    from lightsaft.devices import claim_devices as claim_gpu
     from lightsaft.paths import file_lock
-    from lightsaft.train import claim_gpu
 
     with (
         claim_gpu(1, ["0", "1", "2"], tmp_path) as first,

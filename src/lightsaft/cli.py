@@ -9,7 +9,7 @@ import sys
 import time
 
 from .config import ConfigError, load_params
-from .errors import LightSAFTError
+from .errors import redact, reported
 from .paths import project_root
 
 
@@ -79,11 +79,11 @@ def _ui(args: argparse.Namespace) -> int:
     uri = tracking.tracking_uri()
     if uri.split(":", 1)[0] in ("http", "https", "databricks"):
         raise ConfigError(
-            f"MLFLOW_TRACKING_URI is {tracking.redact(uri)}: that tracking server has its own "
+            f"MLFLOW_TRACKING_URI is {redact(uri)}: that tracking server has its own "
             f"UI; open it in a browser (make ui serves a database: mlflow.db, or a SQL URI)"
         )
     tracking.client()  # creates the database (WAL mode) if this is the first use
-    print(f"MLflow UI for {tracking.redact(uri)} at http://{args.host}:{args.port}  (Ctrl+C to stop)")
+    print(f"MLflow UI for {redact(uri)} at http://{args.host}:{args.port}  (Ctrl+C to stop)")
     # The store URI goes through the environment: command lines (with any password) are public in `ps`.
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(args.port), "--workers", "1"]
     return subprocess.call(cmd, env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri})
@@ -150,13 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (LightSAFTError, FileNotFoundError, PermissionError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return reported(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,6 @@ import yaml
 
 from .errors import LightSAFTError
 
-SOURCES = ("musdb18", "musdb18hq", "musdb18-sample", "synthetic")
 MUSDB_SAMPLE_URL = "https://github.com/sigsep/sigsep-mus-db/releases/download/v0.4.0/MUSDB18-7-STEMS.zip"
 
 
@@ -107,13 +106,75 @@ def one_of(*checks: Check, hint: str) -> Check:
     return lambda v: None if any(c(v) is None for c in checks) else hint
 
 
+def choice_from(registry: Callable[[], Iterable[Any]]) -> Check:
+    """A choice among the names of a registry, read when a value is checked: the registry that
+    implements the options (losses, engines, ...) is the only list of them."""
+
+    def check(v):
+        options = list(registry())
+        return None if v in options else f"must be one of {', '.join(map(repr, options))}"
+
+    return check
+
+
+def _activations():
+    from .model.layers import ACTIVATIONS
+
+    return ACTIVATIONS
+
+
+def _losses():
+    from .training.losses import LOSSES
+
+    return LOSSES
+
+
+def _optimizers():
+    from .training.optimizers import OPTIMIZERS
+
+    return OPTIMIZERS
+
+
+def _engines():
+    from .evaluate import ENGINES
+
+    return ENGINES
+
+
+def _audio_formats():
+    from .report import FORMATS
+
+    return FORMATS
+
+
+def _sources():
+    from .data.sources import SOURCES
+
+    return SOURCES
+
+
+def _variants():
+    from .model.layers import FREQUENCY_TRANSFORMS
+
+    return FREQUENCY_TRANSFORMS
+
+
+def _devices() -> Check:
+    return text(pattern=r"auto|cpu|cuda(:\d+)?|mps", hint="expected auto, cpu, cuda, cuda:N or mps")
+
+
 # ---------------------------------------------------------------------------------------
 # The schema: section -> key -> (default, check). Nested dicts are sub-sections.
-_ACTS = ("relu", "leaky_relu", "elu", "selu", "gelu", "tanh", "sigmoid", "identity")
+#
+# Two kinds of params. Every section but ``runtime`` changes results: the stages that read it
+# depend on it in dvc.yaml (a change reruns them), it is part of a training's fingerprint and of
+# its MLflow params. ``runtime`` only changes how a run executes (workers, devices, batch of an
+# inference pass, resuming): DVC does not track it, so changing it never reruns anything.
+RUNTIME = "runtime"
 
 SCHEMA: dict[str, dict[str, Any]] = {
     "data": {
-        "source": ("musdb18", choice(*SOURCES)),
+        "source": ("musdb18", choice_from(_sources)),
         "root": ("data/musdb18", text()),
         "archive": (None, text(nullable=True)),
         "sha256": (None, text(nullable=True, pattern=r"[0-9a-f]{64}", hint="must be 64 lowercase hex digits")),
@@ -132,7 +193,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "dtype": ("float16", choice("float16", "float32")),
     },
     "model": {
-        "variant": ("lightsaft", choice("lightsaft", "lasaft")),
+        "variant": ("lightsaft", choice_from(_variants)),
         "n_fft": (4096, integer(16)),
         "hop_length": (1024, integer(1)),
         "num_frame": (128, integer(2)),
@@ -141,14 +202,14 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "n_blocks": (9, integer(3)),
         "input_channels": (4, choice(4)),
         "internal_channels": (24, integer(1)),
-        "first_conv_activation": ("relu", choice(*_ACTS)),
-        "last_activation": ("identity", choice(*_ACTS)),
+        "first_conv_activation": ("relu", choice_from(_activations)),
+        "last_activation": ("identity", choice_from(_activations)),
         "t_down_layers": (None, list_of(integer(0))),
         "f_down_layers": (None, list_of(integer(0))),
         "n_internal_layers": (5, integer(1)),
         "kernel_size_t": (3, integer(1)),
         "kernel_size_f": (3, integer(1)),
-        "tfc_tdf_activation": ("relu", choice(*_ACTS)),
+        "tfc_tdf_activation": ("relu", choice_from(_activations)),
         "bn_factor": (16, integer(1)),
         "min_bn_units": (16, integer(1)),
         "tfc_tdf_bias": (True, boolean()),
@@ -166,10 +227,10 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "train": {
         "seed": (2020, integer(0)),
         "init": ("official", choice("official", "pytorch")),
-        "optimizer": ("adam", choice("adam", "adamw")),
+        "optimizer": ("adam", choice_from(_optimizers)),
         "lr": (0.001, number(0, lo_open=True)),
-        "train_loss": ("spec_mse", choice("spec_mse", "spec_l1", "raw_l1")),
-        "val_loss": ("raw_l1", choice("spec_mse", "spec_l1", "raw_l1")),
+        "train_loss": ("spec_mse", choice_from(_losses)),
+        "val_loss": ("raw_l1", choice_from(_losses)),
         "auto_lr_schedule": (True, boolean()),
         "lr_factor": (0.5, number(0, 1, lo_open=True)),
         "lr_patience": (50, integer(0)),
@@ -181,7 +242,6 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "augment_gain": (False, boolean()),
         "augment_channel_swap": (False, boolean()),
         "valid_chunks_per_track": (None, integer(1, nullable=True)),
-        "resume": (False, boolean()),
     },
     "trainer": {
         "accelerator": ("auto", choice("auto", "cpu", "gpu", "cuda", "mps")),
@@ -202,7 +262,6 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "limit_train_batches": (1.0, number(0, lo_open=True)),
         "limit_val_batches": (1.0, number(0, lo_open=True)),
         "batch_size": (8, integer(2, why=" (BatchNorm cannot train on batches of one item)")),
-        "num_workers": (2, integer(0)),
         "gradient_clip_val": (None, number(0, nullable=True)),
         "accumulate_grad_batches": (1, integer(1)),
         "deterministic": ("warn", choice(True, False, "warn")),
@@ -211,23 +270,38 @@ SCHEMA: dict[str, dict[str, Any]] = {
     },
     "separate": {
         "overlap": (0.5, number(0, 0.9)),
-        "batch_size": (8, integer(1)),
-        "device": ("auto", text()),
     },
     "evaluate": {
-        "jobs": (2, integer(1)),
-        "engine": ("fast", choice("fast", "museval")),
-        "device": ("auto", text()),
+        "engine": ("fast", choice_from(_engines)),
     },
     "report": {
         "excerpt_seconds": (15.0, number(0, lo_open=True)),
         "excerpt_offset": (0.0, number(0)),
-        "audio_format": ("mp3", choice("mp3", "ogg", "wav")),
+        "audio_format": ("mp3", choice_from(_audio_formats)),
     },
     "mlflow": {
         "experiment": ("lightsaft", text()),
     },
+    RUNTIME: {
+        "train": {
+            "resume": (False, boolean()),
+            "num_workers": (2, integer(0)),
+        },
+        "separate": {
+            "batch_size": (8, integer(1)),
+            "device": ("auto", _devices()),
+        },
+        "evaluate": {
+            "jobs": (2, integer(1)),
+            "device": ("auto", _devices()),
+        },
+    },
 }
+
+
+def result_sections() -> tuple[str, ...]:
+    """The sections whose values change results (all but ``runtime``)."""
+    return tuple(s for s in SCHEMA if s != RUNTIME)
 
 
 # ---------------------------------------------------------------------------------------

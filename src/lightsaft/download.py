@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlparse
 from tqdm import tqdm
 
 from .data.audio import AudioError, probe
+from .data.sources import SOURCES
 from .data.synthetic import generate, track_names
 from .data.tracks import (
     STEMS,
@@ -31,13 +32,12 @@ from .data.tracks import (
     assign_splits,
     file_sha256,
     find_tree,
-    missing_dataset_message,
     musdb_validation_tracks,
     scan_tree,
     write_dataset,
 )
+from .errors import redact
 from .paths import atomic_dir, file_lock, in_project
-from .tracking import redact
 
 EXPECTED_TRACKS = {"train": 100, "test": 50}  # every MUSDB18 release, previews included
 CHUNK = 1 << 20
@@ -50,9 +50,9 @@ def download(data_params: dict[str, Any], out_dir: str | Path, downloads_dir: st
     and their ``.part`` files outside the stage output (and outside DVC experiment copies), so a
     rerun resumes or reuses them instead of starting over.
     """
-    p, out_dir = data_params, Path(out_dir)
+    p, out_dir, source = data_params, Path(out_dir), SOURCES[data_params["source"]]
     out_dir.mkdir(parents=True, exist_ok=True)
-    if p["source"] == "synthetic":
+    if source.generated:
         s = p["synthetic"]
         tree, sha256 = (
             generate(
@@ -62,32 +62,28 @@ def download(data_params: dict[str, Any], out_dir: str | Path, downloads_dir: st
         )
     else:
         tree, sha256 = _locate(p, out_dir, Path(downloads_dir or in_project("data/downloads")))
-    tracks = assign_splits(scan_tree(tree, _layout(p["source"])), *_valid_names(p))
-    return write_dataset(out_dir / "dataset.json", p["source"], tree, sha256, tracks)
-
-
-def _layout(source: str) -> str:
-    return "musdb18" if source == "musdb18-sample" else source
+    tracks = assign_splits(scan_tree(tree, source.name), *_valid_names(p))
+    return write_dataset(out_dir / "dataset.json", source.name, tree, sha256, tracks)
 
 
 def _valid_names(p: dict[str, Any]) -> tuple[list[str], str]:
     if p["valid_tracks"] is not None:
         return p["valid_tracks"], "data.valid_tracks"
-    if p["source"] == "synthetic":
+    if SOURCES[p["source"]].generated:
         return track_names("valid", p["synthetic"]["valid_tracks"]), "synthetic validation tracks"
     return musdb_validation_tracks(), "musdb's official validation tracks (data.valid_tracks: null)"
 
 
 def _locate(p: dict[str, Any], out_dir: Path, downloads_dir: Path) -> tuple[Path, str | None]:
     """The tree of a MUSDB18 release and the sha256 of its archive (None for a plain folder)."""
-    source = p["source"]
-    location = p["sample_url"] if source == "musdb18-sample" else p["archive"]
+    source = SOURCES[p["source"]]
+    location = p[source.fetch] if source.fetch else p["archive"]
     if location is None and p["root"].lower().endswith(".zip"):
         location = p["root"]
     if location is None:
         tree = find_tree(in_project(p["root"]))
         if tree is None:
-            raise DataError(missing_dataset_message(source, p["root"]))
+            raise DataError(source.missing_message(p["root"]))
         return tree, None
     if urlparse(location).scheme in ("http", "https"):
         archive = downloads_dir / _url_filename(location)
@@ -96,19 +92,15 @@ def _locate(p: dict[str, Any], out_dir: Path, downloads_dir: Path) -> tuple[Path
     elif in_project(location).is_file():
         archive = in_project(location)
     else:
-        raise DataError(
-            f"{location}: archive not found"
-            if source == "musdb18-sample"
-            else missing_dataset_message(source, location)
-        )
+        raise DataError(f"{location}: archive not found" if source.fetch else source.missing_message(location))
     sha256 = verify_sha256(archive, p["sha256"], delete=archive.parent == downloads_dir)
-    dest = extract_zip(archive, out_dir / source)
+    dest = extract_zip(archive, out_dir / source.name)
     try:
         tree = find_tree(dest)
         if tree is None:
-            raise DataError(f"{archive}: holds no train/ and test/ folders; is it a {source} archive?")
+            raise DataError(f"{archive}: holds no train/ and test/ folders; is it a {source.name} archive?")
         if p["sha256"] is None:
-            check_content(tree, _layout(source))
+            check_content(tree, source.layout)
             print(f"{archive.name}: content checked; sha256 {sha256} (set data.sha256 to pin it)")
     except DataError:
         shutil.rmtree(dest)  # not what was asked for: leave nothing that looks usable
@@ -272,20 +264,21 @@ def extract_zip(archive: str | Path, dest: str | Path) -> Path:
 
 
 def check_content(tree: Path, layout: str) -> None:
-    """An unpinned archive must look like MUSDB18: 100 train / 50 test tracks, five streams each."""
+    """An unpinned archive must look like MUSDB18: 100 train / 50 test tracks, five streams each
+    (``layout`` of :class:`~lightsaft.data.sources.Source`)."""
     for split, expected in EXPECTED_TRACKS.items():
-        if layout == "musdb18":
+        if layout == "stems":
             found = sorted((tree / split).glob("*.stem.mp4"))
         else:
             folder = tree / split
             found = sorted(d for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
         if len(found) != expected:
             raise DataError(
-                f"{tree / split}: {len(found)} tracks, a complete {layout} release has "
+                f"{tree / split}: {len(found)} tracks, a complete MUSDB18 release has "
                 f"{expected}; the archive is incomplete or not MUSDB18"
             )
         for track in found:
-            if layout == "musdb18":
+            if layout == "stems":
                 try:
                     streams = len(probe(track)["audio"])
                 except AudioError as e:

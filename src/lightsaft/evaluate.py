@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import museval
 import numpy as np
 import pandas as pd
 import threadpoolctl
@@ -39,7 +38,6 @@ from .paths import atomic_dir, atomic_path, write_text_atomic
 from .spectral import SAMPLE_RATE, TARGETS
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
-ENGINES = ("museval", "fast")  # evaluate.engine: the reference implementation, or bsseval.py
 KINDS = ("estimate", "baseline")  # scores.csv `kind`: the model's estimates / the mixture as estimate
 
 
@@ -57,6 +55,7 @@ class EvaluationResult:
     summary: pd.DataFrame
     metrics: dict[str, float]
     failed: dict[str, str] = field(default_factory=dict)
+    museval_json: dict[str, str] = field(default_factory=dict)  # track -> museval's JSON of its estimates
 
     def check(self) -> None:
         """Raise EvaluationError naming the failed tracks (the others' scores are already written)."""
@@ -72,9 +71,9 @@ def score_sets(
     rate: int = SAMPLE_RATE,
     engine: str = "fast",
     device: str = "cpu",
-) -> list[museval.TrackStore]:
+) -> list[Any]:
     """BSSEval v4 (1 s windows and hops, time-invariant filters) of each estimate set against the
-    same-named ``references`` (any names, at least two), one museval TrackStore per set.
+    same-named ``references`` (any names, at least two), one ``museval.TrackStore`` per set.
 
     ``engine``: ``museval`` (the reference implementation) or ``fast`` (``bsseval``: the same
     numbers, sharing the reference correlations between the sets, on ``device``).
@@ -100,17 +99,9 @@ def score_sets(
                 )
     refs = [references[n] for n in names]
     sets = [[est[n] for n in names] for est in estimate_sets]
-    if engine == "fast":
-        results = bss_eval_v4(refs, sets, window=rate, hop=rate, device=resolve_device(device))
-    else:
-        results = [
-            np.stack(
-                museval.evaluate(
-                    np.array(refs, dtype=np.float64), np.array(est, dtype=np.float64), win=rate, hop=rate, mode="v4"
-                )
-            )
-            for est in sets
-        ]
+    results = ENGINES[engine](refs, sets, rate, device)
+    import museval
+
     stores = []
     for sdr, isr, sir, sar in results:  # each [targets, windows]
         store = museval.TrackStore(track_name=track, win=1.0, hop=1.0)
@@ -121,6 +112,25 @@ def score_sets(
             )
         stores.append(store)
     return stores
+
+
+def _fast(refs: list[np.ndarray], sets: list[list[np.ndarray]], rate: int, device: str) -> list[np.ndarray]:
+    return bss_eval_v4(refs, sets, window=rate, hop=rate, device=resolve_device(device))
+
+
+def _museval(refs: list[np.ndarray], sets: list[list[np.ndarray]], rate: int, device: str) -> list[np.ndarray]:
+    import museval
+
+    references = np.array(refs, dtype=np.float64)
+    return [
+        np.stack(museval.evaluate(references, np.array(est, dtype=np.float64), win=rate, hop=rate, mode="v4"))
+        for est in sets
+    ]
+
+
+# evaluate.engine: each turns references [targets] and estimate sets [sets][targets] (float [L, 2]) into,
+# per set, [SDR, ISR, SIR, SAR] x [targets, windows].
+ENGINES = {"fast": _fast, "museval": _museval}
 
 
 def _check_engine(engine: str) -> None:
@@ -135,7 +145,7 @@ def score_track(
     rate: int = SAMPLE_RATE,
     engine: str = "fast",
     device: str = "cpu",
-) -> museval.TrackStore:
+) -> Any:
     """:func:`score_sets` of one estimate set."""
     return score_sets(references, [estimates], track, rate, engine, device)[0]
 
@@ -277,7 +287,6 @@ def summarize(scores: pd.DataFrame, targets: Sequence[str] = TARGETS) -> tuple[p
 def evaluate_tracks(
     cache: Any,
     estimates_dir: str | Path,
-    out_dir: str | Path | None = None,
     jobs: int = 1,
     targets: Sequence[str] = TARGETS,
     engine: str = "fast",
@@ -287,12 +296,9 @@ def evaluate_tracks(
 
     ``engine`` (see :func:`score_sets`) runs in ``jobs`` processes that share the CPU cores; the
     fast engine's ``device`` (auto: CUDA when available) is resolved before any work starts.
-
     ``cache``: anything with ``.tracks("test")`` and ``.load_audio(name)`` (picklable: workers get
-    a copy). Writes, unless ``out_dir`` is None, ``museval/test/<track>.json`` (museval's format and
-    layout, so sigsep's ``MethodStore.add_eval_dir(out_dir / "museval")`` reads it),
-    ``scores.csv`` and ``summary.csv``, replacing ``out_dir`` as a whole. Failed tracks are in
-    ``result.failed``; ``result.check()`` raises for them. Raises if no track could be scored.
+    a copy). Failed tracks are in ``result.failed``; ``result.check()`` raises for them. Raises if
+    no track could be scored.
     """
     targets, estimates_dir = tuple(targets), Path(estimates_dir)
     tracks = list(cache.tracks("test"))
@@ -309,14 +315,21 @@ def evaluate_tracks(
     rows = [row for t in scored for kind, text in zip(KINDS, done[t]) for row in score_rows(t, text, kind)]
     scores = pd.DataFrame(rows, columns=["track", "target", "metric", "frame", "value", "kind"])
     summary, metrics = summarize(scores, targets)
-    if out_dir is not None:
-        with atomic_dir(out_dir) as tmp:
-            (tmp / "museval" / "test").mkdir(parents=True)
-            for track in scored:
-                (tmp / "museval" / "test" / f"{track}.json").write_text(done[track][0])
-            scores.to_csv(tmp / "scores.csv", index=False, float_format="%.5f")
-            summary.to_csv(tmp / "summary.csv", index=False, float_format="%.5f")
-    return EvaluationResult(scores, summary, metrics, {t: failed[t] for t in tracks if t in failed})
+    failures = {t: failed[t] for t in tracks if t in failed}
+    return EvaluationResult(scores, summary, metrics, failures, {t: done[t][0] for t in scored})
+
+
+def write_scores(result: EvaluationResult, out_dir: str | Path) -> Path:
+    """``museval/test/<track>.json`` (museval's format and layout, so sigsep's
+    ``MethodStore.add_eval_dir(out_dir / "museval")`` reads it), ``scores.csv`` and ``summary.csv``,
+    replacing ``out_dir`` as a whole."""
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "museval" / "test").mkdir(parents=True)
+        for track, text in result.museval_json.items():
+            (tmp / "museval" / "test" / f"{track}.json").write_text(text)
+        result.scores.to_csv(tmp / "scores.csv", index=False, float_format="%.5f")
+        result.summary.to_csv(tmp / "summary.csv", index=False, float_format="%.5f")
+    return Path(out_dir)
 
 
 def failure_message(failed: dict[str, str], total: int) -> str:

@@ -22,8 +22,7 @@ from typing import Any
 import yaml
 
 from .config import ConfigError, defaults, read_yaml, validate
-from .errors import LightSAFTError
-from .tracking import redact
+from .errors import LightSAFTError, redact
 
 QUEUE_POLL_S = 5.0
 STALL_RESTART_S = 60.0

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .data.audio import AudioError, read_audio, resample, to_stereo, write_audio
-from .devices import resolve_device
+from .devices import inference_device, resolve_device
 from .errors import LightSAFTError
 from .model import Separator, load_weights
 from .paths import atomic_dir
@@ -76,7 +76,7 @@ def separate_track(
     targets: Sequence[str] = TARGETS,
     overlap: float = 0.5,
     batch_size: int = 4,
-    device: str = "auto",
+    device: str | torch.device = "auto",
 ) -> dict[str, np.ndarray]:
     """Separate a whole stereo 44.1 kHz track ``[L, 2]`` into ``{target: float32 [L, 2]}``.
 
@@ -134,12 +134,20 @@ def _write_estimates(folder: Path, estimates: dict[str, np.ndarray], rate: int) 
         write_audio(folder / f"{target}.wav", audio, rate)
 
 
-def separate_tracks(weights_path: str | Path, cache: Any, out_dir: str | Path, separate_params: dict[str, Any]) -> Path:
+def separate_tracks(
+    weights_path: str | Path,
+    cache: Any,
+    out_dir: str | Path,
+    overlap: float = 0.5,
+    batch_size: int = 8,
+    device: str = "auto",
+) -> Path:
     """The ``separate`` stage: every test track of ``cache`` -> ``out_dir/test/<track>/<target>.wav``.
 
     ``cache`` is anything with ``.tracks("test")`` and ``.load_audio(name)`` (``lightsaft.data.cache.Cache``).
     The layout is MUSDB's estimates layout, which museval reads.
     """
+    check_options(TARGETS, overlap, batch_size)
     model = load_separator(weights_path)
     tracks = cache.tracks("test")
     if not tracks:
@@ -148,15 +156,10 @@ def separate_tracks(weights_path: str | Path, cache: Any, out_dir: str | Path, s
         if Path(track).name != track or track in ("", ".", ".."):
             raise SeparationError(f"track name {track!r} cannot be a folder name")
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with inference_device(device) as dev, atomic_dir(out_dir) as tmp:
         for track in tqdm(tracks, desc="separate", unit="track"):
-            estimates = separate_track(
-                model,
-                cache.load_audio(track, stems=("mixture",))["mixture"],
-                overlap=separate_params["overlap"],
-                batch_size=separate_params["batch_size"],
-                device=separate_params["device"],
-            )
+            mixture = cache.load_audio(track, stems=("mixture",))["mixture"]
+            estimates = separate_track(model, mixture, overlap=overlap, batch_size=batch_size, device=dev)
             _write_estimates(tmp / "test" / track, estimates, SAMPLE_RATE)
     return out_dir
 
@@ -185,7 +188,7 @@ def separate_song(
     targets: Sequence[str],
     overlap: float,
     batch_size: int,
-    device: str,
+    device: str | torch.device,
 ) -> None:
     """One file of any rate, mono or stereo -> ``folder/<target>.wav`` at its own rate and length.
 
@@ -224,6 +227,11 @@ def separate_songs(
     out_dir = Path(out_dir)
     _writable_dir(out_dir)
     model = load_separator(weights_path)
+    with inference_device(device) as dev:
+        return _separate_each(model, songs, out_dir, targets, overlap, batch_size, dev)
+
+
+def _separate_each(model, songs, out_dir, targets, overlap, batch_size, device) -> list[str]:
     failures: list[str] = []
     seen: dict[str, Path] = {}
     for song in tqdm([Path(s) for s in songs], desc="separate", unit="song"):

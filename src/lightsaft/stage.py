@@ -1,32 +1,43 @@
-"""Shared entry point of the ``pipeline/*.py`` stage scripts: params in, clean errors out.
+"""The stage contract, shared by every ``pipeline/<stage>.py``.
 
-A user mistake (bad params, missing data, unreadable audio, wrong weights) or a full disk ends
-the stage with one ``error: ...`` line and exit code 2, not a traceback; Ctrl+C / SIGTERM exit
-with 130 / 143 (a Ctrl+C during training exits 1: Lightning handles it and calls ``sys.exit(1)``).
-Anything else is a bug and keeps its traceback.
+The rule: library functions compute and return; they take every path they read or write as an
+argument (big outputs such as estimates are streamed into the folder they are given). Only the
+stage entry point knows the DVC paths (from :mod:`lightsaft.layout`), and it writes the small
+outputs (metrics, plots, run records) and the MLflow records.
+
+:func:`run_stage` parses ``--params``, validates the whole params file (a typo anywhere fails
+at once), hands the stage only the result-changing params dvc.yaml declares for it plus its own
+``runtime`` settings, and reports errors as :func:`lightsaft.errors.reported` does.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from .config import load_params
-from .errors import LightSAFTError
-
-USER_ERRORS = (LightSAFTError, FileNotFoundError, PermissionError, IsADirectoryError)
-
-
-class Terminated(Exception):
-    """SIGTERM, turned into an exception so that ``finally`` blocks and temp-file cleanup run."""
+from .config import RUNTIME, load_params
+from .errors import Terminated, reported
+from .layout import STAGES
 
 
 def _on_sigterm(signum, frame) -> None:
     raise Terminated()
+
+
+def stage_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The params stage ``name`` may read: its declared sections and keys, and ``runtime.<name>``."""
+    view: dict[str, Any] = {}
+    for entry in STAGES[name].params:
+        section, _, key = entry.partition(".")
+        if key:
+            view.setdefault(section, {})[key] = params[section][key]
+        else:
+            view[section] = params[section]
+    view[RUNTIME] = {name: params[RUNTIME][name]} if name in params[RUNTIME] else {}
+    return view
 
 
 def run_stage(
@@ -36,10 +47,10 @@ def run_stage(
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
     handle_sigterm: bool = True,
 ) -> None:
-    """Parse ``--params``, validate the params file and run ``body(params, args)``.
+    """Run ``body(params, args)`` with the params of stage ``name`` (see :func:`stage_params`).
 
     ``handle_sigterm=False`` leaves SIGTERM to the stage (Lightning stops at a batch boundary
-    and the train stage raises :class:`Terminated` itself).
+    and the train stage raises :class:`~lightsaft.errors.Terminated` itself).
     """
     parser = argparse.ArgumentParser(prog=f"pipeline/{name}.py", description=f"the {name} stage")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -48,19 +59,6 @@ def run_stage(
     args = parser.parse_args(argv)
     if handle_sigterm and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        body(load_params(args.params), args)
-    except KeyboardInterrupt:
-        print(f"\n{name}: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Terminated:
-        print(f"\n{name}: terminated", file=sys.stderr)
-        sys.exit(143)
-    except USER_ERRORS as e:
-        print(f"error: {name}: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        print(f"error: {name}: {e}; free some space and run the stage again", file=sys.stderr)
-        sys.exit(2)
+    code = reported(lambda: body(stage_params(name, load_params(args.params)), args), prog=name)
+    if code:
+        sys.exit(code)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from .errors import LightSAFTError
+from .errors import LightSAFTError, redact
 from .paths import file_lock, project_root, write_text_atomic
 
 DB_NAME = "mlflow.db"
@@ -29,20 +28,8 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / DB_NAME}"
 
 
-_SECRET_QUERY = re.compile(
-    r"(?i)([?&][^=&#\s]*(?:token|key|secret|passw|signature|sig|credential|auth)"
-    r"[^=&#\s]*=)[^&#\s]+"
-)
-
-
 class TrackingError(LightSAFTError, ValueError):
     """The record of a training's MLflow run is unreadable."""
-
-
-def redact(uri: str) -> str:
-    """Hide credentials in a URI or URL: ``https://user:token@host`` -> ``https://***@host``, and
-    secret query values (``?token=...``, signed-URL signatures) -> ``***``."""
-    return _SECRET_QUERY.sub(r"\1***", re.sub(r"(?<=://)[^/@\s]+@", "***@", uri))
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -155,7 +142,7 @@ def log_evaluation(
     run_file: str | Path, params: dict[str, Any], metrics: dict[str, float], artifacts: list[Path], per_track=None
 ) -> str:
     """One evaluation = a child run of the training run, carrying the training's params plus
-    ``separate.*`` / ``evaluate.*`` (MLflow params are immutable, so a changed ``evaluate.jobs``
+    ``separate.*`` / ``evaluate.*`` (MLflow params are immutable, so a changed ``evaluate.engine``
     could not go on the parent). The parent gets ``test_<metric>`` copies of the latest scores,
     so the UI shows one sortable row per trained model. Returns the child run id."""
     from .config import flatten

@@ -22,11 +22,11 @@ from conftest import REPO, TINY_MODEL, make_project, require_ffmpeg, tiny_params
 from lightsaft import tracking
 from lightsaft.cli import main
 from lightsaft.config import ConfigError
-from lightsaft.data.tracks import DataError
 from lightsaft.download import download
+from lightsaft.errors import DataError
 from lightsaft.model import WeightsError, build_model, load_state_dict_checked, load_weights, save_weights
 from lightsaft.stage import run_stage
-from lightsaft.train import TrainOutputs, train
+from lightsaft.train import train
 
 
 def run_stage_script(stage: str, *args: str) -> int:
@@ -91,11 +91,8 @@ def test_trainer_settings_this_machine_cannot_run_leave_no_mlflow_run(
     root = make_project(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    outputs = TrainOutputs(
-        models=root / "models", metrics=root / "metrics" / "train.json", curves=root / "plots" / "train_curves.csv"
-    )
     with pytest.raises(ConfigError, match=re.escape(message)):
-        train(tiny_params(**override), synthetic_cache, outputs)
+        train(tiny_params(**override), synthetic_cache)
     assert not (root / "mlflow.db").exists() and not (root / ".lightsaft" / "train").exists()
     assert not (root / "models").exists()
 
@@ -149,7 +146,7 @@ def test_disk_full_while_writing_the_cache(tmp_path, monkeypatch, capsys, synthe
     monkeypatch.chdir(root)
     code = run_stage_script("prepare")
     err = capsys.readouterr().err
-    assert code == 2 and "No space left on device" in err and "free some space and run the stage again" in err
+    assert code == 2 and "No space left on device" in err and "free some space and run it again" in err
     assert "spec/0001.npy" in err  # names the file it could not write
     assert sorted(p.name for p in (root / "data").iterdir()) == ["raw"]
 

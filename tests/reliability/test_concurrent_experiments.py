@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from test_interrupts import EPOCH_CHECKPOINT, start_paused, training_project
 
 from lightsaft.errors import LightSAFTError
-from lightsaft.train import TrainOutputs, train
+from lightsaft.train import train
 
 WRITERS, STEPS, PARAMS, BATCH = 4, 200, 120, 150
 
@@ -83,7 +83,7 @@ def test_the_same_training_twice_at_once_is_refused(tmp_path, monkeypatch, synth
         monkeypatch.setenv("DVC_ROOT", str(root))
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
         with pytest.raises(LightSAFTError, match="another training of this configuration is running"):
-            train(params, root / "data" / "cache", TrainOutputs(models=root / "second"))
+            train(params, root / "data" / "cache")
         assert sorted((root / ".lightsaft" / "train").rglob("*.ckpt")) == checkpoints
     finally:
         first.kill()

@@ -16,8 +16,8 @@ import pytest
 from test_download import DUMMY, _sample_params
 
 from lightsaft import download as dl
-from lightsaft.data.tracks import DataError
 from lightsaft.download import download
+from lightsaft.errors import DataError
 
 
 def _disk_fills_after(limit: int):

@@ -27,8 +27,8 @@ from mlflow.tracking import MlflowClient
 
 from lightsaft import tracking
 from lightsaft.data.cache import Cache
-from lightsaft.data.tracks import DataError
 from lightsaft.download import download
+from lightsaft.errors import DataError
 from lightsaft.evaluate import EvaluationError, evaluate_tracks
 from lightsaft.report import ReportError, build_report
 
@@ -124,8 +124,8 @@ SMALL = {
     "data.synthetic.valid_tracks": 1,
     "data.synthetic.test_tracks": 1,
     "data.synthetic.seconds": 1.0,
-    "evaluate.jobs": 2,
-    "separate.batch_size": 64,
+    "runtime.evaluate.jobs": 2,
+    "runtime.separate.batch_size": 64,
     "report.excerpt_seconds": 1.0,
     "mlflow.experiment": "killed",
 }
@@ -331,7 +331,7 @@ def test_training_killed_with_sigkill_resumes_from_its_last_epoch(tmp_path, synt
     [run] = client.search_runs([client.get_experiment_by_name("sigkill").experiment_id])
     assert run.info.status == "RUNNING"
 
-    params["train"]["resume"] = True
+    params["runtime"]["train"]["resume"] = True
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     done = subprocess.run(
         [sys.executable, str(REPO / "pipeline" / "train.py")],

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_project, tiny_params
+from conftest import make_project, tiny_params, train_into
 from mlflow.tracking import MlflowClient
 
 from lightsaft import cli, tracking
-from lightsaft.train import TrainOutputs, train
 
 SECRET_URI = "https://alice:s3cret@mlflow.example.org"
 SECRET_DB = "postgresql://alice:s3cret@db.example.org/mlflow"
@@ -39,8 +38,11 @@ def test_ui_refuses_a_tracking_server_without_leaking_it(monkeypatch, capsys):
 
 
 def test_no_secret_in_mlflow_params_tags_or_outputs(tmp_path, monkeypatch, capfd, synthetic_cache):
-    """A granted archive URL with a token in params.yaml: the training's MLflow params and tags,
-    its run record and everything printed carry it redacted."""
+    """Granted archive URLs with a token in params.yaml: nothing the training records or prints
+    carries them, params logged through tracking are redacted, and so is a server's URI in the
+    run record."""
+    from lightsaft.train import TrainOutputs
+
     root = make_project(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -54,18 +56,18 @@ def test_no_secret_in_mlflow_params_tags_or_outputs(tmp_path, monkeypatch, capfd
             "mlflow.experiment": "secrets",
         }
     )
-    outputs = TrainOutputs(
-        models=root / "models", metrics=root / "metrics" / "train.json", curves=root / "plots" / "train_curves.csv"
-    )
-    train(params, synthetic_cache, outputs)
+    train_into(root, params, synthetic_cache)
+    run_file = TrainOutputs.under(root).run_file
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("secrets").experiment_id])
-    assert run.data.params["data.archive"] == "https://zenodo.org/records/1117372/files/musdb18.zip?token=***"
-    assert run.data.params["data.sample_url"] == "https://***@example.org/sample.zip"
-    recorded = json.dumps([run.data.params, run.data.tags]) + outputs.run_file.read_text()
+    tracking.log_params(client, run.info.run_id, {"data.archive": params["data"]["archive"]})
+    assert client.get_run(run.info.run_id).data.params["data.archive"] == (
+        "https://zenodo.org/records/1117372/files/musdb18.zip?token=***"
+    )
+    recorded = json.dumps([client.get_run(run.info.run_id).data.params, run.data.tags]) + run_file.read_text()
     printed = "".join(capfd.readouterr())
     assert "S3CRET" not in recorded and "S3CRET" not in printed
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", SECRET_URI)  # a team server: its record names it redacted
-    tracking.write_run_file(outputs.run_file, run.info.run_id, "secrets")
-    assert json.loads(outputs.run_file.read_text())["tracking_uri"] == "https://***@mlflow.example.org"
+    tracking.write_run_file(run_file, run.info.run_id, "secrets")
+    assert json.loads(run_file.read_text())["tracking_uri"] == "https://***@mlflow.example.org"

@@ -15,6 +15,7 @@ Source files are identified by sha256 (content, not mtime: a copied data set sta
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -28,7 +29,8 @@ from tqdm import tqdm
 
 from ..paths import atomic_dir, portable, resolve
 from ..spectral import SAMPLE_RATE, TARGETS, SpectralFrontEnd, num_frames
-from .tracks import SPLITS, STEMS, DataError, file_sha256, load_track, read_dataset, source_files, track_samples
+from ..errors import DataError
+from .tracks import SPLITS, STEMS, file_sha256, load_track, read_dataset, source_files, track_samples
 
 CACHE_FORMAT = 1
 SPEC_LAYOUT = "[target (vocals, drums, bass, other), channel (Re L, Re R, Im L, Im R), frame, bin]"
@@ -156,6 +158,10 @@ class Cache:
                 )
         self._tracks = {t["name"]: t for t in self.manifest["tracks"]}
         self._open: dict[str, np.ndarray] = {}
+
+    def digest(self) -> str:
+        """sha256 of the manifest: which tracks (by content), how they were transformed."""
+        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()
 
     def __getstate__(self) -> dict[str, Any]:
         # Memory maps are reopened in each DataLoader worker, never pickled as arrays.

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from .cache import Cache
 from ..spectral import TARGETS, window_samples
-from .tracks import DataError
+from ..errors import DataError
 
 SWAP_CHANNELS = [1, 0, 3, 2]  # Re L, Re R, Im L, Im R -> Re R, Re L, Im R, Im L
 

@@ -20,20 +20,17 @@ import numpy as np
 import soundfile as sf
 import yaml
 
+from .sources import SOURCES
 from .audio import AudioError, probe, read_audio, read_stems
-from ..errors import LightSAFTError
+from ..errors import DataError
 from ..paths import portable, resolve, write_text_atomic
 from ..spectral import SAMPLE_RATE, TARGETS
 
 STEMS = ("mixture",) + TARGETS
 SPLITS = ("train", "valid", "test")
 DATASET_FORMAT = 1
-MUSDB18_URL = "https://zenodo.org/records/1117372"
-MUSDB18HQ_URL = "https://zenodo.org/records/3338373"
 
 
-class DataError(LightSAFTError, RuntimeError):
-    """The data set is missing, incomplete, or not what the pipeline needs."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -51,22 +48,6 @@ def musdb_validation_tracks() -> list[str]:
         return list(yaml.safe_load(f)["validation_tracks"])
 
 
-def missing_dataset_message(source: str, root: str | Path) -> str:
-    """How to obtain the access-restricted MUSDB18 release, and what to use instead."""
-    url, layout = (
-        (MUSDB18_URL, "train/*.stem.mp4 and test/*.stem.mp4")
-        if source == "musdb18"
-        else (MUSDB18HQ_URL, "train/<track>/{mixture,vocals,drums,bass,other}.wav and test/...")
-    )
-    return (
-        f"{source} not found at data.root = {str(root)!r}. The full data set is access-restricted: "
-        f"request it on {url}, then unzip it so that {root}/{layout} exist (or set data.root to "
-        f"the .zip, or data.archive to the URL you were granted, with data.sha256). Without it, "
-        f"use data.source=musdb18-sample (the public 7-second previews, downloaded automatically) "
-        f"or data.source=synthetic (an offline demo set)."
-    )
-
-
 def find_tree(folder: Path) -> Path | None:
     """The folder holding ``train/`` and ``test/``: ``folder`` itself or its only subfolder."""
     if (folder / "train").is_dir() and (folder / "test").is_dir():
@@ -82,7 +63,7 @@ def find_tree(folder: Path) -> Path | None:
 def scan_tree(root: str | Path, source: str) -> list[dict[str, Any]]:
     """Tracks of a MUSDB18 (``.stem.mp4``) or MUSDB18-HQ-shaped (wav folders) tree, split train/test."""
     root = Path(root)
-    wav = source in ("musdb18hq", "synthetic")
+    wav = SOURCES[source].layout == "wav"
     tracks: list[dict[str, Any]] = []
     for split in ("train", "test"):
         folder = root / split

@@ -13,8 +13,7 @@ import torch
 
 from ..model import build_model, init_official
 from .losses import LOSSES, Target
-
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+from .optimizers import OPTIMIZERS
 
 
 class LightSAFTModule(pl.LightningModule):

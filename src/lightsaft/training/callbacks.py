@@ -1,0 +1,95 @@
+"""Lightning callbacks of the train stage, and the filter that keeps Lightning's chatter out of its log."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from ..paths import write_text_atomic
+
+
+class EpochCurves(Callback):
+    """Per-epoch rows (losses, lr, time, memory) for DVC plots; kept in checkpoints for resume."""
+
+    COLUMNS = ("epoch", "step", "train_loss", "val_loss", "lr", "epoch_time_s", "gpu_mem_gb")
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict[str, float]] = []
+        self._start = 0.0
+
+    @classmethod
+    def header(cls) -> str:
+        return ",".join(cls.COLUMNS) + "\n"
+
+    def text(self) -> str:
+        return self.header() + "".join(",".join(str(r[c]) for c in self.COLUMNS) + "\n" for r in self.rows)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        m = trainer.callback_metrics
+        elapsed = time.perf_counter() - self._start
+        gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+        self.rows.append(
+            {
+                "epoch": trainer.current_epoch,
+                "step": trainer.global_step,
+                "train_loss": float(m.get("train_loss_epoch", float("nan"))),
+                "val_loss": float(m.get("val_loss", float("nan"))),
+                "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                "epoch_time_s": round(elapsed, 3),
+                "gpu_mem_gb": round(gpu, 3),
+            }
+        )
+        pl_module.log_dict({"epoch_time_s": elapsed, **({"gpu_mem_gb": gpu} if gpu else {})}, on_epoch=True)
+        if trainer.is_global_zero:
+            write_text_atomic(self.path, self.text())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict["rows"])
+
+
+class InterruptCheckpoint(Callback):
+    """On Ctrl+C / SIGTERM / any exception, save where training stood (Lightning raises them
+    between batches, so the state is consistent)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if trainer.world_size > 1:  # saving waits for every rank, and one rank alone failed: last.ckpt it is
+            return
+        trainer.save_checkpoint(self.path)
+        print(
+            f"\ntraining interrupted ({type(exception).__name__}); checkpoint saved to {self.path}.\n"
+            "Resume with: dvc exp run -S runtime.train.resume=true (or set runtime.train.resume: true "
+            "and dvc repro)"
+        )
+
+
+class _QuietLightning(logging.Filter):
+    """Drop Lightning's advertisements and restatements of our own settings."""
+
+    NOISE = ("litlogger", "was configured so 100%")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.NOISE)
+
+
+def quiet_lightning() -> None:
+    """Keep the train stage's log to what a user acts on (called by the stage, not at import)."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_QuietLightning())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
