@@ -66,7 +66,7 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
         if trust:
-            payload = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_trusting_pickle)
+            payload = load_trusted(path)
         else:
             with torch.serialization.safe_globals([(obj, name) for name, obj in _STAND_INS.items()]):
                 # mmap (zip files only): the optimizer state, two thirds of a real file, is never read
@@ -102,6 +102,12 @@ class _TrustingUnpickler(pickle.Unpickler):
 _trusting_pickle = types.ModuleType("lightsaft_trusting_pickle")
 _trusting_pickle.Unpickler = _TrustingUnpickler
 _trusting_pickle.load = lambda file, **kwargs: _TrustingUnpickler(file, **kwargs).load()
+
+
+def load_trusted(path: Path) -> Any:
+    """Full unpickling, which runs whatever code the file names: only ever on the user's explicit
+    ``--trust`` (the one torch.load without weights_only=True in the code base)."""
+    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_trusting_pickle)
 
 
 # ---------------------------------------------------------------------------------------
