@@ -34,6 +34,8 @@ TRAINING_KEYS = ("optimizer", "lr", "auto_lr_schedule", "train_loss", "val_loss"
 MODEL_KEYS = tuple(key for key in SCHEMA["model"] if key != "variant")
 WINDOW_TOLERANCE = 5e-3  # of a window whose peak is 1
 
+OURS = "a models/best.ckpt of our own training is used through models/weights.pt instead"
+
 _ATTRIBUTE_DICT = "pytorch_lightning.utilities.parsing.AttributeDict"
 _CALLBACKS = (
     "pytorch_lightning.callbacks.early_stopping.EarlyStopping",
@@ -177,8 +179,7 @@ def network_state(state_dict: Mapping[str, torch.Tensor], source: str) -> dict[s
         if prefix is None:
             raise CheckpointError(
                 f"{source}: unexpected state_dict key {key!r} (official checkpoints hold {WINDOW_KEY} and keys "
-                f"starting with {' or '.join(PREFIXES)}; a models/best.ckpt of our own training is used "
-                f"through models/weights.pt instead)"
+                f"starting with {' or '.join(PREFIXES)}; {OURS})"
             )
         network[key[len(prefix) :]] = tensor
     return network
@@ -206,7 +207,9 @@ def convert(payload: Mapping[str, Any], source: str) -> OfficialModel:
             )
     state_dict = payload["state_dict"]
     if WINDOW_KEY not in state_dict:
-        raise CheckpointError(f"{source}: no {WINDOW_KEY} in the state_dict; not an official framework checkpoint")
+        raise CheckpointError(
+            f"{source}: no {WINDOW_KEY} in the state_dict: not an official framework checkpoint ({OURS})"
+        )
     network = network_state(state_dict, source)
     variant = detect_variant(list(network), source)
     params, training, unknown = model_params(payload["hyper_parameters"], variant, source)
