@@ -12,7 +12,7 @@ def main(params: dict, args) -> None:
         layout.WEIGHTS,
         Cache(layout.CACHE),
         layout.ESTIMATES,
-        overlap=params["separate"]["overlap"],
+        **params["separate"],
         batch_size=rt["batch_size"],
         device=rt["device"],
     )

@@ -14,7 +14,7 @@ from lightsaft.bsseval import bss_eval_v4, window_bounds
 from lightsaft.data.audio import read_stems
 from lightsaft.devices import DeviceError
 from lightsaft.evaluate import evaluate_tracks, write_scores
-from lightsaft.separate import load_separator, separate_track
+from lightsaft.separate import load_model, separate_track
 from lightsaft.spectral import TARGETS
 
 TOLERANCE = 0.01  # dB, on every finite frame value
@@ -167,7 +167,7 @@ def test_real_tracks_match_museval_for_every_kind_of_estimate(path, trained):
     stems, rate = read_stems(shared_path("musdb", "musdb18-7", split, f"{name}.stem.mp4"))
     stems = {k: v.astype(np.float64) for k, v in stems.items()}
     refs = np.stack([stems[t] for t in TARGETS])
-    kinds = estimate_kinds(stems, load_separator(trained.outputs.models / "weights.pt"))
+    kinds = estimate_kinds(stems, load_model(trained.outputs.weights))
     sets = [np.stack([est[t] for t in TARGETS]) for est in kinds.values()]
     fast = bss_eval_v4(refs, sets, rate, rate)
     for kind, got, est in zip(kinds, fast, sets):

@@ -12,7 +12,7 @@ import soundfile as sf
 from conftest import require_ffmpeg, shared_path
 from test_separate import SpecModel, identity
 
-import lightsaft.separate
+import lightsaft.songs
 from lightsaft.cli import main
 from lightsaft.spectral import TARGETS
 
@@ -26,7 +26,7 @@ def tone(rate: int, seconds: float, channels: int) -> np.ndarray:
 def test_rates_channels_and_lengths_are_kept(tmp_path, monkeypatch):
     """With an identity model the stems equal the input: resampling there and back, mono in and
     out, and the exact length are all checked, not just the file names."""
-    monkeypatch.setattr(lightsaft.separate, "load_separator", lambda path: SpecModel(identity))
+    monkeypatch.setattr(lightsaft.songs, "load_separator", lambda path: SpecModel(identity))
     songs = {"mono22k.wav": (tone(22050, 0.5, 1), 22050), "stereo48k.flac": (tone(48000, 0.3, 2), 48000)}
     for name, (audio, rate) in songs.items():
         sf.write(tmp_path / name, audio, rate)
@@ -81,7 +81,7 @@ def test_stem_mp4_uses_the_mixture_stream(tmp_path, weights, capsys):
     )
     assert code == 0, capsys.readouterr().err
     written, rate = sf.read(tmp_path / "out" / "The Easton Ellises - Falcon 69" / "drums.wav")
-    mixture, _ = lightsaft.separate.read_audio(song, stream=0)
+    mixture, _ = lightsaft.songs.read_audio(song, stream=0)
     assert rate == 44100 and written.shape == mixture.shape and np.isfinite(written).all()
 
 

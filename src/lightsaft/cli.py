@@ -90,7 +90,7 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _separate(args: argparse.Namespace) -> int:
-    from .separate import separate_songs
+    from .songs import separate_songs
 
     failures = separate_songs(
         args.songs,
@@ -100,10 +100,20 @@ def _separate(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         batch_size=args.batch_size,
         device=args.device,
+        protocol=args.protocol,
+        min_trim=args.min_trim,
+        precision=args.precision,
     )
     if failures:
         print(f"error: {len(failures)} of {len(args.songs)} songs failed (see above)", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _import_official(args: argparse.Namespace) -> int:
+    from .pretrained import import_official
+
+    print(import_official(args.checkpoint, args.out, args.sha256, args.trust).summary())
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,13 +148,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_ui)
     p = sub.add_parser("separate", help="separate songs into vocals, drums, bass and other")
     p.add_argument("songs", nargs="+", metavar="SONG", help="wav, flac, mp3, ... or MUSDB .stem.mp4 (its mixture)")
-    p.add_argument("--model", required=True, metavar="WEIGHTS", help="weights file, e.g. models/weights.pt")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="MODEL",
+        help="our weights file (models/weights.pt), an official .ckpt or a published name such as "
+        "lasaft_large_2021 (imported once into .lightsaft/pretrained/)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<song>/<target>.wav")
     p.add_argument("--targets", default="vocals,drums,bass,other", help="comma-separated (default: all four)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--overlap", type=float, default=0.5, help="fraction shared by neighbouring windows, 0-0.9")
     p.add_argument("--batch-size", type=int, default=4, help="model windows per forward pass")
+    p.add_argument(
+        "--protocol",
+        default="crossfade",
+        help="crossfade: seamless, any overlap (default); official: the authors' separate_track, overlap 0 to 0.5, "
+        "for comparing with published scores",
+    )
+    p.add_argument(
+        "--min-trim",
+        type=int,
+        metavar="SAMPLES",
+        help="samples dropped at each window edge, rounded up to whole hops (default: 5000, "
+        "16384 for lightsaft_small_2020, as the official code)",
+    )
+    p.add_argument("--precision", default="float32", help="inference precision: float32 (default) or bf16")
     p.set_defaults(func=_separate)
+
+    p = sub.add_parser(
+        "import-official",
+        help="import an official LaSAFT/LightSAFT checkpoint (file or published name) as our weights file",
+    )
+    p.add_argument(
+        "checkpoint",
+        metavar="CKPT_OR_NAME",
+        help="an official .ckpt, or lasaft_large_2019, lasaft_large_2020, lasaft_large_2021, lightsaft_small_2020",
+    )
+    p.add_argument("--out", help="weights file to write (default: .lightsaft/pretrained/<name>.pt)")
+    p.add_argument("--sha256", metavar="HEX", help="the checkpoint's expected sha256 (pins it)")
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help="allow full unpickling, which can run code: only for a file you trust that is refused otherwise",
+    )
+    p.set_defaults(func=_import_official)
     return parser
 
 

@@ -159,6 +159,18 @@ def _variants():
     return FREQUENCY_TRANSFORMS
 
 
+def _protocols():
+    from .separate import PROTOCOLS
+
+    return PROTOCOLS
+
+
+def _precisions():
+    from .separate import PRECISIONS
+
+    return PRECISIONS
+
+
 def _devices() -> Check:
     return text(pattern=r"auto|cpu|cuda(:\d+)?|mps", hint="expected auto, cpu, cuda, cuda:N or mps")
 
@@ -269,7 +281,10 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "check_val_every_n_epoch": (1, integer(1)),
     },
     "separate": {
+        "protocol": ("crossfade", choice_from(_protocols)),
         "overlap": (0.5, number(0, 0.9)),
+        "min_trim": (5000, integer(0)),
+        "precision": ("float32", choice_from(_precisions)),
     },
     "evaluate": {
         "engine": ("fast", choice_from(_engines)),

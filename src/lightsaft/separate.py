@@ -2,18 +2,22 @@
 
 A model window holds ``hop * (num_frame - 1)`` samples, i.e. ``num_frame`` STFT frames. Its
 edges see less context (STFT reflect padding, the U-Net's zero padding), so, as in the official
-code, ``ceil(5000 / hop) * hop`` samples are dropped at each side of every window. The kept
-middles are cross-faded with a window whose shifted copies sum to exactly one, and the track is
-padded so that its first and last samples are also covered at full weight: an identity model
-gives back its input.
+code, ``ceil(min_trim / hop) * hop`` samples are dropped at each side of every window. Two ways
+to put the kept middles together (``protocol``):
+
+- ``crossfade`` (default): a window whose shifted copies sum to exactly one, any overlap, and the
+  track padded so that its first and last samples are also covered at full weight: an identity
+  model gives back its input.
+- ``official``: the official ``separate_track``, for comparing with published figures: overlap 0
+  or up to 0.5, halves where two chunks overlap, and its quirks (the window before last may miss
+  its right context; without overlap, neighbouring chunks simply abut).
 """
 
 from __future__ import annotations
 
 import math
-import sys
-import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +25,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data.audio import AudioError, read_audio, resample, to_stereo, write_audio
+from .data.audio import write_audio
 from .devices import inference_device, resolve_device
 from .errors import LightSAFTError
 from .model import Separator, load_weights
 from .paths import atomic_dir
 from .spectral import SAMPLE_RATE, TARGETS, window_samples
 
-EDGE_SAMPLES = 5000  # official: ceil(5000 / hop) * hop samples trimmed at each window edge
+EDGE_SAMPLES = 5000  # official min_trim: ceil(5000 / hop) * hop samples trimmed at each window edge
+PROTOCOLS = ("crossfade", "official")
+PRECISIONS = ("float32", "bf16")
 
 
 class SeparationError(LightSAFTError, RuntimeError):
@@ -36,11 +42,18 @@ class SeparationError(LightSAFTError, RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------
-# Chunking and cross-fading
-def edge_trim(hop_length: int, num_frame: int) -> int:
-    """Samples dropped at each window edge: the official amount, but at most a quarter window
-    (small test configs have windows shorter than the official 2 x 5000 samples)."""
-    return min(math.ceil(EDGE_SAMPLES / hop_length), (num_frame - 1) // 4) * hop_length
+# Chunking plans: where each model window lies and how much of its output counts
+@dataclass
+class Chunk:
+    start: int  # the window's first sample, in track samples (negative: before the track starts)
+    weight: torch.Tensor  # [window]: weight of each output sample (0 on the dropped edges)
+    audible: tuple[int, int]  # the window samples read from the track; the rest is silence (official quirks)
+
+
+def edge_trim(hop_length: int, num_frame: int, min_trim: int = EDGE_SAMPLES) -> int:
+    """Samples the crossfade drops at each window edge: the official amount, but at most a quarter
+    window (small test configs have windows shorter than the official 2 x 5000 samples)."""
+    return min(math.ceil(min_trim / hop_length), (num_frame - 1) // 4) * hop_length
 
 
 def crossfade(kept: int, overlap: float) -> tuple[np.ndarray, int]:
@@ -58,15 +71,106 @@ def crossfade(kept: int, overlap: float) -> tuple[np.ndarray, int]:
     return ramp[n + step] - ramp[n], step
 
 
-def check_options(targets: Iterable[str], overlap: float, batch_size: int) -> tuple[str, ...]:
+def crossfade_plan(length: int, window: int, edge: int, overlap: float) -> list[Chunk]:
+    fade, step = crossfade(window - 2 * edge, overlap)
+    kept, shared = len(fade), len(fade) - step
+    weight = torch.zeros(window)
+    weight[edge : edge + kept] = torch.as_tensor(fade, dtype=torch.float32)
+    lead = edge + shared  # the first window starts this far before the track: dropped edge + fade-in
+    return [Chunk(c * step - lead, weight, (0, window)) for c in range(math.ceil((length + shared) / step))]
+
+
+def official_trim(hop_length: int, min_trim: int = EDGE_SAMPLES) -> int:
+    """The official ``get_trim_length``: whole hops, at least ``min_trim`` samples and two hops."""
+    per_hop = math.ceil(min_trim / hop_length)
+    if per_hop < 2:
+        raise SeparationError(f"min_trim {min_trim}: the official protocol trims at least two hops ({2 * hop_length})")
+    return per_hop * hop_length
+
+
+def official_plan(length: int, window: int, trim: int, overlap: float) -> list[Chunk]:
+    """The chunks of the official ``SingleTrackSet`` and the masks ``separate_track`` applies.
+
+    Chunk c keeps ``[c*step, c*step + kept)``; where two kept parts overlap each counts half.
+    Two quirks of the official code are kept: a chunk that starts less than ``trim`` samples into
+    the track reads silence instead of its left context, and one that ends within ``trim`` samples
+    of the track end, but is not the last one, reads silence instead of its right context and
+    halves nothing.
+    """
+    kept = window - 2 * trim
+    step = int(kept * (1 - overlap))
+    shared = kept - step
+    masks: dict[tuple[bool, bool], torch.Tensor] = {}
+
+    def mask(halve_start: bool, halve_end: bool) -> torch.Tensor:
+        if (halve_start, halve_end) not in masks:
+            m = torch.zeros(window)
+            m[trim : window - trim] = 1
+            if halve_start:
+                m[: trim + shared] *= 0.5
+            if halve_end:
+                m[window - trim - shared :] *= 0.5
+            masks[halve_start, halve_end] = m
+        return masks[halve_start, halve_end]
+
+    overlapping = overlap > 0
+    chunks = []
+    for c in range(max(1, math.ceil((length - kept) / step) + 1)):
+        start = c * step
+        first = trim if start < trim else 0
+        if start + kept > length:  # the last chunk
+            chunk = Chunk(start - trim, mask(overlapping and c > 0, False), (first, window))
+        elif start + kept + trim < length:
+            halve_end = overlapping and start + step < length
+            chunk = Chunk(start - trim, mask(overlapping and c > 0, halve_end), (first, window))
+        else:
+            chunk = Chunk(start - trim, mask(False, False), (first, window - trim))
+        chunks.append(chunk)
+    return chunks
+
+
+def plan_chunks(
+    params: dict[str, Any], length: int, protocol: str, overlap: float, min_trim: int
+) -> tuple[list[Chunk], int]:
+    """The chunks of a track of ``length`` samples for this model config, and the window length."""
+    hop, num_frame = params["hop_length"], params["num_frame"]
+    window = window_samples(num_frame, hop)
+    if protocol == "crossfade":
+        return crossfade_plan(length, window, edge_trim(hop, num_frame, min_trim), overlap), window
+    trim = official_trim(hop, min_trim)
+    if window - 2 * trim <= 0:
+        raise SeparationError(
+            f"the official protocol trims {trim} samples at each side of a {window}-sample window "
+            f"(hop_length * (num_frame - 1)), which leaves nothing; lower min_trim or use the crossfade protocol"
+        )
+    return official_plan(length, window, trim, overlap), window
+
+
+# ---------------------------------------------------------------------------------------
+# Running the model
+def check_options(
+    targets: Iterable[str],
+    overlap: float,
+    batch_size: int,
+    protocol: str = "crossfade",
+    min_trim: int = EDGE_SAMPLES,
+    precision: str = "float32",
+) -> tuple[str, ...]:
     """Validate the separation options (before any work starts); returns the targets as a tuple."""
     targets = tuple(targets)
     if not targets or any(t not in TARGETS for t in targets):
         raise SeparationError(f"targets {','.join(targets) or '(none)'}: choose one or more of {', '.join(TARGETS)}")
-    if not 0 <= overlap <= 0.9:
-        raise SeparationError(f"overlap {overlap}: must be between 0 and 0.9")
+    if protocol not in PROTOCOLS:
+        raise SeparationError(f"protocol {protocol!r}: choose {' or '.join(PROTOCOLS)}")
+    top = 0.5 if protocol == "official" else 0.9
+    if not 0 <= overlap <= top:
+        raise SeparationError(f"overlap {overlap}: must be between 0 and {top} with the {protocol} protocol")
     if batch_size < 1:
         raise SeparationError(f"batch size {batch_size}: must be at least 1")
+    if min_trim < 0:
+        raise SeparationError(f"min_trim {min_trim}: must be at least 0 samples")
+    if precision not in PRECISIONS:
+        raise SeparationError(f"precision {precision!r}: choose {' or '.join(PRECISIONS)}")
     return targets
 
 
@@ -77,52 +181,64 @@ def separate_track(
     overlap: float = 0.5,
     batch_size: int = 4,
     device: str | torch.device = "auto",
+    protocol: str = "crossfade",
+    min_trim: int = EDGE_SAMPLES,
+    precision: str = "float32",
 ) -> dict[str, np.ndarray]:
     """Separate a whole stereo 44.1 kHz track ``[L, 2]`` into ``{target: float32 [L, 2]}``.
 
-    Runs batches of (chunk, target) pairs through the model in eval mode; on a GPU with bf16,
-    under bf16 autocast. Moves the model to ``device``.
+    Runs batches of (chunk, target) pairs through the model in eval mode, in float32 or, with
+    ``precision="bf16"``, under bf16 autocast. Moves the model to ``device``.
     """
-    targets = check_options(targets, overlap, batch_size)
+    targets = check_options(targets, overlap, batch_size, protocol, min_trim, precision)
     if mixture.ndim != 2 or mixture.shape[1] != 2 or len(mixture) == 0:
         raise SeparationError(f"expected a stereo mixture [samples, 2], got shape {mixture.shape}")
     dev = resolve_device(device)
+    if precision == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise SeparationError(f"precision bf16: {dev} does not support bfloat16; use float32")
     model = model.to(dev).eval()
-    hop, num_frame = model.params["hop_length"], model.params["num_frame"]
-    window, edge = window_samples(num_frame, hop), edge_trim(hop, num_frame)
-    fade, step = crossfade(window - 2 * edge, overlap)
-    kept, shared = len(fade), len(fade) - step
-
     length = len(mixture)
-    n_chunks = math.ceil((length + shared) / step)
-    lead = edge + shared  # padding before sample 0: the dropped edge plus the fade-in
-    padded = torch.zeros((n_chunks - 1) * step + window, 2, device=dev)
-    padded[lead : lead + length] = torch.as_tensor(mixture, dtype=torch.float32, device=dev)
-    chunks = padded.unfold(0, window, step).transpose(1, 2)  # [n_chunks, window, 2] (a view)
-    fade_t = torch.as_tensor(fade, dtype=torch.float32, device=dev)[:, None]
-    out = torch.zeros(len(targets), len(padded), 2, device=dev)
+    chunks, window = plan_chunks(model.params, length, protocol, overlap, min_trim)
 
-    pairs = [(c, k) for c in range(n_chunks) for k in range(len(targets))]
-    bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    # The track in a buffer that holds every window: track sample i at index lead + i.
+    lead = max(0, -chunks[0].start)
+    size = lead + max(length, chunks[-1].start + window)
+    padded = torch.zeros(size, 2, device=dev)
+    padded[lead : lead + length] = torch.as_tensor(mixture, dtype=torch.float32, device=dev)
+    out = torch.zeros(len(targets), size, 2, device=dev)
+
+    weights = {id(chunk.weight): chunk.weight.to(dev)[:, None] for chunk in chunks}  # a few distinct ones
+
+    def window_audio(chunk: Chunk) -> torch.Tensor:
+        audio = padded[lead + chunk.start : lead + chunk.start + window]
+        if chunk.audible == (0, window):
+            return audio
+        silent = torch.ones(window, 1, dtype=torch.bool, device=dev)
+        silent[chunk.audible[0] : chunk.audible[1]] = False
+        return audio.masked_fill(silent, 0)
+
+    pairs = [(c, k) for c in range(len(chunks)) for k in range(len(targets))]
     with torch.inference_mode():
-        for start in range(0, len(pairs), batch_size):
-            batch = pairs[start : start + batch_size]
-            ids = torch.tensor([c for c, _ in batch], device=dev)
+        for first in range(0, len(pairs), batch_size):
+            batch = pairs[first : first + batch_size]
+            ids = sorted({c for c, _ in batch})  # one STFT per chunk, shared by its targets
+            spec = model.front.stft(torch.stack([window_audio(chunks[c]) for c in ids]))
+            spec = spec[[ids.index(c) for c, _ in batch]]
             condition = torch.tensor([TARGETS.index(targets[k]) for _, k in batch], device=dev)
-            unique, inverse = torch.unique(ids, return_inverse=True)  # one STFT per chunk
-            spec = model.front.stft(chunks[unique])[inverse]
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 estimate = model(spec, condition)
-            waves = model.front.istft(estimate.float(), length=window)[:, edge : edge + kept] * fade_t
+            waves = model.front.istft(estimate.float(), length=window)
             for (c, k), wave in zip(batch, waves):
-                out[k, c * step + edge : c * step + edge + kept] += wave
+                begin = lead + chunks[c].start
+                out[k, begin : begin + window] += wave * weights[id(chunks[c].weight)]
     result = out[:, lead : lead + length].cpu().numpy()
     return {target: result[k] for k, target in enumerate(targets)}
 
 
 # ---------------------------------------------------------------------------------------
 # The separate stage and the command line
-def load_separator(weights_path: str | Path) -> Separator:
+def load_model(weights_path: str | Path) -> Separator:
+    """Our weights file (``models/weights.pt``), with a separation error naming it."""
     try:
         return load_weights(weights_path)
     except (FileNotFoundError, ValueError) as e:
@@ -141,14 +257,18 @@ def separate_tracks(
     overlap: float = 0.5,
     batch_size: int = 8,
     device: str = "auto",
+    protocol: str = "crossfade",
+    min_trim: int = EDGE_SAMPLES,
+    precision: str = "float32",
 ) -> Path:
     """The ``separate`` stage: every test track of ``cache`` -> ``out_dir/test/<track>/<target>.wav``.
 
     ``cache`` is anything with ``.tracks("test")`` and ``.load_audio(name)`` (``lightsaft.data.cache.Cache``).
-    The layout is MUSDB's estimates layout, which museval reads.
+    The layout is MUSDB's estimates layout, which museval reads. The options are :func:`separate_track`'s.
     """
-    check_options(TARGETS, overlap, batch_size)
-    model = load_separator(weights_path)
+    options = dict(overlap=overlap, batch_size=batch_size, protocol=protocol, min_trim=min_trim, precision=precision)
+    check_options(TARGETS, **options)
+    model = load_model(weights_path)
     tracks = cache.tracks("test")
     if not tracks:
         raise SeparationError("the cache holds no test tracks; rerun the prepare stage")
@@ -159,92 +279,6 @@ def separate_tracks(
     with inference_device(device) as dev, atomic_dir(out_dir) as tmp:
         for track in tqdm(tracks, desc="separate", unit="track"):
             mixture = cache.load_audio(track, stems=("mixture",))["mixture"]
-            estimates = separate_track(model, mixture, overlap=overlap, batch_size=batch_size, device=dev)
+            estimates = separate_track(model, mixture, device=dev, **options)
             _write_estimates(tmp / "test" / track, estimates, SAMPLE_RATE)
     return out_dir
-
-
-def song_name(path: str | Path) -> str:
-    """``a/Song.stem.mp4`` -> ``Song``, ``a/Song.wav`` -> ``Song``."""
-    stem = Path(path).stem
-    return stem.removesuffix(".stem") or stem
-
-
-def _writable_dir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        raise SeparationError(
-            f"{path}: cannot write the output folder: {e.strerror or e}; choose another --out"
-        ) from None
-
-
-def separate_song(
-    model: Separator,
-    song: str | Path,
-    folder: Path,
-    targets: Sequence[str],
-    overlap: float,
-    batch_size: int,
-    device: str | torch.device,
-) -> None:
-    """One file of any rate, mono or stereo -> ``folder/<target>.wav`` at its own rate and length.
-
-    A ``.stem.mp4`` contributes stream 0, its mixture. Mono input gives mono estimates (the
-    mean of the two channels separated from the duplicated mono signal).
-    """
-    audio, rate = read_audio(song, stream=0)
-    if len(audio) == 0:
-        raise AudioError(f"{song}: holds no audio samples")
-    stereo = resample(to_stereo(audio, song), rate, SAMPLE_RATE)
-    estimates = separate_track(model, stereo, targets, overlap, batch_size, device)
-    for target, estimate in estimates.items():
-        estimate = resample(estimate, SAMPLE_RATE, rate)[: len(audio)]
-        estimate = np.pad(estimate, ((0, len(audio) - len(estimate)), (0, 0)))
-        if audio.shape[1] == 1:
-            estimate = estimate.mean(axis=1, keepdims=True)
-        write_audio(folder / f"{target}.wav", estimate, rate)
-
-
-def separate_songs(
-    songs: Sequence[str | Path],
-    weights_path: str | Path,
-    out_dir: str | Path,
-    targets: Sequence[str] = TARGETS,
-    overlap: float = 0.5,
-    batch_size: int = 4,
-    device: str = "auto",
-) -> list[str]:
-    """``lightsaft separate``: each song -> ``out_dir/<song>/<target>.wav``; returns the failures.
-
-    A song that cannot be read is reported (on stderr, naming it) and skipped; the rest still
-    run. Problems that stop everything (targets, weights, output folder) raise SeparationError.
-    """
-    targets = check_options(targets, overlap, batch_size)
-    resolve_device(device)
-    out_dir = Path(out_dir)
-    _writable_dir(out_dir)
-    model = load_separator(weights_path)
-    with inference_device(device) as dev:
-        return _separate_each(model, songs, out_dir, targets, overlap, batch_size, dev)
-
-
-def _separate_each(model, songs, out_dir, targets, overlap, batch_size, device) -> list[str]:
-    failures: list[str] = []
-    seen: dict[str, Path] = {}
-    for song in tqdm([Path(s) for s in songs], desc="separate", unit="song"):
-        name = song_name(song)
-        try:
-            if name in seen:
-                raise SeparationError(
-                    f"{song}: writes {out_dir / name}, as {seen[name]} already does; "
-                    f"rename one of them or separate them into different --out folders"
-                )
-            seen[name] = song
-            separate_song(model, song, out_dir / name, targets, overlap, batch_size, device)
-        except (AudioError, SeparationError, OSError) as e:
-            failures.append(str(e))
-            tqdm.write(f"error: {e}", file=sys.stderr)
-    return failures

@@ -223,7 +223,12 @@ def test_every_torch_load_refuses_code():
     loaders = {"load", "fit", "load_from_checkpoint"}
     calls = []
     for path in [*(REPO / "src").rglob("*.py"), *(REPO / "pipeline").glob("*.py"), *(REPO / "benchmarks").glob("*.py")]:
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        # The one exception: import-official --trust, full unpickling the user asked for by name.
+        trusted = {id(n) for f in ast.walk(tree) if getattr(f, "name", None) == "load_trusted" for n in ast.walk(f)}
+        for node in ast.walk(tree):
+            if id(node) in trusted:
+                continue
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in loaders:
                 target = ast.unparse(node.func.value)
                 if node.func.attr == "load" and target != "torch":

@@ -54,13 +54,16 @@ def load_official_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Te
     net = getattr(model, "net", model)
     ours = net.state_dict()
     converted: dict[str, torch.Tensor] = {}
+    first = None  # the first offending key in the file's order: usually the cause
     unknown, mismatched = [], []
     for key, tensor in state_dict.items():
         name = official_to_ours(key)
         if name is None or name not in ours:
             unknown.append(key if name is None else f"{key} (-> {name})")
+            first = first or unknown[-1]
         elif tuple(ours[name].shape) != tuple(tensor.shape):
             mismatched.append(f"{key}: official {tuple(tensor.shape)} vs ours {tuple(ours[name].shape)}")
+            first = first or mismatched[-1]
         else:
             converted[name] = tensor
     missing = sorted(set(ours) - set(converted) - {official_to_ours(k) for k in state_dict})
@@ -73,5 +76,9 @@ def load_official_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Te
         lines = [f"{title} ({len(items)}):\n  " + "\n  ".join(items) for title, items in problems if items]
         from . import WeightsError
 
-        raise WeightsError("official state_dict does not fit this model (check the model config):\n" + "\n".join(lines))
+        first = first or f"{missing[0]} (ours, no official value)"
+        raise WeightsError(
+            f"official state_dict does not fit this model (check the model config): first mismatch at {first}\n"
+            + "\n".join(lines)
+        )
     net.load_state_dict(converted, strict=True)

@@ -1,0 +1,218 @@
+"""The published LaSAFT / LightSAFT models: download, verify, import once into our weights format.
+
+The authors serve their checkpoints over plain http, so a checksum is the only integrity check:
+where one is published it is verified; otherwise the first download's sha256 is recorded
+(trust on first use) in ``.lightsaft/pretrained/sha256.json`` and every later download must
+match it. An imported model lives in ``.lightsaft/pretrained/<name>.pt`` (outside DVC's outputs,
+ignored by git) and is reused from there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data.tracks import DataError, file_sha256
+from .download import fetch
+from .errors import LightSAFTError
+from .model import save_weights
+from .model.checkpoint import OfficialModel, read_official
+from .paths import file_lock, project_root, write_text_atomic
+
+OFFICIAL_URL = "http://intelligence.korea.ac.kr/assets/"
+URL_ENV = "LIGHTSAFT_PRETRAINED_URL"  # base URL override (a mirror, or a test server)
+OFFICIAL_MIN_TRIM = 5000  # get_trim_length of the main official repository
+
+
+@dataclass(frozen=True)
+class Published:
+    sha256: str | None  # published beside the file; None: trust on first use
+    size: str  # for the manual-download hint
+
+
+PUBLISHED = {
+    "lasaft_large_2019": Published(None, "about 380 MB"),
+    "lasaft_large_2020": Published(
+        "d14d2dd27ed568f552be88e9ed4d8bb8ca2722e03c936ea16e8e260ab49da9f1", "378,945,635 bytes"
+    ),
+    "lasaft_large_2021": Published(None, "about 380 MB"),
+    "lightsaft_small_2020": Published(
+        "abaccde358dc06daa2faf2c0e6086731634a5260c0019e8eaecb50114aebc5bf", "50,358,956 bytes"
+    ),
+}
+# The MDX 2021 kit separates lightsaft_small_2020 with 16384 samples trimmed per window side.
+MIN_TRIM = {"lightsaft_small_2020": 16384}
+
+
+class PretrainedError(LightSAFTError, RuntimeError):
+    """A published model cannot be fetched or verified."""
+
+
+def cache_dir() -> Path:
+    return project_root() / ".lightsaft" / "pretrained"
+
+
+def default_min_trim(model: str | Path) -> int:
+    """Samples the official separation trims per window side for this model (name or path)."""
+    return MIN_TRIM.get(str(model), OFFICIAL_MIN_TRIM)
+
+
+def url_of(name: str) -> str:
+    base = os.environ.get(URL_ENV) or OFFICIAL_URL
+    return f"{base.rstrip('/')}/{name}.ckpt"
+
+
+# ---------------------------------------------------------------------------------------
+# Trust on first use: the hashes seen before
+def _known_path() -> Path:
+    return cache_dir() / "sha256.json"
+
+
+def recorded_sha256(name: str) -> str | None:
+    path = _known_path()
+    return json.loads(path.read_text()).get(name) if path.is_file() else None
+
+
+def _record_sha256(name: str, sha256: str) -> None:
+    path = _known_path()
+    with file_lock(cache_dir() / ".sha256.lock"):
+        known = json.loads(path.read_text()) if path.is_file() else {}
+        known[name] = sha256
+        write_text_atomic(path, json.dumps(known, indent=2, sort_keys=True) + "\n")
+
+
+def _expected(name: str, pinned: str | None) -> tuple[str | None, str]:
+    """The hash a download must have, and where it comes from."""
+    if pinned is not None:
+        return pinned.lower(), "pinned with --sha256"
+    if PUBLISHED[name].sha256 is not None:
+        return PUBLISHED[name].sha256, "published by the authors"
+    recorded = recorded_sha256(name)
+    if recorded is not None:
+        return recorded, f"recorded on first use in {_known_path()}"
+    return None, ""
+
+
+# ---------------------------------------------------------------------------------------
+# Download
+def fetch_published(name: str, sha256: str | None = None) -> tuple[Path, str, str]:
+    """Download (or reuse) a published checkpoint and verify it: ``(path, sha256, how it was verified)``.
+
+    A file whose hash differs is deleted. Offline, the error gives the URL and the manual steps.
+    """
+    url, dest = url_of(name), cache_dir() / "downloads" / f"{name}.ckpt"
+    with file_lock(cache_dir() / f".{name}.lock"):  # queued experiments share the download
+        try:
+            fetch(url, dest, allow_insecure_http=True)  # plain http for the authors' own files only
+        except DataError as e:
+            raise PretrainedError(
+                f"{name}: download failed: {e}\nto fetch it by hand: download {url} ({PUBLISHED[name].size}), "
+                f"save it as {dest}, and run the same command "
+                f"again (the file is verified then); or run `lightsaft import-official FILE` on your copy"
+            ) from None
+        actual = file_sha256(dest)
+        expected, source = _expected(name, sha256)
+        if expected is None:
+            _record_sha256(name, actual)
+            return (
+                dest,
+                actual,
+                f"trust on first use: no published hash; recorded in {_known_path()}, later downloads must match",
+            )
+        if actual != expected:
+            dest.unlink()
+            raise PretrainedError(
+                f"{name}: {url} sent a file with sha256 {actual}, but {expected} was {source}; the download "
+                f"was deleted. The file was altered (plain http) or replaced upstream: check before trusting it"
+            )
+        if PUBLISHED[name].sha256 is None and recorded_sha256(name) is None:
+            _record_sha256(name, actual)
+        return dest, actual, f"verified: {source}"
+
+
+# ---------------------------------------------------------------------------------------
+# Import
+@dataclass
+class Imported:
+    """An official checkpoint written as our weights file."""
+
+    source: str
+    sha256: str
+    verified: str  # how the source's hash was checked (or why it was not)
+    out: Path
+    official: OfficialModel
+    trusted: bool
+
+    def summary(self) -> str:
+        o = self.official
+        config = ", ".join(f"{k}={v}" for k, v in o.params.items() if k != "variant")
+        lines = [
+            f"imported {self.source}",
+            f"  sha256 {self.sha256} ({self.verified})",
+            f"  variant {o.params['variant']}, {o.parameter_count:,} parameters",
+            f"  config: {config}",
+            f"  stft window: periodic Hann of n_fft, max deviation {o.window_deviation:.2g} (dropped; ours is exact)",
+        ]
+        if o.training_keys:
+            lines.append(f"  training-only hyper-parameters, ignored: {', '.join(o.training_keys)}")
+        if o.unknown_keys:
+            lines.append(f"  unknown hyper-parameters, ignored: {', '.join(o.unknown_keys)}")
+        if self.trusted:
+            lines.append("  --trust: loaded with full unpickling (any code in the file has run)")
+        lines.append(f"  -> {self.out}")
+        return "\n".join(lines)
+
+
+def default_out(source: str | Path, sha256: str) -> Path:
+    """Where an import lands: ``<name>.pt`` for a published name, ``<stem>-<sha256[:12]>.pt`` for a
+    file (two files of one name must not share a cache entry)."""
+    name = str(source) if str(source) in PUBLISHED else f"{Path(source).stem}-{sha256[:12]}"
+    return cache_dir() / f"{name}.pt"
+
+
+def import_official(
+    source: str | Path, out: str | Path | None = None, sha256: str | None = None, trust: bool = False
+) -> Imported:
+    """Import a published name or an official checkpoint file into our weights format (atomic write).
+
+    ``sha256`` pins the source's hash; ``trust`` allows full unpickling (files you trust only).
+    """
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise PretrainedError(f"--sha256 {sha256!r}: expected 64 hexadecimal digits")
+    if str(source) in PUBLISHED:
+        path, actual, verified = fetch_published(str(source), sha256)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: checkpoint not found (published names: {', '.join(PUBLISHED)})")
+        actual = file_sha256(path)
+        if sha256 is not None and actual != sha256.lower():
+            raise PretrainedError(f"{path}: sha256 {actual} does not match --sha256 {sha256}; nothing imported")
+        verified = "verified: pinned with --sha256" if sha256 else "a local file: not verified"
+    official = read_official(path, trust=trust)
+    out = Path(out) if out is not None else default_out(source, actual)
+    save_weights(out, official.model, official.params)
+    return Imported(str(source), actual, verified, out, official, trust)
+
+
+def is_official(model: str | Path) -> bool:
+    """A published name or an official checkpoint file (``.ckpt``), as opposed to our weights file."""
+    return str(model) in PUBLISHED or Path(model).suffix == ".ckpt"
+
+
+def resolve_weights(model: str | Path) -> Path:
+    """Our weights file for ``separate --model``: a name or an official file is imported once, then reused."""
+    if not is_official(model):
+        return Path(model)
+    if str(model) in PUBLISHED:
+        cached = default_out(model, "")
+    else:
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"{model}: checkpoint not found (published names: {', '.join(PUBLISHED)})")
+        cached = default_out(model, file_sha256(model))
+    if not cached.is_file():
+        print(import_official(model, cached).summary())
+    return cached

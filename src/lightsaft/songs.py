@@ -1,0 +1,129 @@
+"""``lightsaft separate``: any songs, any model (ours, an official checkpoint, a published name).
+
+Files of any rate, mono or stereo, wav/flac/mp3/... or a MUSDB ``.stem.mp4``; each song becomes
+``<out>/<song>/<target>.wav`` at its own rate and length. Separation itself is
+:func:`lightsaft.separate.separate_track`.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .data.audio import AudioError, read_audio, resample, to_stereo, write_audio
+from .devices import inference_device, resolve_device
+from .model import Separator, load_weights
+from .separate import SeparationError, check_options, separate_track
+from .spectral import SAMPLE_RATE, TARGETS
+
+
+def load_separator(model: str | Path) -> Separator:
+    """Our weights file, or a published name / official checkpoint (imported once, then reused)."""
+    from .pretrained import resolve_weights
+
+    try:
+        return load_weights(resolve_weights(model))
+    except (FileNotFoundError, ValueError) as e:
+        raise SeparationError(str(e)) from None
+
+
+def song_name(path: str | Path) -> str:
+    """``a/Song.stem.mp4`` -> ``Song``, ``a/Song.wav`` -> ``Song``."""
+    stem = Path(path).stem
+    return stem.removesuffix(".stem") or stem
+
+
+def _writable_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise SeparationError(
+            f"{path}: cannot write the output folder: {e.strerror or e}; choose another --out"
+        ) from None
+
+
+def separate_song(model: Separator, song: str | Path, folder: Path, **options: Any) -> None:
+    """One file of any rate, mono or stereo -> ``folder/<target>.wav`` at its own rate and length.
+
+    A ``.stem.mp4`` contributes stream 0, its mixture. Mono input gives mono estimates (the
+    mean of the two channels separated from the duplicated mono signal). ``options`` are
+    :func:`separate_track`'s.
+    """
+    audio, rate = read_audio(song, stream=0)
+    if len(audio) == 0:
+        raise AudioError(f"{song}: holds no audio samples")
+    stereo = resample(to_stereo(audio, song), rate, SAMPLE_RATE)
+    estimates = separate_track(model, stereo, **options)
+    for target, estimate in estimates.items():
+        estimate = resample(estimate, SAMPLE_RATE, rate)[: len(audio)]
+        estimate = np.pad(estimate, ((0, len(audio) - len(estimate)), (0, 0)))
+        if audio.shape[1] == 1:
+            estimate = estimate.mean(axis=1, keepdims=True)
+        write_audio(folder / f"{target}.wav", estimate, rate)
+
+
+def separate_songs(
+    songs: Sequence[str | Path],
+    model: str | Path,
+    out_dir: str | Path,
+    targets: Sequence[str] = TARGETS,
+    overlap: float = 0.5,
+    batch_size: int = 4,
+    device: str = "auto",
+    protocol: str = "crossfade",
+    min_trim: int | None = None,
+    precision: str = "float32",
+) -> list[str]:
+    """``lightsaft separate``: each song -> ``out_dir/<song>/<target>.wav``; returns the failures.
+
+    ``model``: our weights file, a published name or an official checkpoint. ``min_trim`` None
+    is the official amount for that model. A song that cannot be read is reported (on stderr,
+    naming it) and skipped; the rest still run. Problems that stop everything (options, weights,
+    output folder) raise SeparationError.
+    """
+    from .pretrained import default_min_trim
+
+    min_trim = default_min_trim(model) if min_trim is None else min_trim
+    targets = check_options(targets, overlap, batch_size, protocol, min_trim, precision)
+    options = dict(
+        targets=targets,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        protocol=protocol,
+        min_trim=min_trim,
+        precision=precision,
+    )
+    resolve_device(device)
+    out_dir = Path(out_dir)
+    _writable_dir(out_dir)
+    separator = load_separator(model)
+    with inference_device(device) as dev:
+        return _separate_each(separator, songs, out_dir, {**options, "device": dev})
+
+
+def _separate_each(separator: Separator, songs: Sequence[str | Path], out_dir: Path, options: dict) -> list[str]:
+    failures: list[str] = []
+    seen: dict[str, Path] = {}
+    for song in tqdm([Path(s) for s in songs], desc="separate", unit="song"):
+        name = song_name(song)
+        try:
+            if name in seen:
+                raise SeparationError(
+                    f"{song}: writes {out_dir / name}, as {seen[name]} already does; "
+                    f"rename one of them or separate them into different --out folders"
+                )
+            seen[name] = song
+            separate_song(separator, song, out_dir / name, **options)
+        except (AudioError, SeparationError, OSError) as e:
+            failures.append(str(e))
+            tqdm.write(f"error: {e}", file=sys.stderr)
+    return failures
