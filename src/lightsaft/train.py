@@ -141,6 +141,7 @@ def _train(params: dict[str, Any], cache: Cache, run_dir: Path, devices: Any) ->
         run_dir,
         resume_from is not None,
         params["mlflow"]["experiment"],
+        f"{m['variant']}-dk{m['dk']}-tdfs{m['num_tdfs']}",
         {**flatten({s: params[s] for s in SECTIONS}), **_data_params(cache)},
         _tags(params, cache),
     )
@@ -232,7 +233,6 @@ def _data_params(cache: Cache) -> dict[str, Any]:
 def _tags(params: dict[str, Any], cache: Cache) -> dict[str, str]:
     m = params["model"]
     return {
-        "mlflow.runName": f"{m['variant']}-dk{m['dk']}-tdfs{m['num_tdfs']}",
         "variant": m["variant"],
         "stage": "train",
         "data_manifest_sha256": cache.digest(),

@@ -28,9 +28,10 @@ class TrainingRun:
 
     @classmethod
     def open(
-        cls, run_dir: Path, resume: bool, experiment: str, params: dict[str, Any], tags: dict[str, str]
+        cls, run_dir: Path, resume: bool, experiment: str, name: str, params: dict[str, Any], tags: dict[str, str]
     ) -> TrainingRun:
-        """Reopen the run of an interrupted training (``resume``) or create a new one with ``params``."""
+        """Reopen the run of an interrupted training (``resume``) or create a new one with ``params``,
+        named after the DVC experiment that runs it, else ``name``."""
         client = tracking.client()
         record = run_dir / RECORD
         if resume and record.exists():
@@ -38,7 +39,7 @@ class TrainingRun:
             client.update_run(run_id, status="RUNNING")
             return cls(client, run_id, experiment)
         exp_id = tracking.experiment_id(client, experiment)
-        name = os.environ.get("DVC_EXP_NAME") or tags.get("mlflow.runName") or "training"
+        name = os.environ.get("DVC_EXP_NAME") or name
         run_id = client.create_run(exp_id, run_name=name, tags={**tracking.git_tags(), **tags}).info.run_id
         tracking.log_params(client, run_id, flatten(params))
         tracking.write_run_file(record, run_id, experiment)
