@@ -23,9 +23,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightsaft.config import defaults
-from lightsaft.data.cache import Cache, prepare
+from lightsaft.data.cache import Cache
 from lightsaft.data.datasets import TrainDataset
 from lightsaft.download import download
+from lightsaft.prepare import prepare
 from lightsaft.spectral import SAMPLE_RATE, TARGETS, SpectralFrontEnd, window_samples
 
 N_FFT, HOP, NUM_FRAME, BATCH = 4096, 1024, 128, 8

@@ -119,8 +119,8 @@ def make_project(root: Path) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_cache(tmp_path_factory):
     """The tiny synthetic set, downloaded (generated) and prepared once per test session."""
-    from lightsaft.data.cache import prepare
     from lightsaft.download import download
+    from lightsaft.prepare import prepare
 
     root = make_project(tmp_path_factory.mktemp("synthetic"))
     params = tiny_params()
@@ -190,7 +190,8 @@ def small_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_cache(small_dataset):
-    from lightsaft.data.cache import Cache, prepare
+    from lightsaft.data.cache import Cache
+    from lightsaft.prepare import prepare
 
     return Cache(prepare(small_dataset, small_dataset.parent.parent / "cache", 256, 64))
 
@@ -198,7 +199,8 @@ def small_cache(small_dataset):
 @pytest.fixture(scope="session")
 def real_cache(tmp_path_factory):
     """80s Rock twice (train, and a copy as valid) and Falcon 69 (test), at the seed STFT."""
-    from lightsaft.data.cache import Cache, prepare
+    from lightsaft.data.cache import Cache
+    from lightsaft.prepare import prepare
 
     require_ffmpeg()
     folder = tmp_path_factory.mktemp("real")

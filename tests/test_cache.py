@@ -19,11 +19,12 @@ import soundfile as sf
 import torch
 from conftest import FALCON, REPO, ROCK, SYNTHETIC, dataset_json, shared_path
 
-from lightsaft.data import cache as cache_module
+from lightsaft import prepare as cache_module
 from lightsaft.data.audio import read_stems
-from lightsaft.data.cache import Cache, prepare
+from lightsaft.data.cache import Cache
 from lightsaft.data.tracks import STEMS, read_dataset
 from lightsaft.errors import DataError
+from lightsaft.prepare import prepare
 from lightsaft.spectral import TARGETS, SpectralFrontEnd
 
 
@@ -113,22 +114,54 @@ def _leftovers(folder):
     return sorted(p.name for p in folder.iterdir())
 
 
-def test_interrupted_prepare_keeps_the_previous_cache(small_dataset, tmp_path, monkeypatch):
+def test_interrupted_prepare_keeps_the_previous_cache_and_resumes(small_dataset, tmp_path, monkeypatch):
+    """Interrupted: the old cache stays whole; the next run reuses the tracks already finished."""
     out = prepare(small_dataset, tmp_path / "cache", 256, 64)
-    calls = []
+    calls, interrupted = [], []
 
     def failing_load(track):
         calls.append(track["name"])
-        if len(calls) == 2:
+        if len(calls) == 3 and not interrupted:
+            interrupted.append(track["name"])
             raise KeyboardInterrupt
         return real_load(track)
 
     real_load = cache_module.load_track
     monkeypatch.setattr(cache_module, "load_track", failing_load)
     with pytest.raises(KeyboardInterrupt):
-        prepare(small_dataset, out, 512, 128)
-    assert _leftovers(tmp_path) == ["cache"]  # no temporary folder left beside it
+        prepare(small_dataset, out, 512, 128, jobs=1)
+    assert _leftovers(tmp_path) == [".cache.tmp", "cache"]  # the partial one is hidden, never the output
     assert Cache(out, n_fft=256, hop_length=64).manifest["n_fft"] == 256
+    calls.clear()
+    prepare(small_dataset, out, 512, 128, jobs=1)
+    assert len(calls) == len(read_dataset(small_dataset)["tracks"]) - 2  # two were finished before
+    assert _leftovers(tmp_path) == ["cache"]
+    fresh = prepare(small_dataset, tmp_path / "fresh", 512, 128, jobs=1)
+    resumed_manifest = json.loads((out / "manifest.json").read_text())
+    fresh_manifest = json.loads((fresh / "manifest.json").read_text())
+    assert resumed_manifest["tracks"] == fresh_manifest["tracks"]
+    for entry in fresh_manifest["tracks"]:
+        if "spec" in entry:
+            np.testing.assert_array_equal(np.load(out / entry["spec"]), np.load(fresh / entry["spec"]))
+
+
+def test_tracks_are_prepared_in_parallel_workers(small_dataset, tmp_path):
+    """Two worker processes give the same cache as one."""
+    one = prepare(small_dataset, tmp_path / "one", 256, 64, jobs=1)
+    two = prepare(small_dataset, tmp_path / "two", 256, 64, jobs=2)
+    assert (
+        json.loads((one / "manifest.json").read_text())["tracks"]
+        == json.loads((two / "manifest.json").read_text())["tracks"]
+    )
+    for path in sorted(one.rglob("*.npy")):
+        np.testing.assert_array_equal(np.load(path), np.load(two / path.relative_to(one)))
+
+
+def test_only_the_test_tracks_for_a_pretrained_model(small_dataset, tmp_path):
+    cache = Cache(prepare(small_dataset, tmp_path / "cache", 256, 64, splits=("test",)))
+    assert cache.tracks("test") == ["synthetic test 000"] and not (tmp_path / "cache" / "spec").exists()
+    with pytest.raises(DataError, match="prepared without its train tracks"):
+        cache.tracks("train")
 
 
 def test_disk_space_is_checked_before_writing(small_dataset, tmp_path, monkeypatch, capsys):

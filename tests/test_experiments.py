@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -70,3 +72,33 @@ def test_shipped_studies_are_valid():
 def test_set_values_keep_their_yaml_types():
     args = experiments._set_args({"trainer.precision": "32", "model.dk": 16, "data.valid_tracks": None})
     assert args == ["-S", 'trainer.precision="32"', "-S", "model.dk=16", "-S", "data.valid_tracks=null"]
+
+
+def test_explicit_points_beside_a_grid(tmp_path):
+    (tmp_path / "s.yaml").write_text(
+        "study: mix\nset: {model.dk: 16}\ngrid: {model.num_tdfs: [2, 4]}\n"
+        "points:\n  - {name: wide, set: {model.internal_channels: 32}}\n"
+        "  - {name: pre, set: {train.pretrained: lasaft_large_2021, model.dk: 32}}\n"
+    )
+    points = load_study(tmp_path / "s.yaml").points()
+    assert [p.name for p in points] == ["mix-numtdfs2", "mix-numtdfs4", "mix-wide", "mix-pre"]
+    assert points[2].overrides == {"model.dk": 16, "model.internal_channels": 32}
+    assert points[3].overrides == {"model.dk": 32, "train.pretrained": "lasaft_large_2021"}
+    (tmp_path / "only.yaml").write_text("points:\n  - {name: a, set: {model.dk: 8}}\n")
+    assert [p.name for p in load_study(tmp_path / "only.yaml").points()] == ["only-a"]  # no base point
+
+
+@pytest.mark.parametrize(
+    "points, message",
+    [
+        ("{name: a}", "points must be a list"),
+        ("[{name: a, set: {model.dk: 8}}, {name: a, set: {model.dk: 4}}]", "point names repeat"),
+        ("[{name: 'a b', set: {}}]", "points[0].name 'a b' must be"),
+        ("[{name: a, set: {model.dkk: 8}}]", "unknown key model.dkk"),
+        ("[{name: a, sett: {}}]", "points[0] must be"),
+    ],
+)
+def test_bad_points_are_refused(tmp_path, points, message):
+    (tmp_path / "s.yaml").write_text(f"points: {points}\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_study(tmp_path / "s.yaml")

@@ -13,7 +13,6 @@ import torch
 from conftest import make_project, shared_path
 
 from lightsaft.cli import main
-from lightsaft.config import defaults
 from lightsaft.data.tracks import file_sha256
 from lightsaft.model import build_model, count_parameters, load_weights
 from lightsaft.model.checkpoint import (
@@ -25,7 +24,7 @@ from lightsaft.model.checkpoint import (
     network_state,
 )
 from lightsaft.model.official import load_official_state_dict
-from lightsaft.pretrained import PUBLISHED, URL_ENV, PretrainedError, Published, import_official
+from lightsaft.pretrained import PUBLISHED, URL_ENV, PretrainedError, Published, import_official, published_model
 
 # fixture -> the golden folder whose network it holds
 FIXTURES = {
@@ -109,8 +108,8 @@ def test_lasaft_large_listing_maps_onto_the_large_config():
         state[key] = torch.empty(eval(shape), dtype=getattr(torch, dtype.removeprefix("torch.")), device="meta")
     network = network_state(state, "listing")
     assert len(network) == len(state) - 1  # the STFT window is left out
-    large = {key: value for key, value in defaults()["model"].items() if key != "variant"}
-    large.update(tfc_tdf_bias=False, num_tdfs=6, dk=32, embedding_dim=64, tif_init_mode=None, lr=1e-4)
+    large = {key: value for key, value in published_model("lasaft_large_2021").items() if key != "variant"}
+    large.update(tif_init_mode=None, lr=1e-4)  # a real checkpoint's extra hyper-parameters
     params, training, unknown = model_params(large, detect_variant(list(network), "listing"), "listing")
     assert params["variant"] == "lasaft" and training == ["lr"] and unknown == ["tif_init_mode"]
     with torch.device("meta"):
@@ -236,7 +235,9 @@ def test_published_hash_is_verified(published, project, monkeypatch, capsys):
     data = fixture("lightsaft_tiny_2020_prefix.ckpt").read_bytes()
     published.files["/lightsaft_small_2020.ckpt"] = data
     sha256 = file_sha256(fixture("lightsaft_tiny_2020_prefix.ckpt"))
-    monkeypatch.setitem(PUBLISHED, "lightsaft_small_2020", Published(sha256, "1 MB"))
+    monkeypatch.setitem(
+        PUBLISHED, "lightsaft_small_2020", Published(sha256, "1 MB", PUBLISHED["lightsaft_small_2020"].model)
+    )
     assert main(["import-official", "lightsaft_small_2020"]) == 0
     assert f"sha256 {sha256} (verified: published by the authors)" in capsys.readouterr().out
     check_golden(cache(project) / "lightsaft_small_2020.pt", "lightsaft_tiny", "published")

@@ -125,7 +125,9 @@ def test_demo_then_rerun_rules_then_queued_ablation(tmp_path):
     set_params(repo, train__lr=params["train"]["lr"] / 2)
     changed = json.loads(run(repo, "dvc", "status", "--json", stdout_only=True))
     assert set(changed) == {"train"}, changed  # download/prepare untouched by train.*
-    set_params(repo, train__lr=params["train"]["lr"], evaluate__jobs=1)
+    set_params(repo, train__lr=params["train"]["lr"], runtime__evaluate={"jobs": 1, "device": "cpu"})
+    assert not ran_stages(run(repo, "dvc", "repro")), "runtime settings must rerun nothing"
+    set_params(repo, evaluate__engine="museval")
     log = run(repo, "dvc", "repro")
     assert ran_stages(log) <= {"evaluate", "report"} and "evaluate" in ran_stages(log), log[-3000:]
     run(repo, "git", "checkout", "params.yaml", "dvc.lock")

@@ -118,6 +118,9 @@ def _plot(summary: pd.DataFrame, study: Study, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = list(study.grid)
+    if not keys:  # explicit points only: test SDR per target, one group of bars per finished point
+        _plot_points(summary, study, path, plt)
+        return
     fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(5 * max(len(keys), 1), 3.6), squeeze=False)
     if summary.empty or "sdr_mean_mean" not in summary:
         axes[0][0].text(0.5, 0.5, "no finished points", ha="center")
@@ -145,6 +148,26 @@ def _plot(summary: pd.DataFrame, study: Study, path: Path) -> None:
             if others:
                 ax.legend(fontsize=7)
     fig.suptitle(f"{study.name}: test SDR (mean over targets; bars: std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_points(table: pd.DataFrame, study: Study, path: Path, plt) -> None:
+    done = table[table["status"] == "done"] if "status" in table else table
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(done) + 2), 3.6))
+    if done.empty:
+        ax.text(0.5, 0.5, "no finished points", ha="center")
+    for i, target in enumerate(TARGETS):
+        column = f"sdr_{target}"
+        if column in done:
+            ax.bar([j + 0.2 * (i - 1.5) for j in range(len(done))], done[column], width=0.2, label=target)
+    ax.set_xticks(range(len(done)), [name.removeprefix(f"{study.name}-") for name in done["experiment"]],
+                  rotation=20, ha="right", fontsize=7)  # fmt: skip
+    ax.set_ylabel("test SDR (dB)")
+    if not done.empty:
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{study.name}: test SDR per target")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

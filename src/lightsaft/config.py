@@ -254,6 +254,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "augment_gain": (False, boolean()),
         "augment_channel_swap": (False, boolean()),
         "valid_chunks_per_track": (None, integer(1, nullable=True)),
+        "pretrained": (None, text(nullable=True)),
     },
     "trainer": {
         "accelerator": ("auto", choice("auto", "cpu", "gpu", "cuda", "mps")),
@@ -298,6 +299,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "experiment": ("lightsaft", text()),
     },
     RUNTIME: {
+        "prepare": {
+            "jobs": ("auto", one_of(choice("auto"), integer(1), hint="expected auto or a number of worker processes")),
+        },
         "train": {
             "resume": (False, boolean()),
             "num_workers": (2, integer(0)),

@@ -45,7 +45,7 @@ class StageSpec:
 
 STAGES: dict[str, StageSpec] = {
     "download": StageSpec(("data",), (), (RAW,)),
-    "prepare": StageSpec(("prepare", "model.n_fft", "model.hop_length"), (RAW,), (CACHE,)),
+    "prepare": StageSpec(("prepare", "model.n_fft", "model.hop_length", "train.pretrained"), (RAW,), (CACHE,)),
     "train": StageSpec(
         ("model", "train", "trainer", "mlflow"),
         (CACHE,),

@@ -14,13 +14,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .data.tracks import DataError, file_sha256
-from .download import fetch
-from .errors import LightSAFTError
-from .model import save_weights
+from .config import defaults, validate_section
+from .data.tracks import file_sha256
+from .errors import DataError, LightSAFTError
+from .fetch import fetch
+from .model import Separator, load_weights, save_weights
 from .model.checkpoint import OfficialModel, read_official
-from .paths import file_lock, project_root, write_text_atomic
+from .paths import file_lock, in_project, project_root, write_text_atomic
 
 OFFICIAL_URL = "http://intelligence.korea.ac.kr/assets/"
 URL_ENV = "LIGHTSAFT_PRETRAINED_URL"  # base URL override (a mirror, or a test server)
@@ -31,18 +33,31 @@ OFFICIAL_MIN_TRIM = 5000  # get_trim_length of the main official repository
 class Published:
     sha256: str | None  # published beside the file; None: trust on first use
     size: str  # for the manual-download hint
+    model: dict[str, Any]  # its model section: what differs from the seed config (params.yaml's defaults)
 
 
+# LaSAFT-Net-v1 GPoCM, the large model of the ICASSP 2021 paper (Table 2); one checkpoint per training seed.
+LASAFT_LARGE = {"variant": "lasaft", "tfc_tdf_bias": False, "num_tdfs": 6, "dk": 32, "embedding_dim": 64}
+# The LightSAFT entry to the Music Demixing Challenge 2021 (ws-choi/music-demixing-challenge-starter-kit).
+LIGHTSAFT_SMALL = {"n_fft": 2048, "num_frame": 256, "internal_channels": 16, "num_tdfs": 16, "dk": 64,
+                   "embedding_dim": 64, "tfc_tdf_bias": False}  # fmt: skip
 PUBLISHED = {
-    "lasaft_large_2019": Published(None, "about 380 MB"),
+    "lasaft_large_2019": Published(None, "about 380 MB", LASAFT_LARGE),
     "lasaft_large_2020": Published(
-        "d14d2dd27ed568f552be88e9ed4d8bb8ca2722e03c936ea16e8e260ab49da9f1", "378,945,635 bytes"
+        "d14d2dd27ed568f552be88e9ed4d8bb8ca2722e03c936ea16e8e260ab49da9f1", "378,945,635 bytes", LASAFT_LARGE
     ),
-    "lasaft_large_2021": Published(None, "about 380 MB"),
+    "lasaft_large_2021": Published(None, "about 380 MB", LASAFT_LARGE),
     "lightsaft_small_2020": Published(
-        "abaccde358dc06daa2faf2c0e6086731634a5260c0019e8eaecb50114aebc5bf", "50,358,956 bytes"
+        "abaccde358dc06daa2faf2c0e6086731634a5260c0019e8eaecb50114aebc5bf", "50,358,956 bytes", LIGHTSAFT_SMALL
     ),
 }
+
+
+def published_model(name: str) -> dict[str, Any]:
+    """The complete model section of a published checkpoint (official_ckpt facts, see README)."""
+    return validate_section("model", {**defaults()["model"], **PUBLISHED[name].model})
+
+
 # The MDX 2021 kit separates lightsaft_small_2020 with 16384 samples trimmed per window side.
 MIN_TRIM = {"lightsaft_small_2020": 16384}
 
@@ -216,3 +231,33 @@ def resolve_weights(model: str | Path) -> Path:
     if not cached.is_file():
         print(import_official(model, cached).summary())
     return cached
+
+
+@dataclass
+class Pretrained:
+    """A model given rather than trained (``train.pretrained``), with where it came from."""
+
+    model: Separator
+    source: str
+    sha256: str  # of the file it came from (the official checkpoint, or our weights file)
+    verified: str
+
+
+def load_pretrained(source: str | Path) -> Pretrained:
+    """A published name, an official checkpoint or our weights file as our model (official ones
+    are imported once into the pretrained cache). Relative paths are relative to the project."""
+    name = str(source)
+    if name in PUBLISHED:
+        weights = resolve_weights(name)
+        sha256 = (
+            PUBLISHED[name].sha256 or recorded_sha256(name) or file_sha256(cache_dir() / "downloads" / f"{name}.ckpt")
+        )
+        how = "published sha256" if PUBLISHED[name].sha256 else "sha256 recorded on first download"
+        return Pretrained(load_weights(weights), name, sha256, how)
+    path = in_project(source)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"train.pretrained = {name!r}: no such file, and not a published name ({', '.join(PUBLISHED)})"
+        )
+    weights = resolve_weights(path) if is_official(path) else path
+    return Pretrained(load_weights(weights), name, file_sha256(path), "a local file")

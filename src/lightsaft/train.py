@@ -35,6 +35,7 @@ from .devices import claim_devices, visible_gpus
 from .errors import LightSAFTError, Terminated
 from .model import Separator, count_parameters, save_weights
 from .paths import atomic_path, file_lock, project_root, write_text_atomic
+from .pretrained import load_pretrained
 from .training.callbacks import EpochCurves, InterruptCheckpoint
 from .training.lightning_module import LightSAFTModule
 from .training.run import TrainingRun
@@ -94,9 +95,68 @@ def train(params: dict[str, Any], cache_dir: str | Path = layout.CACHE) -> Train
     run_dir = project_root() / ".lightsaft" / "train" / fingerprint(params, cache)
     if rank_zero_only.rank != 0:  # DDP: the other ranks follow rank zero
         return _train(params, cache, run_dir, tr["devices"])
+    if params["train"]["pretrained"]:
+        with _exclusive(run_dir):
+            return _from_pretrained(params, cache, run_dir)
     gpus = visible_gpus() if tr["accelerator"] in ("auto", "gpu", "cuda") else []
     with _exclusive(run_dir), claim_devices(tr["devices"], gpus) as devices:
         return _train(params, cache, run_dir, devices)
+
+
+def _from_pretrained(params: dict[str, Any], cache: Cache, run_dir: Path) -> TrainResult:
+    """``train.pretrained``: the given model instead of a trained one, with the same outputs (its
+    weights, a Lightning checkpoint to fine-tune from, figures that say where it came from, curves
+    with their header only) and one MLflow run, so everything downstream works unchanged."""
+    started = time.time()
+    given = load_pretrained(params["train"]["pretrained"])
+    check_same_model(params["model"], given.model.params, given.source)
+    module = LightSAFTModule(params["model"], params["train"])
+    module.model.load_state_dict(given.model.state_dict())
+    if run_dir.exists():
+        TrainingRun.abandon(run_dir)
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    checkpoint = run_dir / "pretrained.ckpt"
+    torch.save(
+        {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 0, "global_step": 0,
+         "pytorch-lightning_version": pl.__version__},
+        checkpoint,
+    )  # fmt: skip
+    m = params["model"]
+    run = TrainingRun.open(
+        run_dir,
+        False,
+        params["mlflow"]["experiment"],
+        f"pretrained-{Path(given.source).stem}",
+        {**flatten({s: params[s] for s in SECTIONS}), **_data_params(cache)},
+        {**_tags(params, cache), "stage": "train (pretrained)", "pretrained": given.source,
+         "pretrained_sha256": given.sha256},
+    )  # fmt: skip
+    metrics = {
+        "pretrained": given.source,
+        "pretrained_sha256": given.sha256,
+        "pretrained_verified": given.verified,
+        "best_val_loss": None,
+        "epochs": 0,
+        "steps": 0,
+        "wall_time_s": round(time.time() - started, 1),
+        "param_count": count_parameters(module.model),
+        "variant": m["variant"],
+    }
+    return TrainResult(module.model, m, metrics, EpochCurves.header(), checkpoint, run, run_dir)
+
+
+def check_same_model(ours: dict[str, Any], theirs: dict[str, Any], source: str) -> None:
+    """The ``model`` section must describe the given model, so that the params MLflow records,
+    the STFT that ``prepare`` computes and everything downstream are truthful."""
+    differences = {key: value for key, value in theirs.items() if ours.get(key) != value}
+    if differences:
+        listing = "; ".join(f"model.{k} is {ours.get(k)!r}, the model has {v!r}" for k, v in differences.items())
+        sets = " ".join(f"-S model.{k}={json.dumps(v)}" for k, v in differences.items())
+        raise ConfigError(
+            f"train.pretrained = {source}: the model section does not describe this model: {listing}. "
+            f"Set these in params.yaml (or: dvc exp run {sets})"
+        )
 
 
 def _train(params: dict[str, Any], cache: Cache, run_dir: Path, devices: Any) -> TrainResult | None:

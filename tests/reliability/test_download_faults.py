@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from test_download import DUMMY, _sample_params
 
-from lightsaft import download as dl
+from lightsaft import fetch as dl
 from lightsaft.download import download
 from lightsaft.errors import DataError
 

@@ -239,7 +239,7 @@ def test_killed_prepare(tmp_path, raw, project):
         with pytest.raises(DataError, match="not a prepared cache"):
             Cache(root / "data" / "cache")
 
-    _kill_three_times_then_finish(root, "prepare", "lightsaft.data.cache:_prepare_track", ["data/cache"], refused)
+    _kill_three_times_then_finish(root, "prepare", "lightsaft.prepare:prepare_track", ["data/cache"], refused)
     cache, reference = Cache(root / "data" / "cache", 256, 64), Cache(project / "data" / "cache", 256, 64)
     assert cache.manifest == reference.manifest
     for name in cache.tracks("train"):

@@ -1,0 +1,110 @@
+"""``train.pretrained``: the train stage imports a given model instead of training one, and
+writes every output a training writes, so separate/evaluate/report run on it unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_project, shared_path, tiny_params, train_into
+from mlflow.tracking import MlflowClient
+
+from lightsaft.config import ConfigError
+from lightsaft.data.cache import Cache
+from lightsaft.data.tracks import file_sha256
+from lightsaft.experiments import load_study
+from lightsaft.model import load_weights
+from lightsaft.pretrained import published_model
+from lightsaft.train import TrainOutputs, train
+from lightsaft.training.lightning_module import LightSAFTModule
+
+
+def fixture(name: str):
+    return shared_path("reference", "official_ckpt", name)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    root = make_project(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return root
+
+
+def test_pretrained_official_checkpoint_replaces_training(project, synthetic_cache):
+    ckpt = fixture("lightsaft_tiny_2020_prefix.ckpt")
+    params = tiny_params(**{"train.pretrained": str(ckpt), "mlflow.experiment": "pretrained"})
+    metrics = train_into(project, params, synthetic_cache)
+    out = TrainOutputs.under(project)
+
+    golden = torch.load(shared_path("reference", "lightsaft_tiny", "golden.pt"), weights_only=True)
+    with torch.no_grad():
+        estimate = load_weights(out.weights).eval()(golden["input_spec"], golden["condition"])
+    torch.testing.assert_close(estimate, golden["output_eval"], atol=1e-5, rtol=1e-5)
+    module = LightSAFTModule.load_from_checkpoint(out.checkpoint, weights_only=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(module(golden["input_spec"], golden["condition"]), estimate)
+
+    sha256 = file_sha256(ckpt)
+    assert metrics["pretrained"] == str(ckpt) and metrics["pretrained_sha256"] == sha256 and metrics["steps"] == 0
+    assert json.loads(out.metrics.read_text()) == metrics
+    assert out.curves.read_text().splitlines() == ["epoch,step,train_loss,val_loss,lr,epoch_time_s,gpu_mem_gb"]
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("pretrained").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_id == json.loads(out.run_file.read_text())["run_id"]
+    assert run.data.params["train.pretrained"] == str(ckpt) and run.data.params["model.dk"] == "8"
+    assert run.data.params["data.source"] == "synthetic"
+    assert run.data.tags["pretrained"] == str(ckpt) and run.data.tags["pretrained_sha256"] == sha256
+    assert run.data.metrics["param_count"] == 71_988
+
+
+def test_a_model_section_that_differs_is_refused_with_every_difference(project, synthetic_cache):
+    params = tiny_params(
+        **{"train.pretrained": str(fixture("lightsaft_tiny_2020_prefix.ckpt")), "model.dk": 16, "model.num_tdfs": 2}
+    )
+    with pytest.raises(ConfigError) as error:
+        train(params, synthetic_cache)
+    message = str(error.value)
+    assert "model.dk is 16, the model has 8" in message and "model.num_tdfs is 2, the model has 4" in message
+    assert "dvc exp run -S model.num_tdfs=4 -S model.dk=8" in message  # in the schema's order
+    assert not (project / "models").exists() and not (project / "mlflow.db").exists()
+
+
+def test_a_pretrained_file_that_does_not_exist_is_named(project, synthetic_cache):
+    with pytest.raises(FileNotFoundError, match="train.pretrained = 'nowhere.ckpt': no such file"):
+        train(tiny_params(**{"train.pretrained": "nowhere.ckpt"}), synthetic_cache)
+
+
+def test_the_official_checkpoints_study_matches_the_published_configs():
+    """Each point's model section is its checkpoint's config, so the train stage accepts it."""
+    from conftest import REPO
+
+    from lightsaft.config import defaults
+    from lightsaft.experiments import set_dotted
+
+    study = load_study(REPO / "experiments" / "official_checkpoints.yaml")
+    assert len(study.points()) == 5
+    for point in study.points():
+        params = defaults()
+        for key, value in point.overrides.items():
+            set_dotted(params, key, value)
+        assert params["model"] == published_model(params["train"]["pretrained"]), point.name
+        assert params["separate"]["protocol"] == "official"
+
+
+def test_cache_without_training_tracks_is_enough(project, tmp_path_factory):
+    """What prepare writes for a pretrained model (test tracks only) suffices for the train stage."""
+    from conftest import dataset_json
+
+    from lightsaft.prepare import prepare
+
+    raw = dataset_json(
+        tmp_path_factory.mktemp("pretrained"),
+        source="synthetic",
+        synthetic={"train_tracks": 2, "valid_tracks": 1, "test_tracks": 1, "seconds": 1.0, "seed": 3},
+    )
+    cache = prepare(raw, raw.parent.parent / "cache", 256, 64, splits=("test",))
+    assert Cache(cache).tracks("test") and not (cache / "spec").exists()
+    params = tiny_params(**{"train.pretrained": str(fixture("lightsaft_tiny_2020_prefix.ckpt"))})
+    assert train_into(project, params, cache)["steps"] == 0
