@@ -10,7 +10,7 @@ from conftest import TINY_MODEL
 from torch import nn
 
 from lightsaft.devices import DeviceError
-from lightsaft.model import build_model
+from lightsaft.model import build_model, load_weights
 from lightsaft.separate import SeparationError, crossfade, edge_trim, separate_track, separate_tracks
 from lightsaft.songs import song_name
 from lightsaft.spectral import SAMPLE_RATE, TARGETS, SpectralFrontEnd, window_samples
@@ -181,3 +181,36 @@ def test_killed_stage_leaves_previous_output_untouched(tmp_path, weights):
 def test_stage_names_missing_weights(tmp_path):
     with pytest.raises(SeparationError, match="nope.pt: weights file not found"):
         separate_tracks(tmp_path / "nope.pt", MemoryCache({}), tmp_path / "out", device="cpu")
+
+
+def test_auto_batch_fits_a_share_of_the_free_memory(monkeypatch):
+    """``auto`` (the stage's and the CLI's default): as many pairs as a quarter of the free RAM holds
+    on the CPU, half the free GPU memory on CUDA, between 1 and MAX_AUTO_BATCH."""
+    import types
+
+    import psutil
+
+    from lightsaft.config import defaults
+    from lightsaft.separate import MAX_AUTO_BATCH, auto_batch_size, item_bytes
+
+    seed = defaults()["model"]
+    assert 350e6 < item_bytes(seed) < 450e6  # measured: 380 MB per item at the seed config
+    free = {"available": 0}
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(**free))
+    free["available"] = 8 * item_bytes(seed)
+    assert auto_batch_size(seed, torch.device("cpu")) == 2
+    free["available"] = 1
+    assert auto_batch_size(seed, torch.device("cpu")) == 1
+    free["available"] = 10**15
+    assert auto_batch_size(TINY_MODEL, torch.device("cpu")) == MAX_AUTO_BATCH
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (6 * item_bytes(seed), 10**11))
+    assert auto_batch_size(seed, torch.device("cuda", 1)) == 3
+
+
+def test_auto_batch_gives_the_same_estimates(weights):
+    model = load_weights(weights)
+    mixture = noise(3000, seed=4)
+    auto = separate_track(model, mixture, device="cpu")
+    one = separate_track(model, mixture, batch_size=1, device="cpu")
+    for target in auto:
+        np.testing.assert_allclose(auto[target], one[target], atol=1e-5)

@@ -116,6 +116,10 @@ def _import_official(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_size(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightsaft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,7 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", default="vocals,drums,bass,other", help="comma-separated (default: all four)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--overlap", type=float, default=0.5, help="fraction shared by neighbouring windows, 0-0.9")
-    p.add_argument("--batch-size", type=int, default=4, help="model windows per forward pass")
+    p.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default="auto",
+        help="(chunk, target) pairs per forward pass; auto (default): as many as a share of the free memory holds",
+    )
     p.add_argument(
         "--protocol",
         default="crossfade",

@@ -307,7 +307,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
             "num_workers": (2, integer(0)),
         },
         "separate": {
-            "batch_size": (8, integer(1)),
+            "batch_size": ("auto", one_of(choice("auto"), integer(1), hint="expected auto or a number of pairs")),
             "device": ("auto", _devices()),
         },
         "evaluate": {

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .data.audio import AudioError, read_audio, resample, to_stereo, write_audio
 from .devices import inference_device, resolve_device
 from .model import Separator, load_weights
-from .separate import SeparationError, check_options, separate_track
+from .separate import AUTO, SeparationError, check_options, separate_track
 from .spectral import SAMPLE_RATE, TARGETS
 
 
@@ -76,7 +76,7 @@ def separate_songs(
     out_dir: str | Path,
     targets: Sequence[str] = TARGETS,
     overlap: float = 0.5,
-    batch_size: int = 4,
+    batch_size: int | str = AUTO,
     device: str = "auto",
     protocol: str = "crossfade",
     min_trim: int | None = None,
