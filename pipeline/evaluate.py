@@ -1,9 +1,10 @@
 """DVC stage `evaluate`: results/estimates vs the data/cache test tracks -> results/scores,
 metrics/sdr.json, plots/sdr_per_target.csv, and an MLflow evaluation run under the training run."""
 
+import lightsaft.environment  # noqa: F401  (first: without our packages, one line instead of a traceback)
 from lightsaft import layout, tracking
 from lightsaft.data.cache import Cache
-from lightsaft.evaluate import evaluate_tracks, per_track_sdr, write_metrics, write_scores, write_sdr_plot
+from lightsaft.evaluate import evaluate_tracks, per_track_sdr, readable, write_metrics, write_scores, write_sdr_plot
 from lightsaft.stage import run_stage
 
 
@@ -13,7 +14,7 @@ def main(params: dict, args) -> None:
         Cache(layout.CACHE), layout.ESTIMATES, jobs=rt["jobs"], engine=params["evaluate"]["engine"], device=rt["device"]
     )
     write_scores(result, layout.SCORES)
-    print(result.summary.to_string(index=False, float_format="%.3f"))
+    print(readable(result.summary).to_string(index=False))
     result.check()  # failed tracks: the others' scores are written, metrics and plot are not
     write_metrics(layout.SDR_METRICS, result.metrics)
     write_sdr_plot(layout.SDR_PLOT, result.summary)

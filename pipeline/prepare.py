@@ -1,5 +1,6 @@
 """DVC stage `prepare`: decode every track once into the memory-mapped spectrogram cache."""
 
+import lightsaft.environment  # noqa: F401  (first: without our packages, one line instead of a traceback)
 from lightsaft import layout
 from lightsaft.data.tracks import SPLITS
 from lightsaft.prepare import prepare

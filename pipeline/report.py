@@ -1,5 +1,6 @@
 """DVC stage `report`: scores, estimates, training curves and weights -> results/report (+ MLflow)."""
 
+import lightsaft.environment  # noqa: F401  (first: without our packages, one line instead of a traceback)
 from lightsaft import layout
 from lightsaft.data.cache import Cache
 from lightsaft.report import build_report

@@ -1,5 +1,6 @@
 """DVC stage `separate`: the test tracks of data/cache through models/weights.pt -> results/estimates."""
 
+import lightsaft.environment  # noqa: F401  (first: without our packages, one line instead of a traceback)
 from lightsaft import layout
 from lightsaft.data.cache import Cache
 from lightsaft.separate import separate_tracks

@@ -1,5 +1,6 @@
 """DVC stage `train`: train LightSAFT on the spectrogram cache, tracked in MLflow."""
 
+import lightsaft.environment  # noqa: F401  (first: without our packages, one line instead of a traceback)
 from lightsaft.stage import run_stage
 from lightsaft.train import train, write_outputs
 from lightsaft.training.callbacks import quiet_lightning

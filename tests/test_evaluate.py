@@ -181,3 +181,24 @@ def test_sdr_plot_table(tmp_path):
 def test_metrics_file_writes_nan_as_null(tmp_path):
     write_metrics(tmp_path / "metrics" / "sdr.json", {"sdr_vocals": 4.123456789, "sdr_bass": float("nan")})
     assert json.loads((tmp_path / "metrics" / "sdr.json").read_text()) == {"sdr_vocals": 4.12346, "sdr_bass": None}
+
+
+def test_rounding_noise_is_shown_as_a_dash_and_stored_as_is():
+    """The mixture lies in the span of the references: its SAR is a residual at float precision
+    (175 dB), not a score. Printed as '-', with its 'improvement'; SDR and stored values untouched."""
+    from lightsaft.evaluate import readable
+
+    summary = pd.DataFrame(
+        [
+            {"target": "vocals", "metric": "SDR", "estimate": 3.3, "baseline": -4.6, "improvement": 7.9},
+            {"target": "vocals", "metric": "SAR", "estimate": 5.0, "baseline": 175.586, "improvement": -170.586},
+            {"target": "vocals", "metric": "SIR", "estimate": 160.0, "baseline": 1.0, "improvement": 159.0},
+            {"target": "mean", "metric": "SDR", "estimate": 200.0, "baseline": -4.6, "improvement": 204.6},
+        ]
+    )
+    shown = readable(summary)
+    assert shown.iloc[0].tolist() == ["vocals", "SDR", "3.300", "-4.600", "7.900"]
+    assert shown.iloc[1].tolist() == ["vocals", "SAR", "5.000", "-", "-"]
+    assert shown.iloc[2].tolist() == ["vocals", "SIR", "-", "1.000", "-"]
+    assert shown.iloc[3].tolist() == ["mean", "SDR", "200.000", "-4.600", "204.600"]  # SDR is never hidden
+    assert summary.loc[1, "baseline"] == 175.586

@@ -102,3 +102,25 @@ def test_bad_points_are_refused(tmp_path, points, message):
     (tmp_path / "s.yaml").write_text(f"points: {points}\n")
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_study(tmp_path / "s.yaml")
+
+
+def test_demo_output_is_passed_through_less_dvcs_harmless_warnings(tmp_path, capfd):
+    """On a first run DVC warns once per output it has no copy of yet (it then makes it): the demo
+    drops exactly those lines and keeps everything else, progress-bar redraws included."""
+    import sys
+
+    from lightsaft.experiments import HARMLESS, stream_filtered
+
+    script = tmp_path / "emit.py"
+    script.write_text(
+        "import sys\n"
+        "print('stage output', flush=True)\n"
+        "print(\"WARNING: No file hash info found for '/r/models/weights.pt'. \"\n"
+        '      "It won\'t be created.", file=sys.stderr)\n'
+        "print('WARNING: something else', file=sys.stderr, flush=True)\n"
+        "print('50%\\r100%', flush=True)\n"
+        "sys.exit(3)\n"
+    )
+    assert stream_filtered([sys.executable, str(script)], tmp_path, {}, HARMLESS) == 3
+    out = capfd.readouterr().out
+    assert out == "stage output\nWARNING: something else\n50%\r100%\n"

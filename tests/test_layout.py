@@ -20,8 +20,9 @@ from lightsaft.stage import stage_params
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 SRC = REPO / "src"
-# Plumbing: parse params, report errors, name paths. It shapes no output, so code deps leave it out.
-PLUMBING = {"lightsaft.config", "lightsaft.stage", "lightsaft.errors", "lightsaft.layout"}
+# Plumbing: parse params, report errors, name paths, check the interpreter. It shapes no output, so code
+# deps leave it out.
+PLUMBING = {"lightsaft.config", "lightsaft.stage", "lightsaft.errors", "lightsaft.layout", "lightsaft.environment"}
 
 
 def leaf_keys(entries) -> set[str]:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+from . import environment  # noqa: F401  (first: without our packages, one line instead of a traceback)
 from .config import ConfigError, load_params
 from .errors import redact, reported
 from .paths import project_root

@@ -190,11 +190,12 @@ def experiment_summary(repo: Path, name: str) -> str:
             lines.append(f"  {target:<8} {est:7.2f} {base:8.2f} {est - base:+6.2f}")
     if sdr.get("sdr_mean") is not None:
         lines.append(f"  {'mean':<8} {sdr['sdr_mean']:7.2f}")
-    report = None
+    report, weights = None, None
     if run.get("run_id"):
         artifact_uri = tracking.client().get_run(run["run_id"]).info.artifact_uri
         if artifact_uri.startswith("file://"):
-            report = Path(artifact_uri[len("file://") :]) / "report" / "index.html"
+            artifacts = Path(artifact_uri[len("file://") :])
+            report, weights = artifacts / "report" / "index.html", artifacts / "model" / "weights.pt"
     lines += [
         "",
         f"report:   {report or 'in the MLflow run ' + str(run.get('run_id'))}",
@@ -202,5 +203,7 @@ def experiment_summary(repo: Path, name: str) -> str:
         "MLflow:   make ui   ->  http://127.0.0.1:5000  (experiment "
         f"{run.get('experiment', '?')!r}, sort by test_sdr_vocals)",
         "DVC:      dvc exp show",
+        f"songs:    lightsaft separate SONG... --model {weights or 'models/weights.pt'} --out separated --page",
+        "          (stems of your own songs, and a page like the LightSAFT demo page to listen to them)",
     ]
     return "\n".join(lines)

@@ -38,6 +38,7 @@ from .paths import atomic_dir, atomic_path, write_text_atomic
 from .spectral import SAMPLE_RATE, TARGETS
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
+NOISE_DB = 150.0  # SIR/ISR/SAR above this are rounding noise: a residual at float precision, not a score
 KINDS = ("estimate", "baseline")  # scores.csv `kind`: the model's estimates / the mixture as estimate
 
 
@@ -330,6 +331,18 @@ def write_scores(result: EvaluationResult, out_dir: str | Path) -> Path:
         result.scores.to_csv(tmp / "scores.csv", index=False, float_format="%.5f")
         result.summary.to_csv(tmp / "summary.csv", index=False, float_format="%.5f")
     return Path(out_dir)
+
+
+def readable(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary as people read it: SIR/ISR/SAR above :data:`NOISE_DB` (typically the mixture
+    baseline, which lies in the span of the references, so its residuals are rounding noise) and
+    their improvements shown as ``-``; SDR and every stored value untouched."""
+    shown = summary.astype(object)
+    noise = summary[["estimate", "baseline"]].gt(NOISE_DB).mul(summary["metric"] != "SDR", axis=0)
+    for kind in ("estimate", "baseline"):
+        shown.loc[noise[kind], kind] = "-"
+    shown.loc[noise.any(axis=1), "improvement"] = "-"
+    return shown.map(lambda v: f"{v:.3f}" if isinstance(v, float) else v)
 
 
 def failure_message(failed: dict[str, str], total: int) -> str:

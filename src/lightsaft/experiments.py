@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import pty
 import re
 import subprocess
 import sys
@@ -176,11 +177,43 @@ def read_from_experiment(repo: Path, ref: str, path: str) -> Any:
     return json.loads(result.stdout) if path.endswith(".json") else yaml.safe_load(result.stdout)
 
 
+# DVC fills an experiment's temporary copy with the outputs dvc.lock records, and warns for each
+# one it has no copy of: on a first run, every output. Nothing is wrong (the stage then runs and
+# makes it), so the demo keeps these lines from the user.
+HARMLESS = re.compile(r"WARNING: No file hash info found for '.*'\. It won't be created\.")
+
+
 def run_foreground(repo: Path, point: Point) -> int:
-    """One experiment in a temporary copy, output streamed to the terminal (the demo)."""
+    """One experiment in a temporary copy, its output streamed to the terminal (the demo)."""
     args = ["exp", "run", "--temp", "-n", point.name, *_set_args(point.overrides)]
     print(redact(f"$ dvc {' '.join(args)}"), flush=True)
-    return _dvc(repo, *args, check=False, capture=False).returncode
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return stream_filtered([sys.executable, "-m", "dvc", *args], repo, env, HARMLESS)
+
+
+def stream_filtered(cmd: list[str], cwd: Path, env: dict[str, str], drop: re.Pattern) -> int:
+    """Run ``cmd`` with its output passed through, less the lines ``drop`` matches. On a terminal the
+    command gets a pseudo-terminal of its own, so that its progress bars still draw."""
+    terminal = sys.stdout.isatty()
+    master, slave = pty.openpty() if terminal else os.pipe()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    pending = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # a pseudo-terminal whose other side closed
+            chunk = b""
+        if not chunk:
+            break
+        pending += chunk
+        *lines, pending = re.split(rb"(?<=\n)|(?<=\r)(?=[^\n])", pending)  # a line ends at \n, \r\n or \r
+        kept = b"".join(line for line in lines if not drop.search(line.decode(errors="replace")))
+        sys.stdout.buffer.write(kept)
+        sys.stdout.flush()
+    sys.stdout.buffer.write(pending)
+    os.close(master)
+    return proc.wait()
 
 
 def queue_status(repo: Path) -> tuple[dict[str, str], int]:

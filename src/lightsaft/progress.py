@@ -17,12 +17,16 @@ T = TypeVar("T")
 
 
 class Progress:
-    """Count finished items (``advance``), with an optional note such as ``1.2 GB written``."""
+    """Count finished items (``advance``), with an optional note such as ``1.2 GB written``.
 
-    def __init__(self, desc: str, total: int | None, unit: str = "item"):
-        self.desc, self.total, self.unit, self.done = desc, total, unit, 0
+    ``lines=False``: no plain lines when not on a terminal (fine-grained steps inside an item,
+    such as the chunks of one song, would flood a log).
+    """
+
+    def __init__(self, desc: str, total: int | None, unit: str = "item", lines: bool = True, leave: bool = True):
+        self.desc, self.total, self.unit, self.done, self.lines = desc, total, unit, 0, lines
         self.started = time.monotonic()
-        self.bar = tqdm(total=total, desc=desc, unit=unit) if sys.stderr.isatty() else None
+        self.bar = tqdm(total=total, desc=desc, unit=unit, leave=leave) if sys.stderr.isatty() else None
 
     def advance(self, item: str = "", note: str = "") -> None:
         self.done += 1
@@ -30,6 +34,8 @@ class Progress:
             if note:
                 self.bar.set_postfix_str(note, refresh=False)
             self.bar.update(1)
+            return
+        if not self.lines:
             return
         count = f"{self.done}/{self.total}" if self.total else str(self.done)
         details = ", ".join(x for x in (item, note, f"{time.monotonic() - self.started:.0f} s") if x)

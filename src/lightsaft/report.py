@@ -21,9 +21,10 @@ import soundfile as sf
 
 from .data.audio import write_audio
 from .errors import LightSAFTError
-from .evaluate import METRICS, per_track_sdr
+from .evaluate import METRICS, NOISE_DB, per_track_sdr
 from .model import load_weights
 from .paths import atomic_dir
+from .progress import progress
 from .spectral import SAMPLE_RATE, TARGETS
 
 FORMATS = ("mp3", "ogg", "wav")
@@ -76,7 +77,7 @@ def build_report(
             write_excerpts(
                 cache, track, Path(estimates_dir), tmp, slugs[track], audio_format, excerpt_seconds, excerpt_offset
             )
-            for track in tracks
+            for track in progress(tracks, "report", "track")
         ]
         page = render_page(facts, summary, tracks, rows, per_track, excerpt_seconds)
         (tmp / "index.html").write_text(page, encoding="utf-8")
@@ -248,6 +249,11 @@ def _number(value: Any, spec: str = ".2f") -> str:
     return "–" if value is None or pd.isna(value) else format(float(value), spec)
 
 
+def _score(value: Any) -> str:
+    """SIR/ISR/SAR: above NOISE_DB a value is rounding noise, not a score."""
+    return "–" if value is not None and not pd.isna(value) and float(value) > NOISE_DB else _number(value)
+
+
 def _summary_table(summary: pd.DataFrame) -> str:
     """Per target: SDR, the mixture's SDR, the gain, then SIR/ISR/SAR (model values)."""
     table = summary.set_index(["target", "metric"])
@@ -260,7 +266,7 @@ def _summary_table(summary: pd.DataFrame) -> str:
     for target in (*TARGETS, "mean"):
         value = {m: table.loc[(target, m)] if (target, m) in table.index else {} for m in METRICS}
         sdr = value["SDR"]
-        others = "".join(f"<td>{_number(value[m].get('estimate'))}</td>" for m in METRICS[1:])
+        others = "".join(f"<td>{_score(value[m].get('estimate'))}</td>" for m in METRICS[1:])
         rows.append(
             f'<tr class="{"mean" if target == "mean" else "target"}"><th>{target.capitalize()}</th>'
             f"<td><b>{_number(sdr.get('estimate'))}</b></td><td>{_number(sdr.get('baseline'))}</td>"

@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .data.audio import write_audio
 from .devices import inference_device, resolve_device
 from .errors import LightSAFTError
 from .model import Separator, load_weights
 from .paths import atomic_dir
+from .progress import Progress, progress
 from .spectral import SAMPLE_RATE, TARGETS, window_samples
 
 EDGE_SAMPLES = 5000  # official min_trim: ceil(5000 / hop) * hop samples trimmed at each window edge
@@ -247,8 +247,9 @@ def separate_track(
         return audio.masked_fill(silent, 0)
 
     pairs = [(c, k) for c in range(len(chunks)) for k in range(len(targets))]
-    with torch.inference_mode():
-        for first in range(0, len(pairs), batch_size):
+    steps = range(0, len(pairs), batch_size)
+    with torch.inference_mode(), Progress("  chunks", len(steps), "batch", lines=False, leave=False) as bar:
+        for first in steps:
             batch = pairs[first : first + batch_size]
             ids = sorted({c for c, _ in batch})  # one STFT per chunk, shared by its targets
             spec = model.front.stft(torch.stack([window_audio(chunks[c]) for c in ids]))
@@ -260,6 +261,7 @@ def separate_track(
             for (c, k), wave in zip(batch, waves):
                 begin = lead + chunks[c].start
                 out[k, begin : begin + window] += wave * weights[id(chunks[c].weight)]
+            bar.advance()
     result = out[:, lead : lead + length].cpu().numpy()
     return {target: result[k] for k, target in enumerate(targets)}
 
@@ -306,7 +308,7 @@ def separate_tracks(
             raise SeparationError(f"track name {track!r} cannot be a folder name")
     out_dir = Path(out_dir)
     with inference_device(device) as dev, atomic_dir(out_dir) as tmp:
-        for track in tqdm(tracks, desc="separate", unit="track"):
+        for track in progress(tracks, "separate", "track"):
             mixture = cache.load_audio(track, stems=("mixture",))["mixture"]
             estimates = separate_track(model, mixture, device=dev, **options)
             _write_estimates(tmp / "test" / track, estimates, SAMPLE_RATE)

@@ -7,18 +7,17 @@ Files of any rate, mono or stereo, wav/flac/mp3/... or a MUSDB ``.stem.mp4``; ea
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from .data.audio import AudioError, read_audio, resample, to_stereo, write_audio
 from .devices import inference_device, resolve_device
 from .model import Separator, load_weights
+from .progress import Progress
 from .separate import AUTO, SeparationError, check_options, separate_track
 from .spectral import SAMPLE_RATE, TARGETS
 
@@ -113,17 +112,19 @@ def separate_songs(
 def _separate_each(separator: Separator, songs: Sequence[str | Path], out_dir: Path, options: dict) -> list[str]:
     failures: list[str] = []
     seen: dict[str, Path] = {}
-    for song in tqdm([Path(s) for s in songs], desc="separate", unit="song"):
-        name = song_name(song)
-        try:
-            if name in seen:
-                raise SeparationError(
-                    f"{song}: writes {out_dir / name}, as {seen[name]} already does; "
-                    f"rename one of them or separate them into different --out folders"
-                )
-            seen[name] = song
-            separate_song(separator, song, out_dir / name, **options)
-        except (AudioError, SeparationError, OSError) as e:
-            failures.append(str(e))
-            tqdm.write(f"error: {e}", file=sys.stderr)
+    with Progress("separate", len(songs), "song") as bar:
+        for song in map(Path, songs):
+            name = song_name(song)
+            try:
+                if name in seen:
+                    raise SeparationError(
+                        f"{song}: writes {out_dir / name}, as {seen[name]} already does; "
+                        f"rename one of them or separate them into different --out folders"
+                    )
+                seen[name] = song
+                separate_song(separator, song, out_dir / name, **options)
+            except (AudioError, SeparationError, OSError) as e:
+                failures.append(str(e))
+                bar.write(f"error: {e}")
+            bar.advance(name)
     return failures
