@@ -46,6 +46,54 @@ PUBLISHED = {
 # The MDX 2021 kit separates lightsaft_small_2020 with 16384 samples trimmed per window side.
 MIN_TRIM = {"lightsaft_small_2020": 16384}
 
+# Our model section of each published network: the hyper-parameters the official code rebuilds it
+# with (official repository, lasaft/pretrained/load_pretrained_nets.py, __define_large_params__; the
+# MDX kit's copy of that file, __define_small_params__), the variant told by the checkpoints' keys.
+_LASAFT_LARGE = {
+    "variant": "lasaft",
+    "n_fft": 4096,
+    "hop_length": 1024,
+    "num_frame": 128,
+    "spec_type": "complex",
+    "spec_est_mode": "mapping",
+    "n_blocks": 9,
+    "input_channels": 4,
+    "internal_channels": 24,
+    "first_conv_activation": "relu",
+    "last_activation": "identity",
+    "t_down_layers": None,
+    "f_down_layers": None,
+    "n_internal_layers": 5,
+    "kernel_size_t": 3,
+    "kernel_size_f": 3,
+    "tfc_tdf_activation": "relu",
+    "bn_factor": 16,
+    "min_bn_units": 16,
+    "tfc_tdf_bias": False,
+    "num_tdfs": 6,
+    "dk": 32,
+    "control_vector_type": "embedding",
+    "control_input_dim": 4,
+    "embedding_dim": 64,
+    "control_n_layer": 4,
+    "control_type": "dense",
+    "condition_to": "decoder",
+    "pocm_type": "matmul",
+    "pocm_norm": "batch_norm",
+}
+MODELS = {
+    **{f"lasaft_large_{seed}": _LASAFT_LARGE for seed in (2019, 2020, 2021)},
+    "lightsaft_small_2020": {
+        **_LASAFT_LARGE,
+        "variant": "lightsaft",
+        "n_fft": 2048,
+        "num_frame": 256,
+        "internal_channels": 16,
+        "num_tdfs": 16,
+        "dk": 64,
+    },
+}
+
 
 class PretrainedError(LightSAFTError, RuntimeError):
     """A published model cannot be fetched or verified."""
