@@ -1,15 +1,21 @@
-"""Study files: points, names, validation before anything is queued; workers per GPU."""
+"""Study files: points, names, validation before anything is queued; the published runs' studies."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
+import torch
 import yaml
+from conftest import REPO, shared_path
 
 from lightsaft import experiments
-from lightsaft.config import ConfigError
-from lightsaft.experiments import load_study
+from lightsaft.config import ConfigError, defaults, validate
+from lightsaft.experiments import load_study, set_dotted
+from lightsaft.model import build_model, count_parameters
+from lightsaft.model.checkpoint import detect_variant, model_params, network_state
+from lightsaft.model.official import load_official_state_dict
+from lightsaft.pretrained import published_model
 
 
 def _study(tmp_path, **body):
@@ -61,12 +67,60 @@ def test_bad_study_files_fail_before_queueing(tmp_path, body, message):
         load_study(_study(tmp_path, **body))
 
 
-def test_shipped_studies_are_valid():
-    from conftest import REPO
+@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_studies_are_valid(path):
+    points = load_study(path).points()  # every point validated against the params schema
+    assert points
+    expected = {"dk_num_tdfs.yaml": 4 * 4 * 3, "demo_grid.yaml": 4}.get(path.name, 1)
+    assert len(points) == expected
 
-    assert len(load_study(REPO / "experiments" / "dk_num_tdfs.yaml").points()) == 4 * 4 * 3
-    assert len(load_study(REPO / "experiments" / "demo_grid.yaml").points()) == 4
-    assert len(load_study(REPO / "experiments" / "demo.yaml").points()) == 1
+
+def study_params(name: str) -> dict:
+    """The params of a one-point study: the defaults with its overrides."""
+    [point] = load_study(REPO / "experiments" / name).points()
+    params = defaults()
+    for key, value in point.overrides.items():
+        set_dotted(params, key, value)
+    return validate(params)
+
+
+def test_paper_study_trains_the_published_lasaft_large_model():
+    """Its model section is the config the importer derives for the published lasaft_large
+    checkpoints: variant from their keys, the rest from their hyper-parameters, every key and
+    shape of the real files filling the model built from it."""
+    state = {}
+    for line in shared_path("reference", "state_dict_keys_lasaft_large_framework.txt").read_text().splitlines():
+        key, shape, dtype = line.split("\t")
+        state[key] = torch.empty(eval(shape), dtype=getattr(torch, dtype.removeprefix("torch.")), device="meta")
+    network = network_state(state, "listing")
+    published = published_model("lasaft_large_2020")
+    hyper_parameters = {k: v for k, v in published.items() if k != "variant"}  # as the files hold them
+    imported, _, _ = model_params(hyper_parameters, detect_variant(list(network), "listing"), "listing")
+    with torch.device("meta"):
+        model = build_model(imported)
+    load_official_state_dict(model, network)  # strict: every key used, every parameter filled
+    assert count_parameters(model) == 31_541_908
+    assert imported == published
+    params = study_params("paper_lasaft_large.yaml")
+    assert params["model"] == imported
+    tr = params["trainer"]
+    assert (tr["devices"], tr["strategy"], tr["sync_batchnorm"], tr["precision"], tr["batch_size"]) == (
+        4,
+        "ddp",
+        True,
+        "16-mixed",
+        8,
+    )
+    assert (params["train"]["lr"], params["train"]["auto_lr_schedule"], params["train"]["seed"]) == (1e-3, True, 2020)
+
+
+def test_mdx_study_trains_the_published_lightsaft_small_model():
+    params = study_params("mdx_lightsaft_small.yaml")
+    assert params["model"] == published_model("lightsaft_small_2020")
+    t, tr = params["train"], params["trainer"]
+    assert (t["lr"], t["auto_lr_schedule"], t["early_stop_patience"], t["seed"]) == (5e-4, False, None, 2021)
+    assert (tr["devices"], tr["batch_size"], tr["max_epochs"], tr["sync_batchnorm"]) == (4, 16, 695, True)
+    assert params["data"]["source"] == "musdb18hq" and params["separate"]["min_trim"] == 16384
 
 
 def test_set_values_keep_their_yaml_types():

@@ -246,7 +246,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "auto_lr_schedule": (True, boolean()),
         "lr_factor": (0.5, number(0, 1, lo_open=True)),
         "lr_patience": (50, integer(0)),
-        "early_stop_patience": (300, integer(1)),
+        "early_stop_patience": (300, integer(1, nullable=True)),  # null: no early stopping
         "early_stop_min_delta": (0.05, number(0)),
         "save_top_k": (5, integer(1)),
         "items_per_epoch": (None, integer(1, nullable=True)),
@@ -267,6 +267,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
                 hint="expected 'auto', a device count or a list of device ids",
             ),
         ),
+        "num_nodes": (1, integer(1)),
         "strategy": ("auto", choice("auto", "ddp", "ddp_find_unused_parameters_true")),
         "sync_batchnorm": (False, boolean()),
         "precision": ("auto", choice("auto", 32, "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true")),
@@ -305,6 +306,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "train": {
             "resume": (False, boolean()),
             "num_workers": (2, integer(0)),
+            "ddp_timeout_s": (1800, integer(1)),
         },
         "separate": {
             "batch_size": ("auto", one_of(choice("auto"), integer(1), hint="expected auto or a number of pairs")),
@@ -373,6 +375,7 @@ def validate(params: Mapping[str, Any], where: str = "params") -> dict[str, Any]
     """Validate a whole params mapping (all sections), filling defaults."""
     out = _validate_mapping(params, SCHEMA, prefix="", where=where)
     _check_model(out["model"], where, prefix="model.")
+    _check_trainer(out["trainer"], where)
     return out
 
 
@@ -444,6 +447,15 @@ def _check_model(m: dict[str, Any], where: str, prefix: str) -> None:
     for key in ("kernel_size_t", "kernel_size_f"):
         if m[key] % 2 == 0:
             fail(key, "must be odd so that the convolution keeps the tensor size")
+
+
+def _check_trainer(tr: dict[str, Any], where: str) -> None:
+    """Settings no machine can run (the GPU a setting needs is checked when training starts)."""
+    if tr["sync_batchnorm"] and tr["accelerator"] in ("cpu", "mps"):
+        raise ConfigError(
+            f"{where}: trainer.sync_batchnorm = true with trainer.accelerator = {tr['accelerator']!r}: PyTorch's "
+            f"SyncBatchNorm runs on CUDA GPUs only; set trainer.sync_batchnorm: false to train on this device"
+        )
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

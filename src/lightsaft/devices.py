@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .config import ConfigError
 from .errors import LightSAFTError
 from .paths import file_lock, project_root
 
@@ -42,6 +43,17 @@ def resolve_device(device: str | torch.device) -> torch.device:
             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
         )
     return resolved
+
+
+def check_sync_batchnorm(accelerator: str, sync_batchnorm: bool) -> None:
+    """PyTorch's SyncBatchNorm runs on CUDA GPUs only (a DDP run on CPUs fails at its first batch):
+    refuse it before a training creates anything. ``cpu``/``mps`` are refused by the params
+    validation already; this catches ``auto`` (or ``gpu``) on a machine without a CUDA GPU."""
+    if sync_batchnorm and not (accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()):
+        raise ConfigError(
+            f"trainer.sync_batchnorm = true, but trainer.accelerator = {accelerator!r} finds no CUDA GPU on this "
+            f"machine, and PyTorch's SyncBatchNorm runs on GPUs only; set trainer.sync_batchnorm: false to train here"
+        )
 
 
 def visible_gpus() -> list[str]:

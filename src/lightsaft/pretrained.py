@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import defaults, validate_section
+from .config import validate_section
 from .data.tracks import file_sha256
 from .errors import DataError, LightSAFTError
 from .fetch import fetch
@@ -33,33 +33,71 @@ OFFICIAL_MIN_TRIM = 5000  # get_trim_length of the main official repository
 class Published:
     sha256: str | None  # published beside the file; None: trust on first use
     size: str  # for the manual-download hint
-    model: dict[str, Any]  # its model section: what differs from the seed config (params.yaml's defaults)
+    model: dict[str, Any]  # its model section, complete
 
 
-# LaSAFT-Net-v1 GPoCM, the large model of the ICASSP 2021 paper (Table 2); one checkpoint per training seed.
-LASAFT_LARGE = {"variant": "lasaft", "tfc_tdf_bias": False, "num_tdfs": 6, "dk": 32, "embedding_dim": 64}
-# The LightSAFT entry to the Music Demixing Challenge 2021 (ws-choi/music-demixing-challenge-starter-kit).
-LIGHTSAFT_SMALL = {"n_fft": 2048, "num_frame": 256, "internal_channels": 16, "num_tdfs": 16, "dk": 64,
-                   "embedding_dim": 64, "tfc_tdf_bias": False}  # fmt: skip
-PUBLISHED = {
-    "lasaft_large_2019": Published(None, "about 380 MB", LASAFT_LARGE),
+# The MDX 2021 kit separates lightsaft_small_2020 with 16384 samples trimmed per window side.
+MIN_TRIM = {"lightsaft_small_2020": 16384}
+
+# Our model section of each published network: the hyper-parameters the official code rebuilds it
+# with (official repository, lasaft/pretrained/load_pretrained_nets.py, __define_large_params__; the
+# MDX kit's copy of that file, __define_small_params__), the variant told by the checkpoints' keys.
+_LASAFT_LARGE = {
+    "variant": "lasaft",
+    "n_fft": 4096,
+    "hop_length": 1024,
+    "num_frame": 128,
+    "spec_type": "complex",
+    "spec_est_mode": "mapping",
+    "n_blocks": 9,
+    "input_channels": 4,
+    "internal_channels": 24,
+    "first_conv_activation": "relu",
+    "last_activation": "identity",
+    "t_down_layers": None,
+    "f_down_layers": None,
+    "n_internal_layers": 5,
+    "kernel_size_t": 3,
+    "kernel_size_f": 3,
+    "tfc_tdf_activation": "relu",
+    "bn_factor": 16,
+    "min_bn_units": 16,
+    "tfc_tdf_bias": False,
+    "num_tdfs": 6,
+    "dk": 32,
+    "control_vector_type": "embedding",
+    "control_input_dim": 4,
+    "embedding_dim": 64,
+    "control_n_layer": 4,
+    "control_type": "dense",
+    "condition_to": "decoder",
+    "pocm_type": "matmul",
+    "pocm_norm": "batch_norm",
+}
+_LIGHTSAFT_SMALL = {  # the LightSAFT entry to the Music Demixing Challenge 2021
+    **_LASAFT_LARGE,
+    "variant": "lightsaft",
+    "n_fft": 2048,
+    "num_frame": 256,
+    "internal_channels": 16,
+    "num_tdfs": 16,
+    "dk": 64,
+}
+PUBLISHED = {  # LaSAFT-Net-v1 large (ICASSP 2021, Table 2), one checkpoint per training seed; the MDX entry
+    "lasaft_large_2019": Published(None, "about 380 MB", _LASAFT_LARGE),
     "lasaft_large_2020": Published(
-        "d14d2dd27ed568f552be88e9ed4d8bb8ca2722e03c936ea16e8e260ab49da9f1", "378,945,635 bytes", LASAFT_LARGE
+        "d14d2dd27ed568f552be88e9ed4d8bb8ca2722e03c936ea16e8e260ab49da9f1", "378,945,635 bytes", _LASAFT_LARGE
     ),
-    "lasaft_large_2021": Published(None, "about 380 MB", LASAFT_LARGE),
+    "lasaft_large_2021": Published(None, "about 380 MB", _LASAFT_LARGE),
     "lightsaft_small_2020": Published(
-        "abaccde358dc06daa2faf2c0e6086731634a5260c0019e8eaecb50114aebc5bf", "50,358,956 bytes", LIGHTSAFT_SMALL
+        "abaccde358dc06daa2faf2c0e6086731634a5260c0019e8eaecb50114aebc5bf", "50,358,956 bytes", _LIGHTSAFT_SMALL
     ),
 }
 
 
 def published_model(name: str) -> dict[str, Any]:
-    """The complete model section of a published checkpoint (official_ckpt facts, see README)."""
-    return validate_section("model", {**defaults()["model"], **PUBLISHED[name].model})
-
-
-# The MDX 2021 kit separates lightsaft_small_2020 with 16384 samples trimmed per window side.
-MIN_TRIM = {"lightsaft_small_2020": 16384}
+    """The model section of a published checkpoint, validated (every key spelled out above)."""
+    return validate_section("model", PUBLISHED[name].model)
 
 
 class PretrainedError(LightSAFTError, RuntimeError):

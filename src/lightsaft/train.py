@@ -17,27 +17,29 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from . import layout, tracking
 from .config import ConfigError, flatten
 from .data.cache import Cache
 from .data.datasets import TrainDataset, ValidDataset
-from .devices import claim_devices, visible_gpus
+from .devices import check_sync_batchnorm, claim_devices, visible_gpus
 from .errors import LightSAFTError, Terminated
 from .model import Separator, count_parameters, save_weights
 from .paths import atomic_path, file_lock, project_root, write_text_atomic
 from .pretrained import load_pretrained
-from .training.callbacks import EpochCurves, InterruptCheckpoint
+from .training.callbacks import EpochCurves, InterruptCheckpoint, StopTogether
 from .training.lightning_module import LightSAFTModule
+from .training.ranks import devices_per_node, global_rank
 from .training.run import TrainingRun
 
 SECTIONS = ("model", "train", "trainer", "mlflow")  # what defines a training (with its data)
@@ -89,18 +91,25 @@ def fingerprint(params: dict[str, Any], cache: Cache) -> str:
 
 
 def train(params: dict[str, Any], cache_dir: str | Path = layout.CACHE) -> TrainResult | None:
-    """Train (or resume) the model of ``params`` on the cache; None on DDP ranks other than zero."""
+    """Train (or resume) the model of ``params`` on the cache; None on DDP ranks other than zero.
+
+    Under DDP every process runs this; its global rank (from the launcher's environment, see
+    :mod:`lightsaft.training.ranks`) is known before anything happens: only rank zero takes the
+    lock, opens the MLflow run and returns a result.
+    """
     m, tr = params["model"], params["trainer"]
+    check_sync_batchnorm(tr["accelerator"], tr["sync_batchnorm"])
+    rank = global_rank(devices_per_node(tr["accelerator"], tr["devices"]))
     cache = Cache(cache_dir, n_fft=m["n_fft"], hop_length=m["hop_length"])
     run_dir = project_root() / ".lightsaft" / "train" / fingerprint(params, cache)
-    if rank_zero_only.rank != 0:  # DDP: the other ranks follow rank zero
-        return _train(params, cache, run_dir, tr["devices"])
-    if params["train"]["pretrained"]:
+    if params["train"]["pretrained"]:  # nothing to train: one process, no Trainer
         with _exclusive(run_dir):
             return _from_pretrained(params, cache, run_dir)
+    if rank != 0:  # DDP: the other ranks follow rank zero
+        return _train(params, cache, run_dir, tr["devices"], rank)
     gpus = visible_gpus() if tr["accelerator"] in ("auto", "gpu", "cuda") else []
     with _exclusive(run_dir), claim_devices(tr["devices"], gpus) as devices:
-        return _train(params, cache, run_dir, devices)
+        return _train(params, cache, run_dir, devices, rank)
 
 
 def _from_pretrained(params: dict[str, Any], cache: Cache, run_dir: Path) -> TrainResult:
@@ -159,13 +168,13 @@ def check_same_model(ours: dict[str, Any], theirs: dict[str, Any], source: str) 
         )
 
 
-def _train(params: dict[str, Any], cache: Cache, run_dir: Path, devices: Any) -> TrainResult | None:
+def _train(params: dict[str, Any], cache: Cache, run_dir: Path, devices: Any, rank: int) -> TrainResult | None:
     started = time.time()
     m, t, tr, rt = params["model"], params["train"], params["trainer"], params["runtime"]["train"]
     ckpt_dir = run_dir / "checkpoints"
     resume_from = _latest_checkpoint(ckpt_dir) if rt["resume"] else None
     # Per rank: items are drawn from the global generator; DDP copies rank zero's initial weights.
-    pl.seed_everything(t["seed"] + rank_zero_only.rank, workers=True)
+    pl.seed_everything(t["seed"] + rank, workers=True)
     train_loader, valid_loader = _loaders(params, cache)
     module = LightSAFTModule(m, t)
     best = ModelCheckpoint(
@@ -177,18 +186,29 @@ def _train(params: dict[str, Any], cache: Cache, run_dir: Path, devices: Any) ->
         save_last=True,
     )
     curves = EpochCurves(run_dir / "train_curves.csv")  # kept up to date while training runs
-    early_stop = EarlyStopping(
-        monitor="val_loss",
-        mode="min",
-        patience=t["early_stop_patience"],
-        min_delta=t["early_stop_min_delta"],
-        check_on_train_epoch_end=False,
-    )
-    callbacks = [best, curves, early_stop, InterruptCheckpoint(ckpt_dir / "interrupted.ckpt")]
+    callbacks = [best, curves, StopTogether(), InterruptCheckpoint(ckpt_dir / "interrupted.ckpt")]
+    if t["early_stop_patience"] is not None:
+        callbacks.append(
+            EarlyStopping(
+                monitor="val_loss",
+                mode="min",
+                patience=t["early_stop_patience"],
+                min_delta=t["early_stop_min_delta"],
+                check_on_train_epoch_end=False,
+            )
+        )
     precision = resolve_precision(str(tr["precision"]), tr["accelerator"])
+    if rank == 0:  # the one rank with a logger (the MLflow run)
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     # Built before the MLflow run: a setting this machine cannot run must not leave a run behind.
-    trainer = _trainer(tr, devices, precision, [*callbacks, LearningRateMonitor(logging_interval="epoch")], run_dir)
-    if not trainer.is_global_zero:
+    trainer = _trainer(tr, devices, precision, callbacks, run_dir, rt["ddp_timeout_s"])
+    if trainer.global_rank != rank:
+        raise LightSAFTError(
+            f"this process took its global rank for {rank} from its environment, but Lightning gives it "
+            f"{trainer.global_rank}: an unknown launcher? Start it with torchrun, srun or Lightning's launcher "
+            f"(NODE_RANK per machine); see README, 'Several GPUs and several machines'"
+        )
+    if rank != 0:
         _fit(trainer, module, train_loader, valid_loader, resume_from)
         return None
     if rt["resume"] and resume_from is None:
@@ -214,12 +234,19 @@ def _train(params: dict[str, Any], cache: Cache, run_dir: Path, devices: Any) ->
     return _result(params, trainer, module, best, curves, run, run_dir, precision, started)
 
 
-def _trainer(tr: dict[str, Any], devices: Any, precision: str, callbacks: list, run_dir: Path) -> pl.Trainer:
+def _trainer(
+    tr: dict[str, Any], devices: Any, precision: str, callbacks: list, run_dir: Path, timeout_s: int
+) -> pl.Trainer:
+    strategy = tr["strategy"]
+    if strategy.startswith("ddp"):  # ours, for its process-group timeout: a lost rank fails the others
+        unused = strategy == "ddp_find_unused_parameters_true"
+        strategy = DDPStrategy(find_unused_parameters=unused, timeout=timedelta(seconds=timeout_s))
     try:
         return pl.Trainer(
             accelerator=tr["accelerator"],
             devices=devices,
-            strategy=tr["strategy"],
+            num_nodes=tr["num_nodes"],
+            strategy=strategy,
             sync_batchnorm=tr["sync_batchnorm"],
             precision=precision,
             max_epochs=tr["max_epochs"],
@@ -239,7 +266,8 @@ def _trainer(tr: dict[str, Any], devices: Any, precision: str, callbacks: list, 
     except MisconfigurationException as e:
         raise ConfigError(
             f"trainer settings accelerator={tr['accelerator']!r}, devices={tr['devices']!r}, "
-            f"strategy={tr['strategy']!r}, precision={precision!r} cannot run here: {e}"
+            f"num_nodes={tr['num_nodes']!r}, strategy={tr['strategy']!r}, precision={precision!r} "
+            f"cannot run here: {e}"
         ) from None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 from pytorch_lightning.callbacks import Callback
 
+from ..errors import Terminated
 from ..paths import write_text_atomic
 
 
@@ -30,6 +32,9 @@ class EpochCurves(Callback):
 
     def text(self) -> str:
         return self.header() + "".join(",".join(str(r[c]) for c in self.COLUMNS) + "\n" for r in self.rows)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()  # a training resumed mid-epoch has no epoch start
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
@@ -70,14 +75,56 @@ class InterruptCheckpoint(Callback):
         self.path = path
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if trainer.world_size > 1:  # saving waits for every rank, and one rank alone failed: last.ckpt it is
+        if trainer.world_size > 1 and not isinstance(exception, Terminated):
+            return  # saving waits for every rank, and one rank alone failed: last.ckpt it is
+        trainer.save_checkpoint(self.path, weights_only=False)
+        if trainer.is_global_zero:
+            print(
+                f"\ntraining interrupted ({type(exception).__name__}); checkpoint saved to {self.path}.\n"
+                "Resume with: dvc exp run -S runtime.train.resume=true (or set runtime.train.resume: true "
+                "and dvc repro)"
+            )
+
+
+class StopTogether(Callback):
+    """DDP: a SIGTERM to any process stops every rank at the same batch, so that all end cleanly.
+
+    Lightning's own SIGTERM handler broadcasts from inside the signal handler; that broadcast
+    pairs with whatever collective the other ranks run next (a gradient all-reduce), and the
+    training hangs until the process-group timeout or breaks (Lightning issue #20806; seen here
+    with one signalled node of two). Under DDP this callback takes SIGTERM over for the run: the
+    handler only notes the signal, the ranks all-reduce that note after every training batch, and
+    all raise :class:`Terminated` at the same batch (then :class:`InterruptCheckpoint` saves, at
+    the batch end, where Lightning expects a mid-epoch checkpoint). A signal during validation
+    takes effect after the next training batch. A single process keeps Lightning's handling.
+    """
+
+    def __init__(self):
+        self.signalled = False
+
+    def _take_sigterm(self, trainer) -> None:
+        if trainer.world_size > 1:  # after Lightning registered its handler (start of the run)
+            signal.signal(signal.SIGTERM, self._note)
+
+    def _note(self, signum, frame) -> None:
+        self.signalled = True
+
+    def _stop_if_signalled(self, trainer, pl_module) -> None:
+        if trainer.world_size == 1:
             return
-        trainer.save_checkpoint(self.path)
-        print(
-            f"\ntraining interrupted ({type(exception).__name__}); checkpoint saved to {self.path}.\n"
-            "Resume with: dvc exp run -S runtime.train.resume=true (or set runtime.train.resume: true "
-            "and dvc repro)"
-        )
+        flag = torch.tensor([float(self.signalled)], device=pl_module.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item():
+            raise Terminated()
+
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        self._take_sigterm(trainer)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._take_sigterm(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._stop_if_signalled(trainer, pl_module)
 
 
 class _QuietLightning(logging.Filter):
