@@ -6,7 +6,7 @@ second of wall time. Evaluation: ``evaluate_tracks`` (estimate + mixture baselin
 on two 60-second tracks with jobs=1 and jobs=2, so that jobs=2 has two tracks to share out
 (``--engine``: fast, the default, or museval; benchmarks/bsseval.py compares the two).
 
-    .venv/bin/python benchmarks/separate_eval.py [--seconds 8] [--eval-seconds 60] [--engine fast]
+    .venv/bin/python benchmarks/separate_eval.py [--seconds 8] [--eval-seconds 60] [--engine fast] [--quick]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightsaft.config import defaults
+from lightsaft.config import defaults, validate
 from lightsaft.data.audio import write_audio
 from lightsaft.evaluate import evaluate_tracks
 from lightsaft.model import build_model
@@ -29,6 +29,9 @@ from lightsaft.spectral import SAMPLE_RATE, TARGETS, window_samples
 
 TEST_SET_SECONDS = 3.5 * 3600  # MUSDB18 test set: 50 tracks, about 3.5 hours
 TEST_TRACKS = 50
+# --quick: a small model (the tests' tiny config), for a smoke run in seconds
+TINY = {"n_fft": 256, "hop_length": 64, "num_frame": 16, "n_blocks": 5, "internal_channels": 8, "n_internal_layers": 2}
+TINY.update(bn_factor=4, min_bn_units=4, num_tdfs=4, dk=8, embedding_dim=8)
 
 
 class MemoryCache:
@@ -49,9 +52,8 @@ def chunks_for(seconds: float, params: dict, overlap: float) -> int:
     return math.ceil((round(seconds * SAMPLE_RATE) + len(fade) - step) / step)
 
 
-def bench_separation(seconds: float, separate: dict) -> tuple[float, float]:
+def bench_separation(seconds: float, separate: dict, params: dict) -> tuple[float, float]:
     """Returns (real-time factor, projected hours for the test set)."""
-    params = defaults()["model"]
     torch.manual_seed(0)
     model = build_model(params)
     mixture = (np.random.default_rng(0).standard_normal((round(seconds * SAMPLE_RATE), 2)) * 0.1).astype(np.float32)
@@ -63,8 +65,9 @@ def bench_separation(seconds: float, separate: dict) -> tuple[float, float]:
     track = TEST_SET_SECONDS / TEST_TRACKS
     projected = TEST_TRACKS * chunks_for(track, params, separate["overlap"]) * per_chunk
     print(
-        f"separation  seed config, {seconds:g} s track, overlap {separate['overlap']}, batch "
-        f"{separate['batch_size']}, {torch.get_num_threads()} threads: {wall:.1f} s wall, "
+        f"separation  {'tiny' if params['n_fft'] < 1024 else 'seed'} config, {seconds:g} s track, "
+        f"overlap {separate['overlap']}, batch {separate['batch_size']}, "
+        f"{torch.get_num_threads()} threads: {wall:.1f} s wall, "
         f"{per_chunk:.1f} s per window x 4 targets, real-time factor {seconds / wall:.3f} "
         f"(s audio per s)"
     )
@@ -98,11 +101,17 @@ def main() -> None:
     parser.add_argument("--eval-seconds", type=float, default=60.0, help="length of each evaluated track")
     parser.add_argument("--eval-tracks", type=int, default=2)
     parser.add_argument("--engine", default=defaults()["evaluate"]["engine"], choices=["fast", "museval"])
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, 1 s tracks (seconds)")
     args = parser.parse_args()
-    separate = dict(defaults()["separate"])
+    params = defaults()
+    if args.quick:
+        args.seconds, args.eval_seconds = 1.0, 1.0
+        params["model"] = dict(params["model"], **TINY)
+    separate = dict(validate(params)["separate"])
     separate["device"] = "cpu"
-    rtf, sep_hours = bench_separation(args.seconds, separate)
-    walls = bench_evaluation(args.eval_seconds, args.eval_tracks, [1, 2], args.engine)
+    rtf, sep_hours = bench_separation(args.seconds, separate, params["model"])
+    jobs_list = [1] if args.quick else [1, 2]  # --quick: no worker processes to start
+    walls = bench_evaluation(args.eval_seconds, args.eval_tracks, jobs_list, args.engine)
     audio = args.eval_seconds * args.eval_tracks
     print(
         f"evaluation  ({args.engine} engine) {args.eval_tracks} tracks x {args.eval_seconds:g} s, 4 targets, "
@@ -116,8 +125,8 @@ def main() -> None:
         )
     print(
         f"test set ({TEST_TRACKS} tracks, {TEST_SET_SECONDS / 3600:g} h of audio) on this machine: "
-        f"separate {sep_hours:.1f} h (CPU), evaluate {walls[2] / audio * TEST_SET_SECONDS / 3600:.1f} h "
-        f"(jobs=2); real-time factor {rtf:.3f}"
+        f"separate {sep_hours:.1f} h (CPU), evaluate {walls[jobs_list[-1]] / audio * TEST_SET_SECONDS / 3600:.1f} h "
+        f"(jobs={jobs_list[-1]}); real-time factor {rtf:.3f}"
     )
 
 

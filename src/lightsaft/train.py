@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from . import tracking
 from .config import ConfigError, flatten
 from .data.cache import Cache
-from .data.datasets import TrainDataset, ValidDataset
+from .data.datasets import TrainDataset, ValidDataset, train_batches
 from .errors import LightSAFTError
 from .model import count_parameters, save_weights
 from .paths import atomic_path, file_lock, project_root, write_text_atomic
@@ -181,7 +181,6 @@ def _loaders(params: dict[str, Any], cache: Cache) -> tuple[DataLoader, DataLoad
     )
     valid_set = ValidDataset(cache, m["num_frame"], t["valid_chunks_per_track"])
     common = {
-        "batch_size": tr["batch_size"],
         "num_workers": tr["num_workers"],
         "pin_memory": torch.cuda.is_available(),
         "persistent_workers": tr["num_workers"] > 0,
@@ -191,11 +190,8 @@ def _loaders(params: dict[str, Any], cache: Cache) -> tuple[DataLoader, DataLoad
             f"trainer.batch_size = {tr['batch_size']} is larger than an epoch "
             f"({len(train_set)} items): lower it or set train.items_per_epoch"
         )
-    # drop_last: train-mode BatchNorm1d in the control model cannot take a batch of one.
-    return (
-        DataLoader(train_set, shuffle=False, drop_last=True, **common),
-        DataLoader(valid_set, shuffle=False, **common),
-    )
+    batch = tr["batch_size"]
+    return train_batches(train_set, batch, **common), DataLoader(valid_set, batch, shuffle=False, **common)
 
 
 def _start_run(params: dict[str, Any], run_dir: Path, resume_from: Path | None, cache: Cache):
