@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from lightsaft.data.audio import read_stems
 from lightsaft.data.datasets import Draw, TrainDataset, ValidDataset, collate, epoch_length, train_batches
 from lightsaft.data.tracks import DataError
-from lightsaft.spectral import edge_trim
+from lightsaft.separate import edge_trim
 
 NUM_FRAME = 16
 WINDOW = 64 * (NUM_FRAME - 1)  # 960 samples of the small cache (hop 64)
@@ -149,7 +149,7 @@ def test_validation_windows_are_the_official_eval_set(small_cache):
     assert trim == 3 * 64  # a quarter window: the official 79 hops would not fit in 15
     assert edge_trim(1024, 128) == 5 * 1024  # the seed config: official ceil(5000 / hop) * hop
     core = WINDOW - 2 * trim  # 576
-    dataset = ValidDataset(small_cache, NUM_FRAME)
+    dataset = ValidDataset(small_cache, NUM_FRAME, trim=edge_trim(64, NUM_FRAME))
     track = small_cache.tracks("valid")[0]
     count = -(-TRACK // core)  # 77: rounded up
     assert (dataset.trim, dataset.core, count) == (192, 576, 77)
@@ -169,9 +169,13 @@ def test_validation_windows_are_the_official_eval_set(small_cache):
 
 def test_validation_chunks_per_track_and_padding(small_cache):
     core = WINDOW - 2 * 192
-    spread = ValidDataset(small_cache, NUM_FRAME, chunks_per_track=3)
+    spread = ValidDataset(small_cache, NUM_FRAME, chunks_per_track=3, trim=192)
+    with pytest.raises(DataError, match="validation trim 480: must leave part of the 960-sample window"):
+        ValidDataset(small_cache, NUM_FRAME, trim=480)
     assert [start for _, start in spread.chunks] == [0, 38 * core, 76 * core]
-    whole = ValidDataset(small_cache, 1000)  # window 63936 samples, trim 79 hops, one core of 53824 > 44100
+    whole = ValidDataset(
+        small_cache, 1000, trim=edge_trim(64, 1000)
+    )  # window 63936 samples, trim 79 hops, one core of 53824 > 44100
     assert (whole.window, whole.trim, whole.core, len(whole)) == (63936, 5056, 53824, 4)
     mixture, _, _ = whole[0]
     audio = small_cache.load_audio(small_cache.tracks("valid")[0])

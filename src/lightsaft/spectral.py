@@ -8,13 +8,10 @@ reflect padding, not normalized, one-sided; the inverse uses the same window.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 SAMPLE_RATE = 44100
 TARGETS = ("vocals", "drums", "bass", "other")  # condition index = position in this tuple
-EDGE_SAMPLES = 5000  # official: ceil(5000 / hop) * hop samples trimmed at each window edge
 
 
 def num_frames(num_samples: int, hop_length: int) -> int:
@@ -25,13 +22,6 @@ def num_frames(num_samples: int, hop_length: int) -> int:
 def window_samples(num_frame: int, hop_length: int) -> int:
     """Samples that give exactly ``num_frame`` frames (what ``istft`` returns without ``length``)."""
     return hop_length * (num_frame - 1)
-
-
-def edge_trim(hop_length: int, num_frame: int) -> int:
-    """Samples at each window edge that see too little context to be kept (separation) or
-    that hold zeros (validation windows): the official amount, but at most a quarter window
-    (small test configs have windows shorter than the official 2 x 5000 samples)."""
-    return min(math.ceil(EDGE_SAMPLES / hop_length), (num_frame - 1) // 4) * hop_length
 
 
 class SpectralFrontEnd(torch.nn.Module):

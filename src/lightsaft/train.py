@@ -37,6 +37,7 @@ from .data.datasets import TrainDataset, ValidDataset, train_batches
 from .errors import LightSAFTError
 from .model import count_parameters, save_weights
 from .paths import atomic_path, file_lock, project_root, write_text_atomic
+from .separate import edge_trim
 from .stage import Terminated
 from .training.module import LightSAFTModule
 
@@ -179,7 +180,8 @@ def _loaders(params: dict[str, Any], cache: Cache) -> tuple[DataLoader, DataLoad
         t["augment_gain"],
         t["augment_channel_swap"],
     )
-    valid_set = ValidDataset(cache, m["num_frame"], t["valid_chunks_per_track"])
+    trim = edge_trim(m["hop_length"], m["num_frame"])  # official validation windows: trim zeros each side
+    valid_set = ValidDataset(cache, m["num_frame"], t["valid_chunks_per_track"], trim=trim)
     common = {
         "num_workers": tr["num_workers"],
         "pin_memory": torch.cuda.is_available(),

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
-from ..spectral import TARGETS, edge_trim, window_samples
+from ..spectral import TARGETS, window_samples
 from .cache import Cache
 from .tracks import DataError
 
@@ -225,17 +225,18 @@ class ValidDataset(Dataset):
     Cores of ``L - 2 * trim`` samples tile each validation track (their count rounded up, the
     last core zero-padded at its end), and each item is its core with ``trim`` zeros on either
     side (zeros, not the neighbouring audio: as official); the loss covers the whole window.
-    ``trim`` is :func:`~lightsaft.spectral.edge_trim`, the official ``get_trim_length``
-    (``ceil(5000 / hop) * hop``) capped at a quarter window for small configs. ``chunks_per_track``
-    keeps that many cores per track, evenly spread. Items are ordered by track, then core, then
-    condition 0..3.
+    Training passes :func:`lightsaft.separate.edge_trim` as ``trim``: the official
+    ``get_trim_length`` (``ceil(5000 / hop) * hop``), capped at a quarter window for small configs.
+    ``chunks_per_track`` keeps that many cores per track, evenly spread. Items are ordered by
+    track, then core, then condition 0..3.
     """
 
-    def __init__(self, cache: Cache, num_frame: int, chunks_per_track: int | None = None):
+    def __init__(self, cache: Cache, num_frame: int, chunks_per_track: int | None = None, *, trim: int):
         self.cache = cache
-        hop = cache.manifest["hop_length"]
-        self.window, self.trim = window_samples(num_frame, hop), edge_trim(hop, num_frame)
-        self.core = self.window - 2 * self.trim
+        self.window, self.trim = window_samples(num_frame, cache.manifest["hop_length"]), trim
+        self.core = self.window - 2 * trim
+        if trim < 0 or self.core <= 0:
+            raise DataError(f"validation trim {trim}: must leave part of the {self.window}-sample window")
         self.chunks: list[tuple[str, int]] = []
         for name in cache.tracks("valid"):
             count = math.ceil(cache.samples(name) / self.core)
