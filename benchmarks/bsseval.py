@@ -8,7 +8,7 @@ engine scoring the estimates and the mixture baseline together (what the evaluat
 track), and the largest difference from museval over all frames. The machine is shared: figures
 are noisy; compare within one run.
 
-    .venv/bin/python benchmarks/bsseval.py [--seconds 60] [--threads 1 2]
+    .venv/bin/python benchmarks/bsseval.py [--seconds 60] [--threads 1 2] [--quick]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def make_input(seconds: float, path: Path) -> None:
     np.savez(path, refs=refs, estimates=refs + noise, mixture=stems["mixture"])
 
 
-def score(engine: str, path: str, threads: int, device: str, baseline: bool) -> dict:
+def score(engine: str, path: str, threads: int, device: str, baseline: bool, warm_up: bool = True) -> dict:
     """Wall time of one scoring call in this (fresh) process, and its metrics."""
     torch.set_num_threads(threads)
     data = np.load(path)
@@ -48,7 +48,8 @@ def score(engine: str, path: str, threads: int, device: str, baseline: bool) -> 
     if baseline:  # as the evaluate stage passes it: one signal, the estimate of every target
         sets.append([data["mixture"]] * len(TARGETS))
     short = refs[:, : 5 * SAMPLE_RATE], [[x[: 5 * SAMPLE_RATE] for x in est] for est in sets]
-    measure(engine, *short, device)  # warm-up in this process (FFT plans, BLAS, CUDA context)
+    if warm_up:
+        measure(engine, *short, device)  # warm-up in this process (FFT plans, BLAS, CUDA context)
     start = time.perf_counter()
     metrics = measure(engine, refs, sets, device)
     return {"wall": time.perf_counter() - start, "metrics": metrics[0]}
@@ -65,7 +66,10 @@ def measure(engine: str, refs: np.ndarray, sets: list[np.ndarray], device: str) 
     return metrics
 
 
-def run(engine: str, path: str, threads: int, device: str = "cpu", baseline: bool = False) -> dict:
+def run(engine: str, path: str, threads: int, device: str = "cpu", baseline: bool = False, fresh: bool = True) -> dict:
+    """``score`` in a fresh process (``fresh``), else in this one (--quick: no process start-ups)."""
+    if not fresh:
+        return score(engine, path, threads, device, baseline, warm_up=False)
     for variable in THREAD_VARIABLES:  # read by BLAS / OpenMP when the spawned process starts
         os.environ[variable] = str(threads)
     return isolated(score, engine=engine, path=path, threads=threads, device=device, baseline=baseline)
@@ -75,16 +79,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: a 1 s track, 1 thread, one process, no warm-up"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.threads = 1.0, [1]
     quiet_openmp()
     rows, reference = [], None
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "input.npz")
         make_input(args.seconds, Path(path))
         for threads in args.threads:
-            slow = run("museval", path, threads)
-            fast = run("fast", path, threads)
-            both = run("fast", path, threads, baseline=True)
+            fresh = not args.quick
+            slow = run("museval", path, threads, fresh=fresh)
+            fast = run("fast", path, threads, fresh=fresh)
+            both = run("fast", path, threads, baseline=True, fresh=fresh)
             reference = slow["metrics"] if reference is None else reference
             diff = np.nanmax(np.abs(fast["metrics"] - slow["metrics"]))
             rows.append(

@@ -1,18 +1,26 @@
 """Training batches per second: the spectrogram cache vs. reading wav stems + STFT per item.
 
 Seed config (batch 8, num_frame 128, n_fft 4096, hop 1024), 0 and 2 DataLoader workers, on a
-synthetic set of a few minutes built under /tmp. The on-the-fly loader does what the official
-recipe's data path does per item: read a random window of each stem from its wav file, sum
-in the time domain, STFT the mixture and the target. Also prints the cache size per second of
-audio and its extrapolation to full MUSDB18.
+synthetic set of a few minutes built under /tmp. Loaders, side by side (interleaved in each
+repeat, median of the repeats):
 
-    python benchmarks/loader.py [--seconds 20] [--tracks 12] [--batches 20] [--repeats 3]
+* cache: what training uses (``train_batches``: a whole batch assembled in place per fetch);
+* cache, item by item: the same items through ``__getitem__`` and ``default_collate``;
+* wav windows + STFT: what the official recipe's data path does per item (read a random window
+  of each stem from its wav file, sum in the time domain, STFT the mixture and the target);
+* whole wav + STFT: the same, reading each stem file whole and slicing it, as the official
+  loader does without its RAM cache.
+
+The cache's batches/s is the training step rate it can feed (a GPU step faster than that waits
+for data). Also prints the cache size per second of audio and its extrapolation to MUSDB18.
+
+    python benchmarks/loader.py [--seconds 20] [--tracks 12] [--batches 20] [--repeats 5] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -20,17 +28,21 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from tabulate import tabulate
 from torch.utils.data import DataLoader, Dataset
 
 from lightsaft.config import defaults
 from lightsaft.data.cache import Cache
-from lightsaft.data.datasets import TrainDataset
+from lightsaft.data.datasets import TrainDataset, train_batches
+from lightsaft.data.tracks import read_dataset
 from lightsaft.download import download
 from lightsaft.prepare import prepare
 from lightsaft.spectral import SAMPLE_RATE, TARGETS, SpectralFrontEnd, window_samples
 
-N_FFT, HOP, NUM_FRAME, BATCH = 4096, 1024, 128, 8
+SEED = {"n_fft": 4096, "hop": 1024, "num_frame": 128, "batch": 8}
+TINY = {"n_fft": 256, "hop": 64, "num_frame": 16, "batch": 4}  # --quick: the tests' tiny config
 MUSDB_TRAIN_HOURS, MUSDB_VALID_TRACKS, MUSDB_TEST_HOURS = 6.7, 14, 3.5
+HEADER = "batches/s by loader"
 
 
 class OnTheFly(Dataset):
@@ -40,13 +52,12 @@ class OnTheFly(Dataset):
     its RAM cache (musdb's ``track.targets[name].audio`` has no chunk set there).
     """
 
-    def __init__(self, dataset_json: Path, length: int, whole_track: bool = False):
+    def __init__(self, dataset_json: Path, config: dict, length: int, whole_track: bool = False):
         self.whole_track = whole_track
-        tracks = json.loads(dataset_json.read_text())["tracks"]
-        self.files = [t["files"] for t in tracks if t["split"] == "train"]
+        self.files = [t["files"] for t in read_dataset(dataset_json)["tracks"] if t["split"] == "train"]
         self.frames = [sf.info(f["mixture"]).frames for f in self.files]
-        self.window, self.length = window_samples(NUM_FRAME, HOP), length
-        self.front = SpectralFrontEnd(N_FFT, HOP)
+        self.window, self.length = window_samples(config["num_frame"], config["hop"]), length
+        self.front = SpectralFrontEnd(config["n_fft"], config["hop"])
 
     def __len__(self) -> int:
         return self.length
@@ -67,20 +78,39 @@ class OnTheFly(Dataset):
         return spec[0], spec[1], torch.tensor(condition)
 
 
-def batches_per_second(dataset: Dataset, workers: int, batches: int, repeats: int) -> float:
-    """Best of ``repeats`` timed runs: the machine is shared, the best run is the least disturbed."""
-    torch.manual_seed(0)
-    loader = DataLoader(dataset, batch_size=BATCH, num_workers=workers, persistent_workers=workers > 0)
-    best = 0.0
-    for _ in range(repeats):
-        iterator = iter(loader)
-        for _ in range(max(2, workers)):  # warm-up: worker start, first page faults
-            next(iterator)
-        start = time.perf_counter()
-        for _ in range(batches):
-            next(iterator)
-        best = max(best, batches / (time.perf_counter() - start))
-    return best
+class ItemByItem(Dataset):
+    """A dataset seen through ``__getitem__`` only (DataLoader then stacks the items)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index]
+
+
+def time_batches(loader: DataLoader, batches: int, workers: int) -> float:
+    """Batches per second of one pass, after a warm-up (worker start, first page faults)."""
+    iterator = iter(loader)
+    for _ in range(max(2, workers)):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches / (time.perf_counter() - start)
+
+
+def make_set(folder: Path, config: dict, tracks: int, seconds: float) -> tuple[Path, Cache]:
+    data = defaults()["data"]
+    data.update(
+        source="synthetic",
+        synthetic={"train_tracks": tracks, "valid_tracks": 1, "test_tracks": 1, "seconds": seconds, "seed": 0},
+    )
+    dataset_json = download(data, folder / "raw")
+    cache = Cache(prepare(dataset_json, folder / "cache", config["n_fft"], config["hop"], "float16"))
+    return dataset_json, cache
 
 
 def main() -> None:
@@ -88,43 +118,58 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each synthetic track")
     parser.add_argument("--tracks", type=int, default=12, help="synthetic train tracks")
     parser.add_argument("--batches", type=int, default=20, help="timed batches per run")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (the best counts)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per measurement (the median counts)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny config, 2 short tracks, 1 run")
     args = parser.parse_args()
+    config = TINY if args.quick else SEED
+    if args.quick:
+        args.seconds, args.tracks, args.batches, args.repeats = 2.0, 2, 3, 1
     torch.set_num_threads(1)  # one core per loader process, as in a DataLoader worker
 
     with tempfile.TemporaryDirectory(prefix="lightsaft-bench-") as tmp:
-        data = defaults()["data"]
-        data.update(
-            source="synthetic",
-            synthetic={
-                "train_tracks": args.tracks,
-                "valid_tracks": 1,
-                "test_tracks": 1,
-                "seconds": args.seconds,
-                "seed": 0,
-            },
-        )
-        dataset_json = download(data, Path(tmp) / "raw")
-        cache = Cache(prepare(dataset_json, Path(tmp) / "cache", N_FFT, HOP, "float16"))
+        dataset_json, cache = make_set(Path(tmp), config, args.tracks, args.seconds)
         train_seconds = sum(cache.samples(n) for n in cache.tracks("train")) / SAMPLE_RATE
         spec_bytes = sum((cache.path / t["spec"]).stat().st_size for t in cache.manifest["tracks"] if "spec" in t)
         mb_per_second = spec_bytes / 1e6 / train_seconds
 
-        length = (args.batches + 4) * BATCH
-        loaders = {
-            "cache": TrainDataset(cache, NUM_FRAME, items_per_epoch=length),
-            "wav windows + STFT": OnTheFly(dataset_json, length),
-            "whole wav + STFT": OnTheFly(dataset_json, length, whole_track=True),
+        batch, length = config["batch"], (args.batches + 4) * config["batch"]
+        cached = TrainDataset(cache, config["num_frame"], items_per_epoch=length)
+        datasets = {
+            "cache": cached,
+            "cache, item by item": ItemByItem(cached),
+            "wav windows + STFT": OnTheFly(dataset_json, config, length),
+            "whole wav + STFT": OnTheFly(dataset_json, config, length, whole_track=True),
         }
-        print(
-            f"\n{args.tracks} train tracks x {args.seconds:.0f} s ({train_seconds / 60:.1f} min), "
-            f"batch {BATCH}, num_frame {NUM_FRAME}, n_fft {N_FFT}, hop {HOP}, torch threads 1 per "
-            f"process; batches/s (speed-up of the cache)"
-        )
-        print(f"{'workers':>8}" + "".join(f"{name:>24}" for name in loaders))
+        baseline = "wav windows + STFT"
+        rows = []
         for workers in (0, 2):
-            rate = {name: batches_per_second(ds, workers, args.batches, args.repeats) for name, ds in loaders.items()}
-            print(f"{workers:>8}" + "".join(f"{r:>16.2f} ({rate['cache'] / r:4.1f}x)" for r in rate.values()))
+            torch.manual_seed(0)
+            loaders = {
+                name: (train_batches if name == "cache" else DataLoader)(
+                    ds, batch_size=batch, num_workers=workers, persistent_workers=workers > 0
+                )
+                for name, ds in datasets.items()
+            }
+            runs: dict[str, list[float]] = {name: [] for name in loaders}
+            for _ in range(args.repeats):  # interleaved: each loader sees the same machine load
+                for name, loader in loaders.items():
+                    runs[name].append(time_batches(loader, args.batches, workers))
+            rate = {name: statistics.median(r) for name, r in runs.items()}
+            rows.append([workers] + [f"{rate[name]:.2f} ({rate[name] / rate[baseline]:.1f}x)" for name in loaders])
+            del loaders  # stop the workers
+
+    print(
+        f"\n{args.tracks} train tracks x {args.seconds:g} s ({train_seconds / 60:.1f} min), batch {batch}, "
+        f"num_frame {config['num_frame']}, n_fft {config['n_fft']}, hop {config['hop']}, torch threads 1 per "
+        f"process; median of {args.repeats} runs of {args.batches} batches (x = speed relative to {baseline})"
+    )
+    print(HEADER)
+    print(tabulate(rows, headers=["workers", *datasets], stralign="right"))
+    print(
+        "the cache loader feeds up to "
+        + ", ".join(f"{row[1].split()[0]} training steps/s with {row[0]} workers" for row in rows)
+        + f" at batch {batch} (a faster GPU step waits for data)"
+    )
 
     waveform_mb = len(TARGETS + ("mixture",)) * 2 * 4 * SAMPLE_RATE / 1e6  # float32 stereo, 5 stems
     train_hours = MUSDB_TRAIN_HOURS * (100 - MUSDB_VALID_TRACKS) / 100

@@ -1,18 +1,18 @@
 """Speed of the separate and evaluate stages on this machine, extrapolated to MUSDB18's test set.
 
-Separation: an untrained seed-config model (speed does not depend on the weights) on a stereo
-noise track, at the default overlap and batch size; real-time factor = seconds of audio per
-second of wall time. Evaluation: ``evaluate_tracks`` (estimate + mixture baseline, four targets)
-on two 60-second tracks with jobs=1 and jobs=2, so that jobs=2 has two tracks to share out
-(``--engine``: fast, the default, or museval; benchmarks/bsseval.py compares the two).
+Separation: untrained models (speed does not depend on the weights) of the demo and the seed
+config on one stereo noise track (60 s), default protocol and overlap, with the old fixed batches
+(4: the CLI's, 8: the stage's) and ``auto`` (the default now: from the free memory) side by
+side; real-time factor = seconds of audio per second of wall time. Evaluation: ``evaluate_tracks``
+(estimate + mixture baseline, four targets) on two 60-second tracks with jobs=1 and jobs=2, so
+that jobs=2 has two tracks to share out (``--engine``: fast, the default, or museval; benchmarks/bsseval.py compares the two).
 
-    .venv/bin/python benchmarks/separate_eval.py [--seconds 8] [--eval-seconds 60] [--engine fast]
+    .venv/bin/python benchmarks/separate_eval.py [--seconds 60] [--eval-seconds 60] [--engine fast] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -20,15 +20,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightsaft.config import defaults
+from lightsaft.config import defaults, validate, validate_section
 from lightsaft.data.audio import write_audio
 from lightsaft.evaluate import evaluate_tracks
+from lightsaft.experiments import load_study
 from lightsaft.model import build_model
-from lightsaft.separate import crossfade, edge_trim, separate_track
-from lightsaft.spectral import SAMPLE_RATE, TARGETS, window_samples
+from lightsaft.separate import auto_batch_size, separate_track
+from lightsaft.spectral import SAMPLE_RATE, TARGETS
 
 TEST_SET_SECONDS = 3.5 * 3600  # MUSDB18 test set: 50 tracks, about 3.5 hours
 TEST_TRACKS = 50
+# --quick: a small model (the tests' tiny config), for a smoke run in seconds
+TINY = {"n_fft": 256, "hop_length": 64, "num_frame": 16, "n_blocks": 5, "internal_channels": 8, "n_internal_layers": 2}
+TINY.update(bn_factor=4, min_bn_units=4, num_tdfs=4, dk=8, embedding_dim=8)
+
+
+def demo_model() -> dict:
+    """The model section of `make demo` (experiments/demo.yaml over the defaults)."""
+    study = load_study(Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml")
+    model = dict(defaults()["model"])
+    model.update({k.split(".", 1)[1]: v for k, v in study.overrides.items() if k.startswith("model.")})
+    return model
 
 
 class MemoryCache:
@@ -42,33 +54,18 @@ class MemoryCache:
         return self.audio[track]
 
 
-def chunks_for(seconds: float, params: dict, overlap: float) -> int:
-    """Model windows ``separate_track`` runs for a track of ``seconds`` (the same arithmetic)."""
-    window = window_samples(params["num_frame"], params["hop_length"])
-    fade, step = crossfade(window - 2 * edge_trim(params["hop_length"], params["num_frame"]), overlap)
-    return math.ceil((round(seconds * SAMPLE_RATE) + len(fade) - step) / step)
-
-
-def bench_separation(seconds: float, separate: dict) -> tuple[float, float]:
-    """Returns (real-time factor, projected hours for the test set)."""
-    params = defaults()["model"]
+def bench_separation(seconds: float, model_params: dict, separate: dict, batches: list) -> dict:
+    """Real-time factor per batch size, on one track, batches interleaved after a warm-up."""
     torch.manual_seed(0)
-    model = build_model(params)
+    model = build_model(model_params)
     mixture = (np.random.default_rng(0).standard_normal((round(seconds * SAMPLE_RATE), 2)) * 0.1).astype(np.float32)
-    separate_track(model, mixture[:SAMPLE_RATE], **separate)  # warm-up
-    start = time.perf_counter()
-    separate_track(model, mixture, **separate)
-    wall = time.perf_counter() - start
-    per_chunk = wall / chunks_for(seconds, params, separate["overlap"])
-    track = TEST_SET_SECONDS / TEST_TRACKS
-    projected = TEST_TRACKS * chunks_for(track, params, separate["overlap"]) * per_chunk
-    print(
-        f"separation  seed config, {seconds:g} s track, overlap {separate['overlap']}, batch "
-        f"{separate['batch_size']}, {torch.get_num_threads()} threads: {wall:.1f} s wall, "
-        f"{per_chunk:.1f} s per window x 4 targets, real-time factor {seconds / wall:.3f} "
-        f"(s audio per s)"
-    )
-    return seconds / wall, projected / 3600
+    separate_track(model, mixture[:SAMPLE_RATE], device="cpu", **separate)  # warm-up
+    rtf = {}
+    for batch in batches:
+        start = time.perf_counter()
+        separate_track(model, mixture, batch_size=batch, device="cpu", **separate)
+        rtf[batch] = seconds / (time.perf_counter() - start)
+    return rtf
 
 
 def bench_evaluation(seconds: float, n_tracks: int, jobs_list: list[int], engine: str) -> dict[int, float]:
@@ -86,7 +83,7 @@ def bench_evaluation(seconds: float, n_tracks: int, jobs_list: list[int], engine
                 write_audio(Path(tmp) / "test" / name / f"{target}.wav", noisy, SAMPLE_RATE)
         for jobs in jobs_list:
             start = time.perf_counter()
-            result = evaluate_tracks(MemoryCache(tracks), tmp, None, jobs=jobs, engine=engine, device="cpu")
+            result = evaluate_tracks(MemoryCache(tracks), tmp, jobs=jobs, engine=engine, device="cpu")
             walls[jobs] = time.perf_counter() - start
             assert not result.failed
     return walls
@@ -94,15 +91,34 @@ def bench_evaluation(seconds: float, n_tracks: int, jobs_list: list[int], engine
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=8.0, help="separation benchmark track length")
+    parser.add_argument("--seconds", type=float, default=60.0, help="separation benchmark track length")
     parser.add_argument("--eval-seconds", type=float, default=60.0, help="length of each evaluated track")
     parser.add_argument("--eval-tracks", type=int, default=2)
     parser.add_argument("--engine", default=defaults()["evaluate"]["engine"], choices=["fast", "museval"])
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, 1 s tracks (seconds)")
     args = parser.parse_args()
-    separate = dict(defaults()["separate"])
-    separate["device"] = "cpu"
-    rtf, sep_hours = bench_separation(args.seconds, separate)
-    walls = bench_evaluation(args.eval_seconds, args.eval_tracks, [1, 2], args.engine)
+    params = defaults()
+    if args.quick:
+        args.seconds, args.eval_seconds = 1.0, 1.0
+        params["model"] = dict(params["model"], **TINY)
+    separate = validate(params)["separate"]
+    configs = {"tiny": params["model"]} if args.quick else {"demo": demo_model(), "seed": params["model"]}
+    batches = [4, "auto"] if args.quick else [4, 8, "auto"]
+    threads = torch.get_num_threads()
+    print(f"separation, {args.seconds:g} s track, CPU, {threads} threads: real-time factor (s audio per s)")
+    print(f"{'config':8}" + "".join(f"{'batch ' + str(b):>12}" for b in batches) + f"{'auto':>8}{'test set h':>12}")
+    rtfs = {}
+    for name, model_params in configs.items():
+        rtfs[name] = rtf = bench_separation(args.seconds, model_params, separate, batches)
+        chosen = auto_batch_size(validate_section("model", model_params), torch.device("cpu"))
+        print(
+            f"{name:8}" + "".join(f"{rtf[b]:12.3f}" for b in batches)
+            + f"{chosen:8d}{TEST_SET_SECONDS / rtf['auto'] / 3600:12.1f}"
+        )  # fmt: skip
+    rtf = rtfs["tiny" if args.quick else "seed"]["auto"]
+    sep_hours = TEST_SET_SECONDS / rtf / 3600
+    jobs_list = [1] if args.quick else [1, 2]  # --quick: no worker processes to start
+    walls = bench_evaluation(args.eval_seconds, args.eval_tracks, jobs_list, args.engine)
     audio = args.eval_seconds * args.eval_tracks
     print(
         f"evaluation  ({args.engine} engine) {args.eval_tracks} tracks x {args.eval_seconds:g} s, 4 targets, "
@@ -116,8 +132,8 @@ def main() -> None:
         )
     print(
         f"test set ({TEST_TRACKS} tracks, {TEST_SET_SECONDS / 3600:g} h of audio) on this machine: "
-        f"separate {sep_hours:.1f} h (CPU), evaluate {walls[2] / audio * TEST_SET_SECONDS / 3600:.1f} h "
-        f"(jobs=2); real-time factor {rtf:.3f}"
+        f"separate {sep_hours:.1f} h (CPU), evaluate {walls[jobs_list[-1]] / audio * TEST_SET_SECONDS / 3600:.1f} h "
+        f"(jobs={jobs_list[-1]}); real-time factor {rtf:.3f}"
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from functools import partial
 
 import torch
 from model_speed import (
@@ -82,10 +83,15 @@ def main() -> None:
     parser.add_argument("--seed-steps", type=int, default=2, help="timed steps per run, seed config (CPU)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per row (the best counts)")
     parser.add_argument("--threads", type=int, default=CPU_THREADS, help="torch CPU threads")
-    parser.add_argument("--quick", action="store_true", help="smoke run: tiny config everywhere, few steps")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: tiny config everywhere, 2 steps, 1 run, one process"
+    )
     args = parser.parse_args()
     quiet_openmp()
     seed_steps = 1 if args.quick else args.seed_steps
+    measure = partial(isolated, steps_per_second)  # each row in a fresh process
+    if args.quick:  # seconds: the test of the benchmarks runs this, in this process
+        args.steps, args.repeats, measure = 2, 1, steps_per_second
 
     # (label, tiny config?, batch, warm-up steps, timed steps)
     cpu_rows = [
@@ -100,8 +106,7 @@ def main() -> None:
     )
     rows = []
     for label, tiny, batch, warmup, steps in cpu_rows:
-        result = isolated(
-            steps_per_second,
+        result = measure(
             variant="lightsaft",
             tiny=tiny,
             batch=batch,
@@ -135,8 +140,7 @@ def main() -> None:
         return
     rows, rates = [], {}
     for variant in ("lightsaft", "lasaft"):
-        result = isolated(
-            steps_per_second,
+        result = measure(
             variant=variant,
             tiny=args.quick,
             batch=GPU_BATCH,

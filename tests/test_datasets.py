@@ -11,10 +11,13 @@ from test_cache import _stft
 from torch.utils.data import DataLoader
 
 from lightsaft.data.audio import read_stems
-from lightsaft.data.datasets import Draw, TrainDataset, ValidDataset
+from lightsaft.data.datasets import Draw, TrainDataset, ValidDataset, collate, epoch_length, train_batches
 from lightsaft.errors import DataError
+from lightsaft.spectral import edge_trim
 
 NUM_FRAME = 16
+WINDOW = 64 * (NUM_FRAME - 1)  # 960 samples of the small cache (hop 64)
+TRACK = 44100  # samples of each small-cache track
 
 
 def _window(cache, track: str, k: int, offset: int, num_frame: int = NUM_FRAME) -> np.ndarray:
@@ -23,8 +26,9 @@ def _window(cache, track: str, k: int, offset: int, num_frame: int = NUM_FRAME) 
 
 def test_epoch_length_and_item_layout(small_cache):
     dataset = TrainDataset(small_cache, NUM_FRAME)
-    frames = [small_cache.frames(n) for n in small_cache.tracks("train")]
-    assert len(dataset) == 4 * sum(f // NUM_FRAME for f in frames) == 4 * 3 * (690 // 16)
+    # official MusdbTrainSet.__len__: 4 x whole windows of hop * (num_frame - 1) samples per track
+    assert len(dataset) == epoch_length([TRACK] * 3, WINDOW) == 4 * 3 * (44100 // 960) == 540
+    assert epoch_length([130048 * 2 + 5, 130047], 130048) == 8  # the seed config: 2 windows + 0
     assert len(TrainDataset(small_cache, NUM_FRAME, items_per_epoch=10)) == 10
     mixture, target, condition = dataset[0]
     assert mixture.shape == target.shape == (4, NUM_FRAME, 129)
@@ -65,7 +69,7 @@ def test_mix_across_tracks_off_takes_one_track_and_offset(small_cache):
 
 def _epoch(dataset, seed: int, workers: int) -> list[torch.Tensor]:
     seed_everything(seed, workers=True, verbose=False)
-    loader = DataLoader(dataset, batch_size=4, num_workers=workers)
+    loader = train_batches(dataset, 4, num_workers=workers)
     return [torch.cat([mixture.flatten(1), condition[:, None].float()], 1) for mixture, _, condition in loader]
 
 
@@ -82,9 +86,52 @@ def test_randomness_is_seeded_and_differs_between_items_and_workers(small_cache)
     assert not torch.equal(batches[0], batches[1])
 
 
+class _ItemByItem(torch.utils.data.Dataset):
+    """A dataset seen through ``__getitem__`` only: the DataLoader stacks single items."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[index]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_are_the_items_of_the_same_draws(small_cache, workers):
+    """Whole-batch assembly changes nothing that is sampled: same random stream, same bits."""
+    dataset = TrainDataset(small_cache, NUM_FRAME, items_per_epoch=24, augment_gain=True, augment_channel_swap=True)
+    seed_everything(3, workers=True, verbose=False)
+    batched = list(train_batches(dataset, 4, num_workers=workers))
+    seed_everything(3, workers=True, verbose=False)
+    single = list(DataLoader(_ItemByItem(dataset), batch_size=4, num_workers=workers, drop_last=True))
+    assert len(batched) == len(single) == 6
+    for got, want in zip(batched, single):
+        assert [x.shape for x in got] == [x.shape for x in want] == [(4, 4, NUM_FRAME, 129)] * 2 + [(4,)]
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+        assert got[0].is_shared() == (workers > 0)  # built in shared memory: sending it copies nothing
+
+
+def test_collate_passes_batches_on_and_stacks_anything_else(small_cache):
+    dataset = TrainDataset(small_cache, NUM_FRAME, items_per_epoch=8)
+    torch.manual_seed(0)
+    items = dataset.__getitems__(list(range(3)))
+    mixture, target, condition = collate(items)
+    assert mixture.data_ptr() == items[0][0].data_ptr() and mixture.shape == (3, 4, NUM_FRAME, 129)
+    assert torch.equal(target[2], items[2][1]) and condition.tolist() == [int(c) for _, _, c in items]
+    again = collate([items[0], items[2]])  # not consecutive rows: stacked, as default_collate does
+    assert again[0].data_ptr() != mixture.data_ptr() and torch.equal(again[0][1], mixture[2])
+    fresh = collate([dataset[0], dataset[1]])
+    assert fresh[0].shape == (2, 4, NUM_FRAME, 129)
+
+
 def test_tracks_shorter_than_a_window(small_cache):
     long = 2000  # frames, more than any synthetic track
-    with pytest.raises(DataError, match="shorter than num_frame = 2000 frames; set train.items_per_epoch"):
+    with pytest.raises(
+        DataError, match=r"shorter than num_frame = 2000 frames \(127936 samples\); set train.items_per_epoch"
+    ):
         TrainDataset(small_cache, long)
     dataset = TrainDataset(small_cache, long, items_per_epoch=4)
     draw = Draw(0, ["synthetic train 000"] * 4, [0] * 4, [1.0] * 4, [False] * 4)
@@ -95,37 +142,45 @@ def test_tracks_shorter_than_a_window(small_cache):
     np.testing.assert_array_equal(target[:, :frames].numpy(), expected)
 
 
-def test_validation_windows_tile_each_track(small_cache):
-    dataset = ValidDataset(small_cache, NUM_FRAME)
-    window = 64 * (NUM_FRAME - 1)
+def test_validation_windows_are_the_official_eval_set(small_cache):
+    """MusdbEvalSetWithGT: cores of window - 2 * trim samples tile the track (the last one
+    zero-padded), each with trim zeros on both sides."""
+    trim = edge_trim(64, NUM_FRAME)
+    assert trim == 3 * 64  # a quarter window: the official 79 hops would not fit in 15
+    assert edge_trim(1024, 128) == 5 * 1024  # the seed config: official ceil(5000 / hop) * hop
+    core = WINDOW - 2 * trim  # 576
+    dataset = ValidDataset(small_cache, NUM_FRAME, trim=edge_trim(64, NUM_FRAME))
     track = small_cache.tracks("valid")[0]
-    chunks = 44100 // window
-    assert len(dataset) == 4 * chunks
+    count = -(-TRACK // core)  # 77: rounded up
+    assert (dataset.trim, dataset.core, count) == (192, 576, 77)
+    assert dataset.chunks == [(track, i * core) for i in range(count)] and len(dataset) == 4 * count
     audio = small_cache.load_audio(track)
-    for index in (0, 5, 4 * chunks - 1):
+    for index in (0, 5, 4 * count - 1):
         mixture, target, condition = dataset[index]
-        start = index // 4 * window
-        assert condition.item() == index % 4 and mixture.shape == target.shape == (window, 2)
-        np.testing.assert_array_equal(mixture.numpy(), audio["mixture"][start : start + window])
-        np.testing.assert_array_equal(
-            target.numpy(), audio[("vocals", "drums", "bass", "other")[index % 4]][start : start + window]
-        )
+        start = index // 4 * core
+        assert condition.item() == index % 4 and mixture.shape == target.shape == (WINDOW, 2)
+        kept = min(core, TRACK - start)  # 324 in the last core
+        for wave, stem in ((mixture, "mixture"), (target, ("vocals", "drums", "bass", "other")[index % 4])):
+            np.testing.assert_array_equal(wave[trim : trim + kept].numpy(), audio[stem][start : start + kept])
+            assert not wave[:trim].any() and not wave[trim + kept :].any()
+        assert mixture[trim : trim + kept].abs().sum() > 0  # the comparison can fail
+    assert TRACK - (count - 1) * core == 324
 
 
 def test_validation_chunks_per_track_and_padding(small_cache):
-    window = 64 * (NUM_FRAME - 1)
-    spread = ValidDataset(small_cache, NUM_FRAME, chunks_per_track=3)
-    assert [start for _, start in spread.chunks] == [
-        0,
-        (44100 // window - 1) // 2 * window,
-        (44100 // window - 1) * window,
-    ]
-    whole = ValidDataset(small_cache, 1000)  # 63936 samples > the 44100 of the track
-    assert len(whole) == 4
+    core = WINDOW - 2 * 192
+    spread = ValidDataset(small_cache, NUM_FRAME, chunks_per_track=3, trim=192)
+    with pytest.raises(DataError, match="validation trim 480: must leave part of the 960-sample window"):
+        ValidDataset(small_cache, NUM_FRAME, trim=480)
+    assert [start for _, start in spread.chunks] == [0, 38 * core, 76 * core]
+    whole = ValidDataset(
+        small_cache, 1000, trim=edge_trim(64, 1000)
+    )  # window 63936 samples, trim 79 hops, one core of 53824 > 44100
+    assert (whole.window, whole.trim, whole.core, len(whole)) == (63936, 5056, 53824, 4)
     mixture, _, _ = whole[0]
     audio = small_cache.load_audio(small_cache.tracks("valid")[0])
-    np.testing.assert_array_equal(mixture[:44100].numpy(), audio["mixture"])
-    assert mixture.shape == (64 * 999, 2) and not mixture[44100:].any()
+    np.testing.assert_array_equal(mixture[5056 : 5056 + TRACK].numpy(), audio["mixture"])
+    assert mixture.shape == (63936, 2) and not mixture[:5056].any() and not mixture[5056 + TRACK :].any()
 
 
 def test_spectral_mixing_is_exact_on_a_real_track(real_cache):

@@ -11,9 +11,9 @@ from torch import nn
 
 from lightsaft.devices import DeviceError
 from lightsaft.model import build_model, load_weights
-from lightsaft.separate import SeparationError, crossfade, edge_trim, separate_track, separate_tracks
+from lightsaft.separate import SeparationError, crossfade, separate_track, separate_tracks
 from lightsaft.songs import song_name
-from lightsaft.spectral import SAMPLE_RATE, TARGETS, SpectralFrontEnd, window_samples
+from lightsaft.spectral import SAMPLE_RATE, TARGETS, SpectralFrontEnd, edge_trim, window_samples
 
 WINDOW = window_samples(TINY_MODEL["num_frame"], TINY_MODEL["hop_length"])  # 960 samples
 

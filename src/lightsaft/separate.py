@@ -30,9 +30,8 @@ from .errors import LightSAFTError
 from .model import Separator, load_weights
 from .paths import atomic_dir
 from .progress import Progress, progress
-from .spectral import SAMPLE_RATE, TARGETS, window_samples
+from .spectral import EDGE_SAMPLES, SAMPLE_RATE, TARGETS, edge_trim, window_samples
 
-EDGE_SAMPLES = 5000  # official min_trim: ceil(5000 / hop) * hop samples trimmed at each window edge
 PROTOCOLS = ("crossfade", "official")
 AUTO = "auto"  # batch size from the memory budget (the default of the stage and the CLI alike)
 MAX_AUTO_BATCH = 64  # beyond this a GPU gains nothing more
@@ -51,12 +50,6 @@ class Chunk:
     start: int  # the window's first sample, in track samples (negative: before the track starts)
     weight: torch.Tensor  # [window]: weight of each output sample (0 on the dropped edges)
     audible: tuple[int, int]  # the window samples read from the track; the rest is silence (official quirks)
-
-
-def edge_trim(hop_length: int, num_frame: int, min_trim: int = EDGE_SAMPLES) -> int:
-    """Samples the crossfade drops at each window edge: the official amount, but at most a quarter
-    window (small test configs have windows shorter than the official 2 x 5000 samples)."""
-    return min(math.ceil(min_trim / hop_length), (num_frame - 1) // 4) * hop_length
 
 
 def crossfade(kept: int, overlap: float) -> tuple[np.ndarray, int]:

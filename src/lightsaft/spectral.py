@@ -8,10 +8,13 @@ reflect padding, not normalized, one-sided; the inverse uses the same window.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 SAMPLE_RATE = 44100
 TARGETS = ("vocals", "drums", "bass", "other")  # condition index = position in this tuple
+EDGE_SAMPLES = 5000  # official min_trim: ceil(5000 / hop) * hop samples trimmed at each window edge
 
 
 def num_frames(num_samples: int, hop_length: int) -> int:
@@ -22,6 +25,13 @@ def num_frames(num_samples: int, hop_length: int) -> int:
 def window_samples(num_frame: int, hop_length: int) -> int:
     """Samples that give exactly ``num_frame`` frames (what ``istft`` returns without ``length``)."""
     return hop_length * (num_frame - 1)
+
+
+def edge_trim(hop_length: int, num_frame: int, min_trim: int = EDGE_SAMPLES) -> int:
+    """Samples trimmed at each window edge (separation crossfade, validation windows): the official
+    amount, ceil(min_trim / hop) hops, but at most a quarter
+    window (small test configs have windows shorter than the official 2 x 5000 samples)."""
+    return min(math.ceil(min_trim / hop_length), (num_frame - 1) // 4) * hop_length
 
 
 class SpectralFrontEnd(torch.nn.Module):

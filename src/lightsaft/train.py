@@ -31,12 +31,13 @@ from torch.utils.data import DataLoader
 from . import layout, tracking
 from .config import ConfigError, flatten
 from .data.cache import Cache
-from .data.datasets import TrainDataset, ValidDataset
+from .data.datasets import TrainDataset, ValidDataset, train_batches
 from .devices import check_sync_batchnorm, claim_devices, visible_gpus
 from .errors import LightSAFTError, Terminated
 from .model import Separator, count_parameters, save_weights
 from .paths import atomic_path, file_lock, project_root, write_text_atomic
 from .pretrained import load_pretrained
+from .spectral import edge_trim
 from .training.callbacks import EpochCurves, InterruptCheckpoint, StopTogether
 from .training.lightning_module import LightSAFTModule
 from .training.ranks import devices_per_node, global_rank
@@ -358,23 +359,17 @@ def _loaders(params: dict[str, Any], cache: Cache) -> tuple[DataLoader, DataLoad
         t["augment_gain"],
         t["augment_channel_swap"],
     )
-    valid_set = ValidDataset(cache, m["num_frame"], t["valid_chunks_per_track"])
+    # the official validation windows: cores tiling each track, `trim` zeros of context on each side
+    trim = edge_trim(m["hop_length"], m["num_frame"])
+    valid_set = ValidDataset(cache, m["num_frame"], t["valid_chunks_per_track"], trim=trim)
     if len(train_set) < tr["batch_size"]:
         raise ConfigError(
             f"trainer.batch_size = {tr['batch_size']} is larger than an epoch "
             f"({len(train_set)} items): lower it or set train.items_per_epoch"
         )
-    common = {
-        "batch_size": tr["batch_size"],
-        "num_workers": workers,
-        "pin_memory": torch.cuda.is_available(),
-        "persistent_workers": workers > 0,
-    }
-    # drop_last: train-mode BatchNorm1d in the control model cannot take a batch of one.
-    return (
-        DataLoader(train_set, shuffle=False, drop_last=True, **common),
-        DataLoader(valid_set, shuffle=False, **common),
-    )
+    common = {"num_workers": workers, "pin_memory": torch.cuda.is_available(), "persistent_workers": workers > 0}
+    batch = tr["batch_size"]
+    return train_batches(train_set, batch, **common), DataLoader(valid_set, batch, shuffle=False, **common)
 
 
 @contextmanager

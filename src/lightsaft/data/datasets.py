@@ -9,17 +9,28 @@ DataLoader seeds differently in each worker: reproducible, and different across 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import ctypes
+import ctypes.util
+import math
+import platform
+import warnings
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
-from .cache import Cache
 from ..spectral import TARGETS, window_samples
 from ..errors import DataError
+from .cache import Cache
 
 SWAP_CHANNELS = [1, 0, 3, 2]  # Re L, Re R, Im L, Im R -> Re R, Re L, Im R, Im L
+
+
+def epoch_length(samples: list[int], window: int) -> int:
+    """The official epoch (``MusdbTrainSet.__len__``): one item per target for every whole
+    window of ``window`` samples that fits in a train track."""
+    return len(TARGETS) * sum(s // window for s in samples)
 
 
 class Draw(NamedTuple):
@@ -37,7 +48,11 @@ class TrainDataset(Dataset):
 
     Each stem comes from an independently chosen track and offset (``mix_across_tracks``; else
     one track and offset for all four), optionally with a random gain (0.25-1.25) and L/R swap
-    per stem; the mixture is the sum of the four, the target the stem of ``condition``.
+    per stem; the mixture is the sum of the four, the target the stem of ``condition``. An
+    epoch is :func:`epoch_length` items unless ``items_per_epoch`` is given.
+
+    Batches are fastest through :func:`train_batches`: ``__getitems__`` assembles a whole batch
+    in place, and :func:`collate` hands it on without the copy a per-item DataLoader makes.
     """
 
     def __init__(
@@ -54,19 +69,23 @@ class TrainDataset(Dataset):
         if not self.names:
             raise DataError(f"{cache.path}: no train tracks; rerun the download and prepare stages")
         self.frames = [cache.frames(name) for name in self.names]
-        self.length = items_per_epoch or 4 * sum(f // num_frame for f in self.frames)
+        window = window_samples(num_frame, cache.manifest["hop_length"])
+        self.length = items_per_epoch or epoch_length([cache.samples(name) for name in self.names], window)
         if self.length == 0:
             raise DataError(
                 f"{cache.path}: every train track is shorter than num_frame = {num_frame} "
-                f"frames; set train.items_per_epoch"
+                f"frames ({window} samples); set train.items_per_epoch"
             )
         self.mix_across_tracks, self.augment_gain, self.augment_channel_swap = (
             mix_across_tracks,
             augment_gain,
             augment_channel_swap,
         )
-        self._stored: np.ndarray | None = None  # scratch buffers of assemble()
-        self._widened: torch.Tensor | None = None
+        self._specs: dict[str, torch.Tensor] = {}  # per process: float16 views of the memory maps
+        self._scratch: torch.Tensor | None = None  # per process: one float32 stem window
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_specs": {}, "_scratch": None}
 
     def __len__(self) -> int:
         return self.length
@@ -86,59 +105,145 @@ class TrainDataset(Dataset):
             swaps=(torch.rand(n) < 0.5).tolist() if self.augment_channel_swap else [False] * n,
         )
 
-    def assemble(self, draw: Draw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Read the four windows of ``draw`` and mix them in float32.
+    def _spec(self, track: str) -> torch.Tensor:
+        if track not in self._specs:
+            with warnings.catch_warnings():  # read-only memory map: torch warns that it cannot write
+                warnings.simplefilter("ignore", UserWarning)
+                self._specs[track] = torch.from_numpy(self.cache.spec(track))
+        return self._specs[track]
 
-        Only the two returned tensors are new: every fresh multi-megabyte buffer costs page
-        faults, so windows go through two scratch buffers kept per process (DataLoader calls
-        ``__getitem__`` from one thread per process). This makes an item several times faster.
+    def _bins(self) -> int:
+        return self._spec(self.names[0]).shape[-1]
+
+    def assemble_into(self, draw: Draw, mixture: torch.Tensor, target: torch.Tensor) -> None:
+        """Write the item of ``draw`` into ``mixture`` and ``target`` (``[4, num_frame, F]`` float32).
+
+        float16 is widened on the fly (torch converts with SIMD, numpy does not), and a stem
+        with gain 1 that is not the target is widened and added in one pass: only the output is
+        written, plus one scratch window kept per process (fresh multi-megabyte buffers cost
+        page faults). The mixture is summed in stem order, so a draw always gives the same bits.
         """
-        first = self.cache.spec(draw.tracks[0])
-        n, bins = self.num_frame, first.shape[-1]
-        if self._stored is None:
-            self._stored = np.empty((4, n, bins), dtype=first.dtype)
-            self._widened = torch.empty(4, n, bins)
-        mixture, target = torch.empty(4, n, bins), torch.empty(4, n, bins)
+        n = self.num_frame
+        if self._scratch is None:
+            self._scratch = torch.empty(4, n, mixture.shape[-1])
         choices = zip(draw.tracks, draw.offsets, draw.gains, draw.swaps)
         for k, (track, offset, gain, swap) in enumerate(choices):
-            spec = self.cache.spec(track)
+            spec = self._spec(track)
             frames = min(n, spec.shape[2] - offset)  # a track shorter than the window is zero-padded
-            for channel, source in enumerate(SWAP_CHANNELS if swap else range(4)):
-                self._stored[channel, :frames] = spec[k, source, offset : offset + frames]
-            self._stored[:, frames:] = 0
-            stem = mixture if k == 0 else self._widened
-            stem.copy_(torch.from_numpy(self._stored))
+            window = spec[k, :, offset : offset + frames]
+            channels = list(enumerate(SWAP_CHANNELS if swap else range(4)))
+            if k > 0 and gain == 1.0 and k != draw.condition:
+                for channel, source in channels:
+                    mixture[channel, :frames].add_(window[source])
+                continue
+            stem = target if k == draw.condition else mixture if k == 0 else self._scratch
+            for channel, source in channels:
+                stem[channel, :frames].copy_(window[source])
+            stem[:, frames:] = 0
             if gain != 1.0:
                 stem.mul_(gain)
-            if k > 0:
+            if k == 0 and stem is not mixture:
+                mixture.copy_(stem)
+            elif k > 0:
                 mixture.add_(stem)
-            if k == draw.condition:
-                target.copy_(stem)
+
+    def assemble(self, draw: Draw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The item of ``draw``, in new tensors."""
+        mixture, target = (torch.empty(4, self.num_frame, self._bins()) for _ in range(2))
+        self.assemble_into(draw, mixture, target)
         return mixture, target, torch.tensor(draw.condition)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.assemble(self.draw())
 
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """A batch of items (drawn in order, as ``__getitem__`` would), written in place into two
+        batch tensors; each item is a view of them, which :func:`collate` hands on as they are.
+        In a DataLoader worker the batch tensors are in shared memory, as ``default_collate``
+        makes them, so that sending them to the main process copies nothing."""
+        draws = [self.draw() for _ in indices]
+        shape = (len(draws), 4, self.num_frame, self._bins())
+        mixture, target = _empty(shape), _empty(shape)
+        conditions = torch.tensor([d.condition for d in draws])
+        for i, d in enumerate(draws):
+            self.assemble_into(d, mixture[i], target[i])
+        return [(mixture[i], target[i], conditions[i]) for i in range(len(draws))]
+
+
+def _empty(shape: tuple[int, ...]) -> torch.Tensor:
+    """A float32 tensor; in a DataLoader worker, in shared memory."""
+    if get_worker_info() is None:
+        return torch.empty(shape)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * 4)
+    return torch.empty(0).set_(storage, 0, shape)
+
+
+def collate(items: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """``default_collate``, except for items that are consecutive rows of batch tensors
+    (:meth:`TrainDataset.__getitems__`): those tensors are returned without a copy."""
+    fields = list(zip(*items))
+    bases = [field[0]._base for field in fields]
+    whole = all(
+        base is not None
+        and len(base) == len(items)
+        and all(t._base is base and t.storage_offset() == i * base.stride(0) for i, t in enumerate(field))
+        for base, field in zip(bases, fields)
+    )
+    return tuple(bases) if whole else default_collate(items)
+
+
+def keep_freed_memory() -> None:
+    """Let this process reuse freed batch memory instead of faulting in fresh pages.
+
+    glibc serves each block over 32 MB (a seed-config batch tensor is 34 MB) with its own mmap
+    and unmaps it when it is freed, so every new batch costs a page fault per 4 KB page: about
+    20 ms per tensor here, more than assembling the batch. Serving every block from the heap,
+    and trimming the heap only when over 1 GB of it is free, lets a batch reuse the pages of the
+    one before (as jemalloc and tcmalloc do). A no-op off glibc.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+def train_batches(dataset: TrainDataset, batch_size: int, **kwargs: Any) -> DataLoader:
+    """The training DataLoader: whole batches assembled in place (:meth:`TrainDataset.__getitems__`),
+    in order (items are random anyway), full batches only (train-mode BatchNorm1d in the control
+    model cannot take a batch of one). Calls :func:`keep_freed_memory` for this process."""
+    keep_freed_memory()
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=True, collate_fn=collate, **kwargs)
+
 
 class ValidDataset(Dataset):
-    """Fixed ``(mixture_wave, target_wave, condition)`` items, each wave ``[L, 2]`` float32.
+    """Fixed ``(mixture_wave, target_wave, condition)`` items, each wave ``[L, 2]`` float32, as the
+    official evaluation set with ground truth (``MusdbEvalSetWithGT``).
 
-    Windows of ``L = hop * (num_frame - 1)`` samples (exactly ``num_frame`` STFT frames) tile each
-    validation track without overlap; a shorter track gives one zero-padded window.
-    ``chunks_per_track`` keeps that many windows per track, evenly spread. Items are ordered by
-    track, then window, then condition 0..3.
+    A window holds ``L = hop * (num_frame - 1)`` samples (exactly ``num_frame`` STFT frames).
+    Cores of ``L - 2 * trim`` samples tile each validation track (their count rounded up, the
+    last core zero-padded at its end), and each item is its core with ``trim`` zeros on either
+    side (zeros, not the neighbouring audio: as official); the loss covers the whole window.
+    Training passes :func:`lightsaft.spectral.edge_trim` as ``trim``: the official
+    ``get_trim_length`` (``ceil(5000 / hop) * hop``), capped at a quarter window for small configs.
+    ``chunks_per_track`` keeps that many cores per track, evenly spread. Items are ordered by
+    track, then core, then condition 0..3.
     """
 
-    def __init__(self, cache: Cache, num_frame: int, chunks_per_track: int | None = None):
+    def __init__(self, cache: Cache, num_frame: int, chunks_per_track: int | None = None, *, trim: int):
         self.cache = cache
-        self.window = window_samples(num_frame, cache.manifest["hop_length"])
+        self.window, self.trim = window_samples(num_frame, cache.manifest["hop_length"]), trim
+        self.core = self.window - 2 * trim
+        if trim < 0 or self.core <= 0:
+            raise DataError(f"validation trim {trim}: must leave part of the {self.window}-sample window")
         self.chunks: list[tuple[str, int]] = []
         for name in cache.tracks("valid"):
-            count = max(1, cache.samples(name) // self.window)
+            count = math.ceil(cache.samples(name) / self.core)
             keep = range(count)
             if chunks_per_track is not None and chunks_per_track < count:
                 keep = np.linspace(0, count - 1, chunks_per_track).round().astype(int).tolist()
-            self.chunks += [(name, i * self.window) for i in keep]
+            self.chunks += [(name, i * self.core) for i in keep]
         if not self.chunks:
             raise DataError(f"{cache.path}: no validation tracks; rerun the download and prepare stages")
 
@@ -148,10 +253,10 @@ class ValidDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         (name, start), condition = self.chunks[index // len(TARGETS)], index % len(TARGETS)
         target = TARGETS[condition]
-        audio = self.cache.load_audio(name, start, start + self.window, stems=("mixture", target))
+        audio = self.cache.load_audio(name, start, start + self.core, stems=("mixture", target))
         waves = []
         for stem in ("mixture", target):
             wave = np.zeros((self.window, 2), dtype=np.float32)
-            wave[: len(audio[stem])] = audio[stem]
+            wave[self.trim : self.trim + len(audio[stem])] = audio[stem]
             waves.append(torch.from_numpy(wave))
         return waves[0], waves[1], torch.tensor(condition)
