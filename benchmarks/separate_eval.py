@@ -5,7 +5,8 @@ config on one stereo noise track (60 s), default protocol and overlap, with the 
 (4: the CLI's, 8: the stage's) and ``auto`` (the default now: from the free memory) side by
 side; real-time factor = seconds of audio per second of wall time. Evaluation: ``evaluate_tracks``
 (estimate + mixture baseline, four targets) on two 60-second tracks with jobs=1 and jobs=2, so
-that jobs=2 has two tracks to share out (``--engine``: fast, the default, or museval; benchmarks/bsseval.py compares the two).
+that jobs=2 has two tracks to share out (``--engine``: fast, the default, or museval;
+benchmarks/bsseval.py compares the two).
 
     .venv/bin/python benchmarks/separate_eval.py [--seconds 60] [--eval-seconds 60] [--engine fast] [--quick]
 """
