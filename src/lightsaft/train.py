@@ -143,6 +143,7 @@ def _train(params: dict[str, Any], cache: Cache, run_dir: Path, devices: Any) ->
         params["mlflow"]["experiment"],
         {**flatten({s: params[s] for s in SECTIONS}), **_data_params(cache)},
         _tags(params, cache),
+        tracking.dataset_of(cache),
     )
     trainer.logger = run.logger()
     try:
@@ -219,8 +220,10 @@ def write_outputs(result: TrainResult, outputs: TrainOutputs = TrainOutputs()) -
     with atomic_path(outputs.checkpoint) as tmp:
         shutil.copyfile(result.checkpoint, tmp)
     write_text_atomic(outputs.metrics, json.dumps(result.metrics, indent=2) + "\n")
-    result.run.finish(result.metrics, outputs.weights, step=result.metrics.get("steps", 0))
-    tracking.write_run_file(outputs.run_file, result.run.run_id, result.run.experiment)
+    model_id = result.run.finish(
+        result.metrics, outputs.weights, result.model_params, step=result.metrics.get("steps", 0)
+    )
+    tracking.write_run_file(outputs.run_file, result.run.run_id, result.run.experiment, model_id)
     shutil.rmtree(result.work_dir, ignore_errors=True)
 
 
