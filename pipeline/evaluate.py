@@ -10,8 +10,9 @@ from lightsaft.stage import run_stage
 
 def main(params: dict, args) -> None:
     rt = params["runtime"]["evaluate"]
+    cache = Cache(layout.CACHE)
     result = evaluate_tracks(
-        Cache(layout.CACHE), layout.ESTIMATES, jobs=rt["jobs"], engine=params["evaluate"]["engine"], device=rt["device"]
+        cache, layout.ESTIMATES, jobs=rt["jobs"], engine=params["evaluate"]["engine"], device=rt["device"]
     )
     write_scores(result, layout.SCORES)
     print(readable(result.summary).to_string(index=False))
@@ -24,6 +25,7 @@ def main(params: dict, args) -> None:
         result.metrics,
         [layout.SCORES / "summary.csv", layout.SCORES / "scores.csv"],
         per_track=per_track_sdr(result.scores).reset_index(),
+        dataset=tracking.dataset_of(cache),
     )
     print(f"MLflow: evaluation run {child} under the training run")
 

@@ -47,11 +47,17 @@ def test_training_learns_and_records_everything(trained):
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 3
     assert client.get_metric_history(run.info.run_id, "lr-Adam")[0].value == pytest.approx(1e-3)
     assert run.data.metrics["param_count"] == 71_988
-    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "model")]
-    assert artifacts == ["model/weights.pt"]
+    # the model: an MLflow logged model holding the weights file, not a run artifact
+    assert not client.list_artifacts(run.info.run_id, "model")
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    assert model.source_run_id == run.info.run_id and model.params["model.dk"] == "8"
+    assert [a.path for a in client.list_logged_model_artifacts(model.model_id)] == ["weights.pt"]
+    assert run.inputs.dataset_inputs[0].dataset.name == "synthetic"
+    assert run.data.tags["mlflow.note.content"].endswith("71,988 parameters · 300 steps")
 
     out = trained.outputs
     assert json.loads(out.run_file.read_text())["run_id"] == run.info.run_id
+    assert json.loads(out.run_file.read_text())["model_id"] == model.model_id
     metrics = json.loads(out.metrics.read_text())
     assert metrics["steps"] == 300 and metrics["epochs"] == 3 and metrics["param_count"] == 71_988
     assert metrics["best_val_loss"] == pytest.approx(

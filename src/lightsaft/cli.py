@@ -83,17 +83,32 @@ def _ui(args: argparse.Namespace) -> int:
             f"MLFLOW_TRACKING_URI is {redact(uri)}: that tracking server has its own "
             f"UI; open it in a browser (make ui serves a database: mlflow.db, or a SQL URI)"
         )
-    tracking.client()  # creates the database (WAL mode) if this is the first use
-    print(f"MLflow UI for {redact(uri)} at http://{args.host}:{args.port}  (Ctrl+C to stop)")
+    mlflow_client = tracking.client()  # creates the database (WAL mode) if this is the first use
+    base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    print(f"MLflow UI for {redact(uri)} at {base}  (Ctrl+C to stop)", flush=True)
+    for experiment in tracking.training_experiments(mlflow_client):
+        print(
+            f"  training runs of {experiment.name!r}: {tracking.runs_view(base, experiment.experiment_id)}", flush=True
+        )
     # The store URI goes through the environment: command lines (with any password) are public in `ps`.
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(args.port), "--workers", "1"]
     return subprocess.call(cmd, env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri})
 
 
+def _register(args: argparse.Namespace) -> int:
+    from .logged_model import register
+
+    version = register(args.model, args.name)
+    print(f"registered {version.source} as version {version.version} of {version.name!r} (see `lightsaft ui`, Models)")
+    return 0
+
+
 def _separate(args: argparse.Namespace) -> int:
+    from .song_page import Excerpt
     from .songs import separate_songs
 
-    failures = separate_songs(
+    page = Excerpt(args.excerpt_seconds, args.excerpt_offset, args.audio_format) if args.page else None
+    failures, index = separate_songs(
         args.songs,
         args.model,
         args.out,
@@ -104,7 +119,10 @@ def _separate(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         min_trim=args.min_trim,
         precision=args.precision,
+        page=page,
     )
+    if index is not None:
+        print(f"page: {index}")
     if failures:
         print(f"error: {len(failures)} of {len(args.songs)} songs failed (see above)", file=sys.stderr)
     return 1 if failures else 0
@@ -151,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=_ui)
+
+    p = sub.add_parser("register", help="put a trained model (its MLflow logged model) in the MLflow model registry")
+    p.add_argument(
+        "model",
+        metavar="RUN_OR_MODEL",
+        help="a training or evaluation run id, a logged model id (m-...), or a run record (models/mlflow_run.json)",
+    )
+    p.add_argument("--name", required=True, help="registered model name (created if new; else a new version)")
+    p.set_defaults(func=_register)
+
     p = sub.add_parser("separate", help="separate songs into vocals, drums, bass and other")
     p.add_argument("songs", nargs="+", metavar="SONG", help="wav, flac, mp3, ... or MUSDB .stem.mp4 (its mixture)")
     p.add_argument(
@@ -184,6 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
         "16384 for lightsaft_small_2020, as the official code)",
     )
     p.add_argument("--precision", default="float32", help="inference precision: float32 (default) or bf16")
+    p.add_argument(
+        "--page",
+        action="store_true",
+        help="also write an offline demo page: songs and page go to DIR/<model>-<sha8>/ (one folder and "
+        "page per model; more songs with the same model add rows); open its index.html",
+    )
+    p.add_argument("--excerpt-seconds", type=float, default=15.0, help="length of the page's excerpts (default 15)")
+    p.add_argument("--excerpt-offset", type=float, default=0.0, help="where the excerpts start, seconds (default 0)")
+    p.add_argument("--audio-format", default="mp3", help="of the page's excerpts: mp3 (default), ogg or wav")
     p.set_defaults(func=_separate)
 
     p = sub.add_parser(

@@ -25,6 +25,7 @@ METRIC_COLUMNS = [
     *[f"sdr_{t}" for t in TARGETS],
     "sdr_mean",
 ]
+COPIED = ("mlflow.source.", "mlflow.user", tracking.NOTE)  # MLflow's tags a restored run keeps
 
 
 def collect(repo: Path, study: Study) -> pd.DataFrame:
@@ -64,7 +65,8 @@ def ensure_mlflow_runs(repo: Path, table: pd.DataFrame, experiment: str) -> None
     """Every finished point gets an MLflow run tagged with its experiment name.
 
     When DVC restored a point from its run cache nothing ran, so nothing was logged: the point
-    then gets a run that copies params and metrics of the run that made those outputs.
+    then gets a run that copies what the run that made those outputs records: params, metrics,
+    source tags and description, training data, and its logged model (as this run's output).
     """
     client = tracking.client()
     for row in table[table["status"] == "done"].itertuples():
@@ -81,13 +83,17 @@ def ensure_mlflow_runs(repo: Path, table: pd.DataFrame, experiment: str) -> None
             exp_id,
             run_name=row.experiment,
             tags={
-                **{k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")},
+                **{k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.") or k.startswith(COPIED)},
                 "dvc_experiment": row.experiment,
                 "restored_from_run_cache": row.mlflow_run_id,
             },
         )
         tracking.log_params(client, run.info.run_id, source.data.params)
         tracking.log_metrics(client, run.info.run_id, source.data.metrics)
+        if source.inputs and source.inputs.dataset_inputs:
+            client.log_inputs(run.info.run_id, datasets=source.inputs.dataset_inputs)
+        if source.outputs and source.outputs.model_outputs:
+            client.log_outputs(run.info.run_id, source.outputs.model_outputs)
         client.set_terminated(run.info.run_id, "FINISHED")
 
 

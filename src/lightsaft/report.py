@@ -1,35 +1,31 @@
 """The ``report`` stage: a self-contained results page in the style of the LightSAFT demo page.
 
-``results/report/`` holds ``index.html`` (inline CSS, no scripts, no external resources: it
-opens from disk, offline, and as an MLflow artifact), ``curves.png`` (the training curves;
-``dvc plots show`` would load vega from a CDN) and ``audio/<track-slug>/<source>.<fmt>``:
-compressed excerpts of the mixture and of the four estimates, so the page stays small.
-The folder is written beside its place and renamed into it, so it is complete or absent.
+``results/report/`` holds ``index.html`` (an offline page, see :mod:`lightsaft.pages`),
+``curves.png`` (the training curves; ``dvc plots show`` would load vega from a CDN) and
+``audio/<track-slug>/<source>.<fmt>``: compressed excerpts of the mixture and of the four
+estimates, so the page stays small. The folder is written beside its place and renamed into it,
+so it is complete or absent.
 """
 
 from __future__ import annotations
 
-import html
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from .data.audio import write_audio
 from .errors import LightSAFTError
 from .evaluate import METRICS, NOISE_DB, per_track_sdr
 from .model import load_weights
+from .pages import FORMATS, document, encode_excerpts, facts_list, model_facts, source_figure, track_row, unique_slugs
+from .pages import number as _number
 from .paths import atomic_dir
 from .progress import progress
 from .spectral import SAMPLE_RATE, TARGETS
 
-FORMATS = ("mp3", "ogg", "wav")
 CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "lr")  # of the train stage's plots/train_curves.csv
-VARIANTS = {"lightsaft": "LightSAFT", "lasaft": "LaSAFT"}
 
 
 class ReportError(LightSAFTError, RuntimeError):
@@ -127,13 +123,8 @@ def run_facts(train_metrics: str | Path, weights: str | Path, tracks: int, datas
     for key in ("param_count", "steps", "epochs", "best_val_loss"):
         if key not in metrics:
             raise ReportError(f"{path}: no {key!r}; rerun the train stage")
-    m = load_weights(weights).params
     facts = {
-        "Model": VARIANTS[m["variant"]],
-        "dk": str(m["dk"]),
-        "TDFs": str(m["num_tdfs"]),
-        "Parameters": f"{metrics['param_count']:,}",
-        "STFT": f"{m['n_fft']} / hop {m['hop_length']}",
+        **model_facts(load_weights(weights).params, metrics["param_count"]),
         "Steps": f"{metrics['steps']:,} ({metrics['epochs']} epochs)",
         "Best val loss": _number(metrics["best_val_loss"], ".4g"),
         "Test tracks": str(tracks),
@@ -141,20 +132,6 @@ def run_facts(train_metrics: str | Path, weights: str | Path, tracks: int, datas
     if dataset:
         facts["Data"] = dataset
     return facts
-
-
-def unique_slugs(tracks: list[str]) -> dict[str, str]:
-    """File-system and URL safe folder names, distinct even when two names differ only in
-    punctuation or case."""
-    slugs: dict[str, str] = {}
-    for track in tracks:
-        base = re.sub(r"[^a-z0-9]+", "-", track.lower()).strip("-") or "track"
-        slug, n = base, 1
-        while slug in slugs.values():
-            n += 1
-            slug = f"{base}-{n}"
-        slugs[track] = slug
-    return slugs
 
 
 # ---------------------------------------------------------------------------------------
@@ -190,13 +167,7 @@ def write_excerpts(
                 f"{path}: {rate} Hz, excerpt {audio[target].shape}; expected {SAMPLE_RATE} Hz "
                 f"and the mixture's {audio['mixture'].shape}; rerun the separate stage"
             )
-    (report_dir / "audio" / slug).mkdir(parents=True)
-    subtype = "PCM_16" if audio_format == "wav" else None  # browsers play 16-bit PCM, not float wav
-    relative = {}
-    for name, wave in audio.items():
-        relative[name] = f"audio/{slug}/{name}.{audio_format}"
-        write_audio(report_dir / relative[name], np.clip(wave, -1.0, 1.0), SAMPLE_RATE, subtype=subtype)
-    return relative
+    return encode_excerpts(report_dir / "audio" / slug, report_dir, audio, SAMPLE_RATE, audio_format)
 
 
 def plot_curves(curves: pd.DataFrame, path: Path) -> None:
@@ -245,10 +216,6 @@ def plot_curves(curves: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def _number(value: Any, spec: str = ".2f") -> str:
-    return "–" if value is None or pd.isna(value) else format(float(value), spec)
-
-
 def _score(value: Any) -> str:
     """SIR/ISR/SAR: above NOISE_DB a value is rounding noise, not a score."""
     return "–" if value is not None and not pd.isna(value) and float(value) > NOISE_DB else _number(value)
@@ -276,9 +243,9 @@ def _summary_table(summary: pd.DataFrame) -> str:
 
 
 def _track_row(track: str, files: dict[str, str], sdr: pd.DataFrame) -> str:
+    """The mixture and each estimate, with the estimate's SDR on the whole track and the mixture's."""
     cells = []
     for name, path in files.items():
-        label = "Original" if name == "mixture" else name.capitalize()
         score = ""
         if name != "mixture":
             values = sdr.loc[(track, name)] if (track, name) in sdr.index else {}
@@ -286,15 +253,8 @@ def _track_row(track: str, files: dict[str, str], sdr: pd.DataFrame) -> str:
                 f'<p class="score"><span class="sdr">{_number(values.get("estimate"))}</span> dB SDR '
                 f'<span class="baseline">mixture {_number(values.get("baseline"))}</span></p>'
             )
-        cells.append(
-            f'<figure class="source" data-source="{name}"><figcaption>{label}</figcaption>'
-            f'<audio controls preload="metadata" src="{html.escape(path)}"></audio>{score}</figure>'
-        )
-    name = html.escape(track)
-    return (
-        f'<section class="track" data-track="{name}"><h3>{name}</h3>'
-        f'<div class="sources">{"".join(cells)}</div></section>'
-    )
+        cells.append(source_figure(name, path, score))
+    return track_row(track, cells)
 
 
 def render_page(
@@ -306,62 +266,20 @@ def render_page(
     excerpt_seconds: float,
 ) -> str:
     """The whole page; every text from the inputs is HTML-escaped."""
-    header = "".join(f"<div><dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd></div>" for k, v in facts.items())
     grid = "\n".join(_track_row(track, files, sdr) for track, files in zip(tracks, rows))
-    return PAGE.format(
-        title=f"{html.escape(facts['Model'])} separation results",
-        facts=header,
-        summary=_summary_table(summary),
-        tracks=grid,
-        seconds=f"{excerpt_seconds:g}",
+    return document(
+        f"{facts['Model']} separation results",
+        BODY.format(
+            facts=facts_list(facts), summary=_summary_table(summary), tracks=grid, seconds=f"{excerpt_seconds:g}"
+        ),
     )
 
 
-PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>
-body {{ margin: 0; background: #f6f7f9; color: #1d2330;
-       font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }}
-main {{ max-width: 1180px; margin: 0 auto; padding: 28px 24px 48px; }}
-h1 {{ font-size: 30px; margin: 0 0 4px; }}
-h2 {{ font-size: 20px; margin: 36px 0 10px; border-bottom: 1px solid #d8dce3; padding-bottom: 4px; }}
-h3 {{ font-size: 16px; margin: 0 0 10px; }}
-p.lead {{ color: #4a5263; max-width: 62em; margin: 0 0 18px; }}
-dl.facts {{ display: flex; flex-wrap: wrap; gap: 8px; margin: 0; }}
-dl.facts div {{ background: #fff; border: 1px solid #dde1e8; border-radius: 6px; padding: 6px 12px; }}
-dl.facts dt {{ font-size: 11px; text-transform: uppercase; letter-spacing: .05em; color: #6b7385; }}
-dl.facts dd {{ margin: 0; font-weight: 600; }}
-table.summary {{ border-collapse: collapse; background: #fff; font-variant-numeric: tabular-nums; }}
-table.summary th, table.summary td {{ padding: 6px 16px; border-bottom: 1px solid #e4e7ec; text-align: right; }}
-table.summary thead th {{ background: #eef1f5; font-size: 13px; }}
-table.summary tbody th {{ text-align: left; }}
-table.summary tr.mean {{ border-top: 2px solid #b9c0cc; background: #fafbfc; }}
-p.note {{ font-size: 13px; color: #6b7385; margin: 6px 0 0; }}
-img.curves {{ max-width: 100%; background: #fff; border: 1px solid #dde1e8; border-radius: 6px; }}
-section.track {{ background: #fff; border: 1px solid #dde1e8; border-radius: 8px; padding: 14px 16px;
-                 margin: 0 0 14px; }}
-div.sources {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(200px, 1fr)); gap: 12px; }}
-figure.source {{ margin: 0; }}
-figure.source[data-source="mixture"] figcaption {{ color: #3465a4; }}
-figcaption {{ font-weight: 600; font-size: 14px; margin-bottom: 4px; }}
-audio {{ width: 100%; height: 36px; }}
-p.score {{ margin: 4px 0 0; font-size: 14px; font-variant-numeric: tabular-nums; }}
-span.sdr {{ font-weight: 700; }}
-span.baseline {{ display: block; font-size: 12px; color: #6b7385; }}
-</style>
-</head>
-<body>
-<main>
-<h1>{title}</h1>
-<p class="lead">Conditioned music source separation: one network, told which target to extract,
+BODY = """<p class="lead">Conditioned music source separation: one network, told which target to extract,
 separates vocals, drums, bass and other from the mixture. Scores are museval BSSEval v4 on the
 test tracks (median over 1-second frames, then over tracks, in dB); <em>mixture</em> scores the
 unprocessed mixture as the estimate, so the improvement is what separation gains.</p>
-<dl class="facts">{facts}</dl>
+{facts}
 <h2>Test scores</h2>
 {summary}
 <p class="note">SIR, ISR and SAR are the model's; the mean row averages the four target SDRs.</p>
@@ -371,7 +289,4 @@ unprocessed mixture as the estimate, so the improvement is what separation gains
 <p class="note">{seconds}-second excerpts. Beside each estimate: its SDR on the whole track and, below,
 the mixture's.</p>
 {tracks}
-</main>
-</body>
-</html>
 """

@@ -2,7 +2,8 @@
 
 Files of any rate, mono or stereo, wav/flac/mp3/... or a MUSDB ``.stem.mp4``; each song becomes
 ``<out>/<song>/<target>.wav`` at its own rate and length. Separation itself is
-:func:`lightsaft.separate.separate_track`.
+:func:`lightsaft.separate.separate_track`. With a page (:mod:`lightsaft.song_page`) the songs go
+to the model's own folder ``<out>/<model>-<sha8>/``, beside its ``index.html``.
 """
 
 from __future__ import annotations
@@ -19,15 +20,24 @@ from .devices import inference_device, resolve_device
 from .model import Separator, load_weights
 from .progress import Progress
 from .separate import AUTO, SeparationError, check_options, separate_track
+from .song_page import Excerpt, SongPage
 from .spectral import SAMPLE_RATE, TARGETS
 
 
-def load_separator(model: str | Path) -> Separator:
-    """Our weights file, or a published name / official checkpoint (imported once, then reused)."""
+def weights_file(model: str | Path) -> Path:
+    """Our weights file of ``model``: itself, or a published name / official checkpoint imported
+    once, then reused."""
     from .pretrained import resolve_weights
 
     try:
-        return load_weights(resolve_weights(model))
+        return resolve_weights(model)
+    except (FileNotFoundError, ValueError) as e:
+        raise SeparationError(str(e)) from None
+
+
+def load_separator(model: str | Path) -> Separator:
+    try:
+        return load_weights(weights_file(model))
     except (FileNotFoundError, ValueError) as e:
         raise SeparationError(str(e)) from None
 
@@ -49,23 +59,31 @@ def _writable_dir(path: Path) -> None:
         ) from None
 
 
-def separate_song(model: Separator, song: str | Path, folder: Path, **options: Any) -> None:
-    """One file of any rate, mono or stereo -> ``folder/<target>.wav`` at its own rate and length.
-
-    A ``.stem.mp4`` contributes stream 0, its mixture. Mono input gives mono estimates (the
-    mean of the two channels separated from the duplicated mono signal). ``options`` are
-    :func:`separate_track`'s.
-    """
+def read_song(song: str | Path) -> tuple[np.ndarray, int]:
+    """A song file's audio, ``[samples, channels]``, and rate; a ``.stem.mp4`` gives stream 0, its mixture."""
     audio, rate = read_audio(song, stream=0)
     if len(audio) == 0:
         raise AudioError(f"{song}: holds no audio samples")
+    return audio, rate
+
+
+def separate_audio(model: Separator, audio: np.ndarray, rate: int, song: str | Path, **options: Any) -> dict:
+    """A song's estimates at its own rate, length and channel count: mono input gives mono
+    estimates (the mean of the two channels separated from the duplicated mono signal).
+    ``options`` are :func:`separate_track`'s."""
     stereo = resample(to_stereo(audio, song), rate, SAMPLE_RATE)
-    estimates = separate_track(model, stereo, **options)
-    for target, estimate in estimates.items():
+    estimates = {}
+    for target, estimate in separate_track(model, stereo, **options).items():
         estimate = resample(estimate, SAMPLE_RATE, rate)[: len(audio)]
         estimate = np.pad(estimate, ((0, len(audio) - len(estimate)), (0, 0)))
-        if audio.shape[1] == 1:
-            estimate = estimate.mean(axis=1, keepdims=True)
+        estimates[target] = estimate.mean(axis=1, keepdims=True) if audio.shape[1] == 1 else estimate
+    return estimates
+
+
+def separate_song(model: Separator, song: str | Path, folder: Path, **options: Any) -> None:
+    """One file of any rate, mono or stereo -> ``folder/<target>.wav`` at its own rate and length."""
+    audio, rate = read_song(song)
+    for target, estimate in separate_audio(model, audio, rate, song, **options).items():
         write_audio(folder / f"{target}.wav", estimate, rate)
 
 
@@ -80,13 +98,16 @@ def separate_songs(
     protocol: str = "crossfade",
     min_trim: int | None = None,
     precision: str = "float32",
-) -> list[str]:
-    """``lightsaft separate``: each song -> ``out_dir/<song>/<target>.wav``; returns the failures.
+    page: Excerpt | None = None,
+) -> tuple[list[str], Path | None]:
+    """``lightsaft separate``: each song -> ``out_dir/<song>/<target>.wav``; returns the failures
+    and, with ``page`` (which part of each song its players play), the page.
 
     ``model``: our weights file, a published name or an official checkpoint. ``min_trim`` None
     is the official amount for that model. A song that cannot be read is reported (on stderr,
     naming it) and skipped; the rest still run. Problems that stop everything (options, weights,
-    output folder) raise SeparationError.
+    output folder) raise SeparationError. With ``page`` the songs go to the model's folder in
+    ``out_dir`` and onto its page (:class:`lightsaft.song_page.SongPage`).
     """
     from .pretrained import default_min_trim
 
@@ -102,14 +123,24 @@ def separate_songs(
         precision=precision,
     )
     resolve_device(device)
+    if page is not None:
+        page.check()  # before any download or import of the model
     out_dir = Path(out_dir)
     _writable_dir(out_dir)
-    separator = load_separator(model)
+    weights = weights_file(model)
+    separator = load_separator(weights)
+    book = SongPage(out_dir, model, weights, separator, options, page) if page is not None else None
+    if book is not None:
+        out_dir = book.folder
+        _writable_dir(out_dir)
     with inference_device(device) as dev:
-        return _separate_each(separator, songs, out_dir, {**options, "device": dev})
+        failures = _separate_each(separator, songs, out_dir, {**options, "device": dev}, book)
+    return failures, book.index if book is not None and book.index.exists() else None
 
 
-def _separate_each(separator: Separator, songs: Sequence[str | Path], out_dir: Path, options: dict) -> list[str]:
+def _separate_each(
+    separator: Separator, songs: Sequence[str | Path], out_dir: Path, options: dict, book: SongPage | None
+) -> list[str]:
     failures: list[str] = []
     seen: dict[str, Path] = {}
     with Progress("separate", len(songs), "song") as bar:
@@ -122,7 +153,14 @@ def _separate_each(separator: Separator, songs: Sequence[str | Path], out_dir: P
                         f"rename one of them or separate them into different --out folders"
                     )
                 seen[name] = song
-                separate_song(separator, song, out_dir / name, **options)
+                audio, rate = read_song(song)
+                if book is not None:
+                    book.excerpt.span(song, len(audio), rate)  # an offset beyond the song: before separating it
+                estimates = separate_audio(separator, audio, rate, song, **options)
+                for target, estimate in estimates.items():
+                    write_audio(out_dir / name / f"{target}.wav", estimate, rate)
+                if book is not None:
+                    book.add(song, name, audio, rate, estimates)
             except (AudioError, SeparationError, OSError) as e:
                 failures.append(str(e))
                 bar.write(f"error: {e}")

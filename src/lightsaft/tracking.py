@@ -4,24 +4,37 @@ Default backend: ``sqlite:///<main repo>/mlflow.db`` with artifacts in ``<main r
 ``MLFLOW_TRACKING_URI`` overrides it (a team's tracking server). ``dvc exp run --temp/--queue``
 runs stages in a throw-away copy under ``<repo>/.dvc/tmp/exps/``; runs from there must still land
 in the main repository's database, so the root is resolved past such copies.
+
+Records follow MLflow 3's model-training conventions, so its UI shows them without setup: experiments
+of kind ``custom_model_development`` (the UI opens the training runs view, not the GenAI one),
+the standard source tags, the training data as a dataset input, the trained model as a logged
+model (see :mod:`lightsaft.logged_model`) with the test scores linked to it, and a run description.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from .errors import LightSAFTError, redact
-from .paths import file_lock, project_root, write_text_atomic
+from .paths import file_lock, project_root, resolve, write_text_atomic
+from .spectral import TARGETS
 
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
-RUN_FILE_FORMAT = 1
+RUN_FILE_FORMAT = 1  # "model_id" (the logged model) is optional: older records lack it
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+NOTE = "mlflow.note.content"  # the run's description in the UI
+DATA_CONTEXT = "mlflow.data.context"
+DIGEST_CHARS = 12  # of a dataset's digest, as shown in the runs table
+VARIANTS = {"lightsaft": "LightSAFT", "lasaft": "LaSAFT"}
 
 
 def tracking_uri() -> str:
@@ -56,37 +69,138 @@ def client():
 
 
 def experiment_id(mlflow_client, name: str) -> str:
-    """Get or create the experiment; with the local backend its artifacts go beside the database
-    (otherwise MLflow puts them relative to whatever directory created the experiment first)."""
+    """Get or create the experiment, of kind ``custom_model_development`` (also an existing one:
+    MLflow 3's UI opens other experiments in its GenAI view). With the local backend its artifacts
+    go beside the database (otherwise MLflow puts them relative to whatever directory created the
+    experiment first)."""
     from mlflow.exceptions import MlflowException
 
+    key, kind = EXPERIMENT_KIND
     found = mlflow_client.get_experiment_by_name(name)
-    if found is not None:
-        if found.lifecycle_stage == "deleted":
-            mlflow_client.restore_experiment(found.experiment_id)
-        return found.experiment_id
-    db = _sqlite_path(tracking_uri())
-    location = (db.parent / ARTIFACTS_DIR / name).as_uri() if db else None
-    try:
-        return mlflow_client.create_experiment(name, artifact_location=location)
-    except MlflowException:  # created meanwhile by a concurrent experiment
-        return mlflow_client.get_experiment_by_name(name).experiment_id
+    if found is None:
+        db = _sqlite_path(tracking_uri())
+        location = (db.parent / ARTIFACTS_DIR / name).as_uri() if db else None
+        try:
+            return mlflow_client.create_experiment(name, artifact_location=location, tags={key: kind})
+        except MlflowException:  # created meanwhile by a concurrent experiment
+            found = mlflow_client.get_experiment_by_name(name)
+    if found.lifecycle_stage == "deleted":
+        mlflow_client.restore_experiment(found.experiment_id)
+    if found.tags.get(key) != kind:
+        mlflow_client.set_experiment_tag(found.experiment_id, key, kind)
+    return found.experiment_id
 
 
-def git_tags(root: Path | None = None) -> dict[str, str]:
-    """Commit and dirty flag of the code that runs (the experiment copy inside DVC runs)."""
+def training_experiments(mlflow_client) -> list:
+    """The experiments of kind ``custom_model_development`` (ours), by name."""
+    key, kind = EXPERIMENT_KIND
+    found = mlflow_client.search_experiments(filter_string=f"tags.`{key}` = '{kind}'")
+    return sorted(found, key=lambda e: e.name)
+
+
+def runs_view(base_url: str, experiment: str) -> str:
+    """The UI's training runs view of an experiment. MLflow 3.17's UI shows an experiment as its
+    GenAI / Model training switch says (GenAI unless the browser remembers otherwise), whatever
+    the experiment's kind; this link selects Model training (and the browser remembers it)."""
+    return f"{base_url}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+
+
+def source_tags(root: Path | None = None) -> dict[str, str]:
+    """Where a run comes from: MLflow's standard tags (source name and type, git commit, branch
+    and remote, user: the run page's Source and User) and ours (``git_commit``, ``git_dirty``, and
+    ``dvc_experiment``, on which the study comparison finds a point's run)."""
 
     def git(*args: str) -> str:
         result = subprocess.run(["git", *args], cwd=root or os.getcwd(), capture_output=True, text=True)
         return result.stdout.strip() if result.returncode == 0 else ""
 
     commit = git("rev-parse", "HEAD")
-    tags = {"git_commit": commit or "unknown"}
+    tags = {"git_commit": commit or "unknown", "mlflow.source.type": "LOCAL", "mlflow.source.name": _entry_point()}
+    if user := _user():
+        tags["mlflow.user"] = user
     if commit:
         tags["git_dirty"] = str(bool(git("status", "--porcelain", "--untracked-files=no")))
+        tags["mlflow.source.git.commit"] = commit
+        if (branch := git("rev-parse", "--abbrev-ref", "HEAD")) not in ("", "HEAD"):
+            tags["mlflow.source.git.branch"] = branch
+        if remote := git("remote", "get-url", "origin"):
+            tags["mlflow.source.git.repoURL"] = redact(remote)
     if exp := os.environ.get("DVC_EXP_NAME"):
         tags["dvc_experiment"] = exp
     return tags
+
+
+def _entry_point() -> str:
+    """The script that runs (``pipeline/train.py``), relative to the repository it runs in."""
+    script = Path(os.path.abspath(sys.argv[0] or "python"))
+    return str(script.relative_to(os.getcwd())) if script.is_relative_to(os.getcwd()) else script.name
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name in some containers
+        return None
+
+
+def dataset_of(cache) -> Any:
+    """The data of a prepared cache as an MLflow dataset (the runs table's Dataset column): named
+    after its source, identified by the digest of the cache manifest (track list, audio sha256s,
+    STFT), located where its audio came from. ``cache``: a :class:`lightsaft.data.cache.Cache`."""
+    from mlflow.entities import Dataset
+
+    manifest = cache.manifest
+    files = [os.path.abspath(resolve(s["path"], cache.path)) for t in manifest["tracks"] for s in t["sources"]]
+    root = Path(os.path.commonpath(files)) if files else Path(cache.path)
+    here = Path(os.getcwd())
+    location = str(root.relative_to(here)) if root.is_relative_to(here) else str(root)
+    splits = {split: sum(t["split"] == split for t in manifest["tracks"]) for split in ("train", "valid", "test")}
+    profile = {
+        "tracks": splits,
+        "dataset_sha256": manifest.get("dataset_sha256"),
+        "stft": f"n_fft {manifest['n_fft']}, hop {manifest['hop_length']}",
+        "dtype": manifest["dtype"],
+    }
+    return Dataset(
+        name=manifest["source"],
+        digest=cache.digest()[:DIGEST_CHARS],
+        source_type="local",
+        source=json.dumps({"uri": redact(location)}),
+        profile=json.dumps(profile),
+    )
+
+
+def log_dataset(mlflow_client, run_id: str, dataset, context: str) -> None:
+    """``dataset`` (:func:`dataset_of`) as an input of the run, used for ``context``."""
+    from mlflow.entities import DatasetInput, InputTag
+
+    mlflow_client.log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag(DATA_CONTEXT, context)])])
+
+
+def describe(params: dict[str, str], metrics: dict[str, float]) -> str:
+    """The run's description (markdown): the model, its size and training, its test SDR per target."""
+    variant = params.get("model.variant", "")
+    parts = [VARIANTS.get(variant, variant or "model")]
+    if "model.dk" in params:
+        parts.append(f"dk {params['model.dk']}")
+    if "model.num_tdfs" in params:
+        parts.append(f"{params['model.num_tdfs']} TDFs")
+    if "param_count" in metrics:
+        parts.append(f"{int(metrics['param_count']):,} parameters")
+    if "steps" in metrics:
+        parts.append(f"{int(metrics['steps']):,} steps")
+    lines = [" · ".join(parts)]
+    sdr = [f"{t} {metrics[f'test_sdr_{t}']:.2f}" for t in (*TARGETS, "mean") if f"test_sdr_{t}" in metrics]
+    if sdr:
+        lines.append("Test SDR (dB): " + " · ".join(sdr))
+    return "\n\n".join(lines)
+
+
+def update_description(mlflow_client, run_id: str) -> None:
+    """Rewrite the run's description from what the run holds now (params, then training figures,
+    then test scores as the stages add them)."""
+    data = mlflow_client.get_run(run_id).data
+    mlflow_client.set_tag(run_id, NOTE, describe(data.params, data.metrics))
 
 
 def log_params(mlflow_client, run_id: str, flat_params: dict[str, Any]) -> None:
@@ -99,30 +213,27 @@ def log_params(mlflow_client, run_id: str, flat_params: dict[str, Any]) -> None:
         mlflow_client.log_batch(run_id, params=items[start : start + 100])
 
 
-def log_metrics(mlflow_client, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+def log_metrics(
+    mlflow_client, run_id: str, metrics: dict[str, float], step: int = 0, model_id: str | None = None, dataset=None
+) -> None:
+    """Metrics of the run; with ``model_id`` also of that logged model (its row in the Models tab),
+    measured on ``dataset`` when given."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+    on = {"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset is not None else {}
+    items = [Metric(k, float(v), now, step, model_id=model_id, **on) for k, v in metrics.items() if v is not None]
     for start in range(0, len(items), 500):
         mlflow_client.log_batch(run_id, metrics=items[start : start + 500])
 
 
-def write_run_file(path: str | Path, run_id: str, experiment: str) -> None:
-    """Record which MLflow run a trained model belongs to (read by later stages)."""
-    write_text_atomic(
-        path,
-        json.dumps(
-            {
-                "format": RUN_FILE_FORMAT,
-                "run_id": run_id,
-                "experiment": experiment,
-                "tracking_uri": redact(tracking_uri()),
-            },
-            indent=2,
-        )
-        + "\n",
-    )
+def write_run_file(path: str | Path, run_id: str, experiment: str, model_id: str | None = None) -> None:
+    """Record which MLflow run (and logged model) a trained model belongs to (read by later stages)."""
+    record = {"format": RUN_FILE_FORMAT, "run_id": run_id, "experiment": experiment}
+    if model_id:
+        record["model_id"] = model_id
+    record["tracking_uri"] = redact(tracking_uri())
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
 
 
 def read_run_file(path: str | Path) -> dict[str, Any]:
@@ -139,24 +250,35 @@ def read_run_file(path: str | Path) -> dict[str, Any]:
 
 
 def log_evaluation(
-    run_file: str | Path, params: dict[str, Any], metrics: dict[str, float], artifacts: list[Path], per_track=None
+    run_file: str | Path,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    artifacts: list[Path],
+    per_track=None,
+    dataset=None,
 ) -> str:
     """One evaluation = a child run of the training run, carrying the training's params plus
     ``separate.*`` / ``evaluate.*`` (MLflow params are immutable, so a changed ``evaluate.engine``
-    could not go on the parent). The parent gets ``test_<metric>`` copies of the latest scores,
-    so the UI shows one sortable row per trained model. Returns the child run id."""
+    could not go on the parent). Its scores are linked to the training's logged model (the Models
+    tab ranks models by them), measured on ``dataset`` (:func:`dataset_of`, logged as the
+    child's input). The parent gets ``test_<metric>`` copies of the latest scores, so the runs
+    table shows one sortable row per trained model, and its description the SDRs. Returns the
+    child run id."""
     from .config import flatten
 
-    parent_id = read_run_file(run_file)["run_id"]
+    record = read_run_file(run_file)
+    parent_id = record["run_id"]
     mlflow_client = client()
     parent = mlflow_client.get_run(parent_id)
-    tags = {**git_tags(), "stage": "evaluate", "mlflow.parentRunId": parent_id}
+    tags = {**source_tags(), "stage": "evaluate", "mlflow.parentRunId": parent_id}
     child = mlflow_client.create_run(
         parent.info.experiment_id, run_name=f"{parent.info.run_name}/evaluate", tags=tags
     ).info.run_id
     own = flatten({"separate": params["separate"], "evaluate": params["evaluate"]})
     log_params(mlflow_client, child, {**parent.data.params, **own})
-    log_metrics(mlflow_client, child, metrics)
+    if dataset is not None:
+        log_dataset(mlflow_client, child, dataset, "test")
+    log_metrics(mlflow_client, child, metrics, model_id=record.get("model_id"), dataset=dataset)
     for path in artifacts:
         mlflow_client.log_artifact(child, str(path), "scores")
     if per_track is not None:
@@ -164,6 +286,7 @@ def log_evaluation(
     mlflow_client.set_terminated(child, "FINISHED")
     log_metrics(mlflow_client, parent_id, {f"test_{k}": v for k, v in metrics.items()})
     mlflow_client.set_tag(parent_id, "latest_evaluation", child)
+    update_description(mlflow_client, parent_id)
     return child
 
 

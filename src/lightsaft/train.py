@@ -141,6 +141,7 @@ def _from_pretrained(params: dict[str, Any], cache: Cache, run_dir: Path) -> Tra
         {**flatten({s: params[s] for s in SECTIONS}), **_data_params(cache)},
         {**_tags(params, cache), "stage": "train (pretrained)", "pretrained": given.source,
          "pretrained_sha256": given.sha256},
+        tracking.dataset_of(cache),
     )  # fmt: skip
     metrics = {
         "pretrained": given.source,
@@ -225,6 +226,7 @@ def _train(params: dict[str, Any], cache: Cache, run_dir: Path, devices: Any, ra
         f"{m['variant']}-dk{m['dk']}-tdfs{m['num_tdfs']}",
         {**flatten({s: params[s] for s in SECTIONS}), **_data_params(cache)},
         _tags(params, cache),
+        tracking.dataset_of(cache),
     )
     trainer.logger = run.logger()
     try:
@@ -309,8 +311,10 @@ def write_outputs(result: TrainResult, outputs: TrainOutputs = TrainOutputs()) -
     with atomic_path(outputs.checkpoint) as tmp:
         shutil.copyfile(result.checkpoint, tmp)
     write_text_atomic(outputs.metrics, json.dumps(result.metrics, indent=2) + "\n")
-    result.run.finish(result.metrics, outputs.weights, step=result.metrics.get("steps", 0))
-    tracking.write_run_file(outputs.run_file, result.run.run_id, result.run.experiment)
+    model_id = result.run.finish(
+        result.metrics, outputs.weights, result.model_params, step=result.metrics.get("steps", 0)
+    )
+    tracking.write_run_file(outputs.run_file, result.run.run_id, result.run.experiment, model_id)
     shutil.rmtree(result.work_dir, ignore_errors=True)
 
 

@@ -4,6 +4,7 @@ terminal, the process list, MLflow params/tags or the files the stages write."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from conftest import make_project, tiny_params, train_into
@@ -19,7 +20,8 @@ SECRET_DB = "postgresql://alice:s3cret@db.example.org/mlflow"
 def test_ui_binds_loopback_unless_a_host_is_given(monkeypatch, capsys, args, host):
     calls = []
     monkeypatch.setattr(cli.subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 0)
-    monkeypatch.setattr("lightsaft.tracking.client", lambda: None)
+    no_experiments = SimpleNamespace(search_experiments=lambda **kwargs: [])
+    monkeypatch.setattr("lightsaft.tracking.client", lambda: no_experiments)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", SECRET_DB)
     assert cli.main(["ui", *args]) == 0
     [(cmd, env)] = calls
