@@ -62,6 +62,7 @@ bench: setup
 	$(BIN)/python benchmarks/model_speed.py
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/loader.py
+	$(BIN)/python benchmarks/prepare_speed.py
 	$(BIN)/python benchmarks/separate_eval.py
 	$(BIN)/python benchmarks/bsseval.py
 

@@ -18,6 +18,7 @@ from conftest import REPO
 BENCHMARKS = [
     pytest.param("loader.py", "batches/s by loader", id="loader"),
     pytest.param("train_speed.py", "warm-up + timed", id="train_speed"),
+    pytest.param("prepare_speed.py", "audio s per s", id="prepare_speed"),
     pytest.param("separate_eval.py", "s per audio s", id="separate_eval", marks=pytest.mark.slow),
     pytest.param("bsseval.py", "max |diff| dB", id="bsseval", marks=pytest.mark.slow),
 ]

@@ -132,7 +132,9 @@ def test_disk_full_while_writing_the_cache(tmp_path, monkeypatch, capsys, synthe
     root = make_project(tmp_path)
     (root / "data").mkdir()
     os.symlink(synthetic_cache.parent / "raw", root / "data" / "raw")
-    (root / "params.yaml").write_text("model: {n_fft: 256, hop_length: 64, num_frame: 16, n_blocks: 5}\n")
+    (root / "params.yaml").write_text(
+        "model: {n_fft: 256, hop_length: 64, num_frame: 16, n_blocks: 5}\nruntime: {prepare: {jobs: 1}}\n"
+    )  # one job: the disk fills up in this process
     open_memmap = np.lib.format.open_memmap
     written = []
 
@@ -148,7 +150,8 @@ def test_disk_full_while_writing_the_cache(tmp_path, monkeypatch, capsys, synthe
     err = capsys.readouterr().err
     assert code == 2 and "No space left on device" in err and "free some space and run it again" in err
     assert "spec/0001.npy" in err  # names the file it could not write
-    assert sorted(p.name for p in (root / "data").iterdir()) == ["raw"]
+    # no cache; the work folder keeps the finished tracks for the next run (hidden, not an output)
+    assert sorted(p.name for p in (root / "data").iterdir()) == [".cache.tmp", "raw"]
 
 
 # ---------------------------------------------------------------------------------------

@@ -124,6 +124,7 @@ SMALL = {
     "data.synthetic.valid_tracks": 1,
     "data.synthetic.test_tracks": 1,
     "data.synthetic.seconds": 1.0,
+    "runtime.prepare.jobs": 1,  # in the stage's process, where the pause hook is
     "runtime.evaluate.jobs": 2,
     "runtime.separate.batch_size": 64,
     "report.excerpt_seconds": 1.0,
@@ -196,9 +197,10 @@ def _same_audio_or_bytes(a: Path, b: Path) -> None:
 
 
 def _kill_three_times_then_finish(
-    root: Path, stage: str, pause_at: str, outputs: list[str], next_stage_refuses
+    root: Path, stage: str, pause_at: str, outputs: list[str], next_stage_refuses, resumable: bool = False
 ) -> None:
-    """Kill the stage with each signal (its outputs removed first, as DVC does), then run it to the end."""
+    """Kill the stage with each signal (its outputs removed first, as DVC does), then run it to the end.
+    ``resumable``: the stage keeps its fixed-name temporary folder to continue from, whatever the signal."""
     for output in outputs:
         if (root / output).is_dir():
             shutil.rmtree(root / output)
@@ -209,7 +211,7 @@ def _kill_three_times_then_finish(
         assert not any((root / output).exists() for output in outputs)
         next_stage_refuses()
         left = project_files(root) - before
-        if sig == signal.SIGKILL:  # no cleanup ran: at most the fixed-name temporary folder is left
+        if sig == signal.SIGKILL or resumable:  # at most the fixed-name temporary folder is left
             tmp = Path(outputs[0]).with_name(f".{Path(outputs[0]).name}.tmp")
             assert all(Path(p).is_relative_to(tmp) for p in left), left
         else:
@@ -239,7 +241,9 @@ def test_killed_prepare(tmp_path, raw, project):
         with pytest.raises(DataError, match="not a prepared cache"):
             Cache(root / "data" / "cache")
 
-    _kill_three_times_then_finish(root, "prepare", "lightsaft.prepare:prepare_track", ["data/cache"], refused)
+    _kill_three_times_then_finish(
+        root, "prepare", "lightsaft.prepare:prepare_track", ["data/cache"], refused, resumable=True
+    )
     cache, reference = Cache(root / "data" / "cache", 256, 64), Cache(project / "data" / "cache", 256, 64)
     assert cache.manifest == reference.manifest
     for name in cache.tracks("train"):
