@@ -71,7 +71,7 @@ def test_bad_study_files_fail_before_queueing(tmp_path, body, message):
 def test_shipped_studies_are_valid(path):
     points = load_study(path).points()  # every point validated against the params schema
     assert points
-    expected = {"dk_num_tdfs.yaml": 4 * 4 * 3, "demo_grid.yaml": 4}.get(path.name, 1)
+    expected = {"dk_num_tdfs.yaml": 4 * 4 * 3, "demo_grid.yaml": 4, "official_checkpoints.yaml": 5}.get(path.name, 1)
     assert len(points) == expected
 
 

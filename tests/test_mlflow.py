@@ -46,6 +46,7 @@ def record_training(root: Path, cache, name: str, vocals_sdr: float) -> SimpleNa
             folder,
             False,
             EXPERIMENT,
+            name,
             flatten({s: params[s] for s in ("model", "train", "trainer", "mlflow")}),
             {"variant": "lightsaft", "stage": "train"},
             tracking.dataset_of(cache),
