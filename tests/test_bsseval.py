@@ -7,8 +7,7 @@ import museval
 import numpy as np
 import pytest
 import torch
-from conftest import FALCON, ROCK, require_ffmpeg, shared_path
-from test_evaluate import TWO, MemoryCache, make_tracks, write_estimates
+from helpers import FALCON, ROCK, TWO, MemoryCache, make_tracks, require_ffmpeg, shared_path, write_estimates
 
 from lightsaft.bsseval import bss_eval_v4, window_bounds
 from lightsaft.data.audio import read_stems
@@ -167,7 +166,7 @@ def test_real_tracks_match_museval_for_every_kind_of_estimate(path, trained):
     stems, rate = read_stems(shared_path("musdb", "musdb18-7", split, f"{name}.stem.mp4"))
     stems = {k: v.astype(np.float64) for k, v in stems.items()}
     refs = np.stack([stems[t] for t in TARGETS])
-    kinds = estimate_kinds(stems, load_separator(trained.outputs.models / "weights.pt"))
+    kinds = estimate_kinds(stems, load_separator(trained.outputs.weights))
     sets = [np.stack([est[t] for t in TARGETS]) for est in kinds.values()]
     fast = bss_eval_v4(refs, sets, rate, rate)
     for kind, got, est in zip(kinds, fast, sets):

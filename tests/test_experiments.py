@@ -60,7 +60,7 @@ def test_bad_study_files_fail_before_queueing(tmp_path, body, message):
 
 
 def test_shipped_studies_are_valid():
-    from conftest import REPO
+    from helpers import REPO
 
     assert len(load_study(REPO / "experiments" / "dk_num_tdfs.yaml").points()) == 4 * 4 * 3
     assert len(load_study(REPO / "experiments" / "demo_grid.yaml").points()) == 4

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_project, tiny_params, train_into
+from helpers import make_project, tiny_params, train_into
 from mlflow.tracking import MlflowClient
 
 from lightsaft import cli, tracking

@@ -40,8 +40,8 @@ class TrainingRun:
         exp_id = tracking.experiment_id(client, experiment)
         name = os.environ.get("DVC_EXP_NAME") or tags.get("mlflow.runName") or "training"
         run_id = client.create_run(exp_id, run_name=name, tags={**tracking.git_tags(), **tags}).info.run_id
+        tracking.write_run_file(record, run_id, experiment)  # first: a kill from here on is found by abandon
         tracking.log_params(client, run_id, flatten(params))
-        tracking.write_run_file(record, run_id, experiment)
         return cls(client, run_id, experiment)
 
     @staticmethod
