@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from lightsaft.model import build_model, load_weights
 from lightsaft.train import resolve_precision
 from lightsaft.training.lightning_module import LightSAFTModule
+from lightsaft.training.run import TrainingRun
 
 
 def _runs(uri: str, experiment: str):
@@ -179,3 +180,21 @@ def test_official_init_is_xavier_normal_on_matrices_and_pytorch_default_elsewher
     assert abs(((z - z.mean()) ** 4).mean().item() / z.var().item() ** 2 - 3) < 4 * (24 / len(z)) ** 0.5
     for a, b in zip(official.buffers(), default.buffers()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("experiment", [None, "demo-20261203-120000"])
+def test_a_training_run_is_named_after_its_dvc_experiment(tmp_path, monkeypatch, experiment):
+    """Inside `dvc exp run` the run takes the experiment's name (MLflow refuses a run name that
+    differs from the mlflow.runName tag, so the tag must not be passed along as well)."""
+    monkeypatch.setenv("DVC_ROOT", str(make_project(tmp_path)))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    if experiment:
+        monkeypatch.setenv("DVC_EXP_NAME", experiment)
+    else:
+        monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    tags = {"mlflow.runName": "lightsaft-dk8-tdfs4", "variant": "lightsaft"}
+    run = TrainingRun.open(tmp_path / "run", False, "names", {"train.lr": 0.001}, tags)
+    recorded = run.client.get_run(run.run_id)
+    assert recorded.info.run_name == (experiment or "lightsaft-dk8-tdfs4")
+    assert recorded.data.tags["variant"] == "lightsaft" and recorded.data.params == {"train.lr": "0.001"}
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["run_id"] == run.run_id

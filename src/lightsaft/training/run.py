@@ -38,7 +38,9 @@ class TrainingRun:
             client.update_run(run_id, status="RUNNING")
             return cls(client, run_id, experiment)
         exp_id = tracking.experiment_id(client, experiment)
-        name = os.environ.get("DVC_EXP_NAME") or tags.get("mlflow.runName") or "training"
+        tags = dict(tags)  # the name goes in run_name: MLflow refuses an mlflow.runName tag that differs
+        name = os.environ.get("DVC_EXP_NAME") or tags.pop("mlflow.runName", "training")
+        tags.pop("mlflow.runName", None)
         run_id = client.create_run(exp_id, run_name=name, tags={**tracking.git_tags(), **tags}).info.run_id
         tracking.write_run_file(record, run_id, experiment)  # first: a kill from here on is found by abandon
         tracking.log_params(client, run_id, flatten(params))
