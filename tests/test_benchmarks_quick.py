@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 # (script, a line of its table's header); slow: over 20 s on a loaded 2-core machine (museval and
 # the evaluate stage's worker process dominate), 7-18 s for the others.

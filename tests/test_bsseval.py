@@ -7,8 +7,7 @@ import museval
 import numpy as np
 import pytest
 import torch
-from conftest import FALCON, ROCK, require_ffmpeg, shared_path
-from test_evaluate import TWO, MemoryCache, make_tracks, write_estimates
+from helpers import FALCON, ROCK, TWO, MemoryCache, make_tracks, require_ffmpeg, shared_path, write_estimates
 
 from lightsaft.bsseval import bss_eval_v4, window_bounds
 from lightsaft.data.audio import read_stems

@@ -16,8 +16,7 @@ from collections import namedtuple
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
-from conftest import FALCON, REPO, ROCK, SYNTHETIC, dataset_json, shared_path
+from helpers import FALCON, REPO, ROCK, SYNTHETIC, dataset_json, shared_path, stft
 
 from lightsaft import prepare as cache_module
 from lightsaft.data.audio import read_stems
@@ -25,13 +24,7 @@ from lightsaft.data.cache import Cache
 from lightsaft.data.tracks import STEMS, read_dataset
 from lightsaft.errors import DataError
 from lightsaft.prepare import prepare
-from lightsaft.spectral import TARGETS, SpectralFrontEnd
-
-
-def _stft(wave: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
-    with torch.no_grad():
-        wave = torch.from_numpy(np.ascontiguousarray(wave))[None]
-        return SpectralFrontEnd(n_fft, hop).stft(wave)[0].numpy()
+from lightsaft.spectral import TARGETS
 
 
 def _wav_track(dataset_json, name: str) -> dict[str, np.ndarray]:
@@ -50,7 +43,7 @@ def test_spec_is_the_stft_of_each_stem(small_dataset, tmp_path, dtype, tolerance
         assert spec.dtype == np.dtype(dtype) and spec.shape == (4, 4, 44100 // 64 + 1, 129)
         assert cache.frames(name) == spec.shape[2] and cache.samples(name) == 44100
         for k, target in enumerate(TARGETS):
-            ref = _stft(audio[target], 256, 64)
+            ref = stft(audio[target], 256, 64)
             assert np.abs(spec[k] - ref).max() <= tolerance * np.abs(ref).max()
 
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import require_ffmpeg, shared_path
-from test_separate import SpecModel, identity
+from helpers import SpecModel, identity, require_ffmpeg, shared_path
 
 import lightsaft.songs
 from lightsaft.cli import main

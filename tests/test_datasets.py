@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import ROCK, shared_path
+from helpers import ROCK, shared_path, stft
 from pytorch_lightning import seed_everything
-from test_cache import _stft
 from torch.utils.data import DataLoader
 
 from lightsaft.data.audio import read_stems
@@ -186,7 +185,7 @@ def test_validation_chunks_per_track_and_padding(small_cache):
 def test_spectral_mixing_is_exact_on_a_real_track(real_cache):
     """Sum of the cached stem windows == the whole-track STFT of the time-domain stem sum, sliced."""
     stems, _ = read_stems(shared_path("musdb", "musdb18-7", "train", f"{ROCK}.stem.mp4"))
-    reference = _stft(stems["vocals"] + stems["drums"] + stems["bass"] + stems["other"], 4096, 1024)
+    reference = stft(stems["vocals"] + stems["drums"] + stems["bass"] + stems["other"], 4096, 1024)
     dataset = TrainDataset(real_cache, 128, mix_across_tracks=False)
     torch.manual_seed(3)
     for _ in range(3):

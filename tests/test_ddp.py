@@ -26,7 +26,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
-from conftest import REPO, make_project, tiny_params
+from helpers import REPO, make_project, tiny_params
 from mlflow.tracking import MlflowClient
 
 from lightsaft.config import ConfigError, validate

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO, require_ffmpeg, shared_path
+from helpers import DUMMY, REPO, data_params, musdb_zip, require_ffmpeg, sample_params, shared_path, zip_bytes
 
 from lightsaft import download as dl
-from lightsaft.config import defaults
 from lightsaft.data.tracks import read_dataset
 from lightsaft.download import download, extract_zip
 from lightsaft.errors import DataError
@@ -34,55 +33,12 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _zip(entries: dict[str, bytes], extra: list[zipfile.ZipInfo] = ()) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
-        for info in extra:
-            zf.writestr(info, b"payload")
-    return buffer.getvalue()
-
-
-def _musdb_zip(train: dict[str, bytes], test: dict[str, bytes]) -> bytes:
-    """A zip shaped like MUSDB18-7-STEMS.zip: train/*.stem.mp4, test/*.stem.mp4."""
-    return _zip(
-        {
-            f"{split}/{name}.stem.mp4": data
-            for split, files in (("train", train), ("test", test))
-            for name, data in files.items()
-        }
-    )
-
-
-def _params(**data) -> dict:
-    params = defaults()["data"]
-    params.update(data)
-    return params
-
-
-def _sample_params(server, body: bytes, **data) -> dict:
-    server.files["/MUSDB18-7-STEMS.zip"] = body
-    return _params(
-        **{
-            "source": "musdb18-sample",
-            "sample_url": f"{server.url}/MUSDB18-7-STEMS.zip",
-            "allow_insecure_http": True,
-            "valid_tracks": ["B"],
-            **data,
-        }
-    )
-
-
-DUMMY = _musdb_zip({"A": b"a" * 5000, "B": b"b" * 5000}, {"C": b"c" * 5000})
-
-
 def _leftovers(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 
 
 def test_pinned_download_extracts_and_lists_tracks(server, tmp_path):
-    params = _sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
+    params = sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
     dataset_json = download(params, tmp_path / "raw")
     data = read_dataset(dataset_json)  # paths resolved against the file
     assert data["format"] == 1 and data["source"] == "musdb18-sample"
@@ -98,7 +54,7 @@ def test_pinned_download_extracts_and_lists_tracks(server, tmp_path):
 
 
 def test_checksum_mismatch_leaves_nothing(server, tmp_path):
-    params = _sample_params(server, DUMMY, sha256="0" * 64)
+    params = sample_params(server, DUMMY, sha256="0" * 64)
     with pytest.raises(DataError, match="sha256 .* does not match data.sha256"):
         download(params, tmp_path / "raw")
     assert _leftovers(tmp_path / "data" / "downloads") == []
@@ -106,7 +62,7 @@ def test_checksum_mismatch_leaves_nothing(server, tmp_path):
 
 
 def test_interrupted_download_resumes(server, tmp_path):
-    params = _sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
+    params = sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
     server.drop_after = len(DUMMY) // 3
     with pytest.raises(DataError, match="interrupted .* run the download stage again"):
         download(params, tmp_path / "raw")
@@ -122,7 +78,7 @@ def test_interrupted_download_resumes(server, tmp_path):
 
 def test_server_without_ranges_restarts_from_zero(server, tmp_path):
     server.ranges = False
-    params = _sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
+    params = sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
     (tmp_path / "data" / "downloads").mkdir(parents=True)
     (tmp_path / "data" / "downloads" / "MUSDB18-7-STEMS.zip.part").write_bytes(b"stale bytes of another file")
     download(params, tmp_path / "raw")
@@ -131,7 +87,7 @@ def test_server_without_ranges_restarts_from_zero(server, tmp_path):
 
 def test_complete_part_file_is_accepted(server, tmp_path):
     """A run killed after the last byte but before the rename: the server answers 416."""
-    params = _sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
+    params = sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
     (tmp_path / "data" / "downloads").mkdir(parents=True)
     (tmp_path / "data" / "downloads" / "MUSDB18-7-STEMS.zip.part").write_bytes(DUMMY)
     download(params, tmp_path / "raw")
@@ -139,7 +95,7 @@ def test_complete_part_file_is_accepted(server, tmp_path):
 
 
 def test_plain_http_is_refused(server, tmp_path):
-    params = _sample_params(server, DUMMY, allow_insecure_http=False)
+    params = sample_params(server, DUMMY, allow_insecure_http=False)
     with pytest.raises(DataError, match="plain http is refused.*allow_insecure_http"):
         download(params, tmp_path / "raw")
     assert server.requests == []
@@ -165,9 +121,9 @@ def test_unsafe_archive_entries_are_refused(tmp_path, bad):
     archive = tmp_path / "user" / "musdb18.zip"
     archive.parent.mkdir()
     good = {"train/A.stem.mp4": b"a", "test/C.stem.mp4": b"c"}
-    archive.write_bytes(_zip(good, [bad]))
+    archive.write_bytes(zip_bytes(good, [bad]))
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    params = _params(source="musdb18", archive=str(archive), sha256=digest)
+    params = data_params(source="musdb18", archive=str(archive), sha256=digest)
     with pytest.raises(DataError, match=f"refusing to extract entry {re.escape(repr(bad.filename))}"):
         download(params, tmp_path / "work" / "raw")
     assert _leftovers(tmp_path / "work") == ["raw"]  # the created output folder, empty
@@ -175,7 +131,7 @@ def test_unsafe_archive_entries_are_refused(tmp_path, bad):
 
 
 def test_corrupt_archive_leaves_nothing(tmp_path):
-    body = bytearray(_zip({"train/A.stem.mp4": b"x" * 1000, "test/C.stem.mp4": b"y" * 1000}))
+    body = bytearray(zip_bytes({"train/A.stem.mp4": b"x" * 1000, "test/C.stem.mp4": b"y" * 1000}))
     body[body.index(b"x" * 1000) + 500] ^= 0xFF  # one flipped bit in the stored data: CRC mismatch
     archive = tmp_path / "bad.zip"
     archive.write_bytes(bytes(body))
@@ -187,8 +143,8 @@ def test_corrupt_archive_leaves_nothing(tmp_path):
 def test_unpinned_archive_is_checked_and_its_sha256_recorded(server, tmp_path, monkeypatch, capsys):
     require_ffmpeg()
     rock, falcon = shared_path(*ROCK).read_bytes(), shared_path(*FALCON).read_bytes()
-    body = _musdb_zip({"A": rock, "B": rock}, {"C": falcon})
-    params = _sample_params(server, body)
+    body = musdb_zip({"A": rock, "B": rock}, {"C": falcon})
+    params = sample_params(server, body)
 
     with pytest.raises(DataError, match="2 tracks, a complete MUSDB18 release has 100"):
         download(params, tmp_path / "raw")  # the real counts: 100 train / 50 test
@@ -205,12 +161,12 @@ def test_unpinned_archive_with_a_non_stem_file_is_refused(server, tmp_path, monk
     require_ffmpeg()
     wav = io.BytesIO()
     sf.write(wav, np.zeros((4410, 2), dtype=np.float32), 44100, format="WAV")
-    body = _musdb_zip(
+    body = musdb_zip(
         {"A": shared_path(*ROCK).read_bytes(), "B": wav.getvalue()}, {"C": shared_path(*FALCON).read_bytes()}
     )
     monkeypatch.setattr(dl, "EXPECTED_TRACKS", {"train": 2, "test": 1})
     with pytest.raises(DataError, match=r"B.stem.mp4: 1 audio streams, expected 5"):
-        download(_sample_params(server, body), tmp_path / "raw")
+        download(sample_params(server, body), tmp_path / "raw")
 
 
 @pytest.mark.parametrize(
@@ -219,7 +175,7 @@ def test_unpinned_archive_with_a_non_stem_file_is_refused(server, tmp_path, monk
 )
 def test_missing_dataset_says_how_to_get_it(tmp_path, source, url):
     with pytest.raises(DataError) as error:
-        download(_params(source=source, root=str(tmp_path / "musdb")), tmp_path / "raw")
+        download(data_params(source=source, root=str(tmp_path / "musdb")), tmp_path / "raw")
     message = str(error.value)
     for needle in (url, str(tmp_path / "musdb"), "data.archive", "musdb18-sample", "synthetic"):
         assert needle in message
@@ -227,7 +183,7 @@ def test_missing_dataset_says_how_to_get_it(tmp_path, source, url):
 
 def test_local_folder_gets_a_pointer_only(tmp_path):
     root = shared_path("musdb", "musdb18-7")
-    params = _params(source="musdb18", root=str(root), valid_tracks=["Music Delta - 80s Rock"])
+    params = data_params(source="musdb18", root=str(root), valid_tracks=["Music Delta - 80s Rock"])
     data = json.loads(download(params, tmp_path / "raw").read_text())
     assert _leftovers(tmp_path / "raw") == ["dataset.json"]
     assert data["root"] == str(root.resolve()) and data["sha256"] is None
@@ -246,14 +202,14 @@ def test_local_folder_gets_a_pointer_only(tmp_path):
     ],
 )
 def test_bad_validation_split_is_an_error(tmp_path, valid, error):
-    params = _params(source="musdb18", root=str(shared_path("musdb", "musdb18-7")), valid_tracks=valid)
+    params = data_params(source="musdb18", root=str(shared_path("musdb", "musdb18-7")), valid_tracks=valid)
     with pytest.raises(DataError, match=error):
         download(params, tmp_path / "raw")
 
 
 def test_synthetic_source(tmp_path):
     synthetic = {"train_tracks": 2, "valid_tracks": 1, "test_tracks": 1, "seconds": 0.5, "seed": 1}
-    dataset_json = download(_params(source="synthetic", synthetic=synthetic), tmp_path / "raw")
+    dataset_json = download(data_params(source="synthetic", synthetic=synthetic), tmp_path / "raw")
     data = read_dataset(dataset_json)  # paths resolved against the file
     assert [(t["name"], t["split"]) for t in data["tracks"]] == [
         ("synthetic train 000", "train"),

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import simplejson
-from conftest import require_ffmpeg, shared_path
+from helpers import TWO, MemoryCache, make_tracks, require_ffmpeg, shared_path, write_estimates
 
 from lightsaft.data.audio import read_stems, write_audio
 from lightsaft.evaluate import (
@@ -24,8 +24,6 @@ from lightsaft.evaluate import (
     write_scores,
     write_sdr_plot,
 )
-
-TWO = ("vocals", "drums")  # two targets keep museval's cost (cubic in the source count) low
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -52,37 +50,6 @@ def test_both_engines_reproduce_sigsep_regression_scores(engine):
         for metric in METRICS:
             expected = [f["metrics"][metric] for f in target["frames"]]
             np.testing.assert_allclose([f["metrics"][metric] for f in mine["frames"]], expected, atol=0.1)
-
-
-class MemoryCache:
-    """``lightsaft.data.cache.Cache``'s interface, in memory; a track can raise or kill its worker."""
-
-    def __init__(self, audio: dict[str, dict[str, np.ndarray]], crash: str | None = None):
-        self.audio, self.crash = audio, crash
-
-    def tracks(self, split: str) -> list[str]:
-        return list(self.audio)
-
-    def load_audio(self, track: str, stems=None) -> dict[str, np.ndarray]:
-        if track == self.crash:
-            os._exit(3)  # what an out-of-memory kill looks like to the pool
-        return self.audio[track]
-
-
-def make_tracks(names, seconds=2.0, seed=0):
-    rng = np.random.default_rng(seed)
-    tracks = {}
-    for name in names:
-        stems = {t: (rng.standard_normal((int(44100 * seconds), 2)) * 0.1).astype(np.float32) for t in TWO}
-        stems["mixture"] = sum(stems.values())
-        tracks[name] = stems
-    return tracks
-
-
-def write_estimates(root, tracks, make):
-    for name, stems in tracks.items():
-        for target in TWO:
-            write_audio(root / "test" / name / f"{target}.wav", make(stems, target), 44100)
 
 
 def test_true_stems_score_high_and_are_written_in_museval_format(tmp_path):

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 import yaml
-from conftest import REPO, shared_path
+from helpers import REPO, shared_path
 
 from lightsaft import experiments
 from lightsaft.config import ConfigError, defaults, validate

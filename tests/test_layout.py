@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 from lightsaft import layout
 from lightsaft.config import RUNTIME, SCHEMA, defaults, flatten, result_sections, validate

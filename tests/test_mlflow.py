@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL, make_project, tiny_params
+from helpers import REPO, TINY_MODEL, make_project, tiny_params
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 from test_report import chromium, wait_for

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_MODEL, shared_path
+import yaml
+from helpers import TINY_MODEL, shared_path
 
-from lightsaft.config import ConfigError, defaults
+from lightsaft.cli import main
+from lightsaft.config import ConfigError, defaults, validate_section
 from lightsaft.model import build_model, count_parameters, load_official_state_dict, load_weights, save_weights
+from lightsaft.spectral import SAMPLE_RATE
 
 
 def _golden(name: str) -> dict:
@@ -76,12 +79,55 @@ def test_golden_intermediates_and_waveform():
         out = model.separate(wave["input_wave"], wave["condition"])
     _report("waveform", out, wave["output_wave"])
     torch.testing.assert_close(out, wave["output_wave"], rtol=1e-5, atol=1e-5)
-    assert wave["sample_rate"] == 44100
+    assert wave["sample_rate"] == SAMPLE_RATE  # the rate our front end and stages assume
 
 
-def test_tiny_config_is_the_golden_one():
-    config = dict(_golden("lightsaft_tiny")["config"], variant="lightsaft")
-    assert config == TINY_MODEL
+def test_the_tests_tiny_config_builds_the_golden_model():
+    """The tiny config every other test uses is validated and built by our code into exactly the
+    model of the golden tensors: the official weights load strictly and give the golden output."""
+    golden = _golden("lightsaft_tiny")
+    model = build_model(validate_section("model", TINY_MODEL))
+    load_official_state_dict(model, golden["state_dict"])
+    assert count_parameters(model) == golden["param_count"] == 71_988
+    with torch.no_grad():
+        out = model.eval()(golden["input_spec"], golden["condition"])
+    torch.testing.assert_close(out, golden["output_eval"], rtol=1e-5, atol=1e-5)
+
+
+def test_model_summary_command(tmp_path, capsys):
+    """``lightsaft model-summary`` on a params file with the tiny model: the parameter count and
+    each block's output shape, as the config implies (internal_channels = 8, num_frame = 16,
+    n_fft = 256: the U-Net works on 128 of the 129 frequency bins, two down-samplings)."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"model": TINY_MODEL}))
+    assert main(["model-summary", "--params", str(tmp_path / "params.yaml")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "LightSAFT model (lightsaft): 71,988 trainable parameters (0.3 MB fp32)"
+    assert lines[1] == "input  [B, 4, T, F] = [1, 4, 16, 129]"
+    rows = {line.split()[0]: line.split(None, 1)[1] for line in lines[4:]}
+    assert list(rows) == [
+        "first_conv",
+        "encoders.0",
+        "downsamplings.0",
+        "encoders.1",
+        "downsamplings.1",
+        "mid_block",
+        "upsamplings.0",
+        "decoders.0",
+        "upsamplings.1",
+        "decoders.1",
+        "last_conv",
+    ]
+    # first_conv: a 1x2 conv 4 -> 8 channels (64 weights + 8 biases) and its BatchNorm (8 + 8)
+    assert rows["first_conv"].split() == ["[1,", "8,", "16,", "128]", "88"]
+    assert rows["downsamplings.1"].split()[:4] == ["[1,", "8,", "4,", "32]"]
+    # last_conv: a 1x2 conv 8 -> 4 channels (64 + 4), padded back to 129 bins
+    assert rows["last_conv"].split() == ["[1,", "4,", "16,", "129]", "68"]
+
+
+def test_model_summary_names_a_bad_params_file(tmp_path, capsys):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"model": {**TINY_MODEL, "dk": 0}}))
+    assert main(["model-summary", "--params", str(tmp_path / "params.yaml")]) == 2
+    assert "model.dk = 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("variant,expected", [("lightsaft", 13_404_468), ("lasaft", 191_326_772)])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_project, shared_path
+from helpers import make_project, shared_path
 
 from lightsaft.cli import main
 from lightsaft.data.tracks import file_sha256

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import make_project, shared_path
+from helpers import make_project, shared_path
 from test_separate import SpecModel, identity, noise
 
 from lightsaft.cli import main

@@ -13,10 +13,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 from lightsaft.data.cache import Cache
 
@@ -68,11 +69,16 @@ def ran_stages(log: str) -> set[str]:
     return set(re.findall(r"Running stage '(\w+)'", log))
 
 
-def set_params(repo: Path, **changes) -> None:
+def set_params(repo: Path, changes: dict) -> None:
+    """Change dotted keys of the repository's params.yaml (``{"runtime.evaluate.jobs": 1}``)."""
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for key, value in changes.items():
-        section, name = key.split("__")
-        params[section][name] = value
+        *sections, name = key.split(".")
+        node = params
+        for section in sections:
+            node = node[section]
+        assert name in node, key
+        node[name] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -84,19 +90,52 @@ def mlflow_runs(repo: Path, experiment: str):
     return client.search_runs([exp.experiment_id]) if exp else []
 
 
-def test_demo_then_rerun_rules_then_queued_ablation(tmp_path):
-    repo = clone(tmp_path / "repo")
+# ---------------------------------------------------------------------------------------
+# The steps below share one repository, in file order (pytest keeps it): each starts from the
+# state the one before left. A failing step skips the rest, naming itself.
+FAILED: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def in_order(request):
+    if FAILED:
+        pytest.skip(f"step {FAILED[0]} failed; the later steps need the state it leaves")
+    failures = request.session.testsfailed
+    yield
+    if request.session.testsfailed > failures:
+        FAILED.append(request.node.name)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> SimpleNamespace:
+    """A fresh clone of the working tree in which `lightsaft demo` has run once (CI-sized)."""
+    repo = clone(tmp_path_factory.mktemp("pipeline") / "repo")
     sets = [arg for key, value in CI.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+    return SimpleNamespace(repo=repo, log=run(repo, "lightsaft", "demo", *sets))
 
-    # 1. the demo pipeline as a DVC experiment in a temporary copy
-    log = run(repo, "lightsaft", "demo", *sets)
-    assert ran_stages(log) == set(STAGES), log[-3000:]
-    name = re.search(r"Experiment (demo-[\w-]+): test SDR", log).group(1)
-    assert re.search(r"vocals\s+-?\d+\.\d\d\s+-?\d+\.\d\d", log)
-    report = Path(re.findall(r"report:\s+(\S+index\.html)", log)[-1])  # the summary's line
-    assert report.is_file() and (repo / "mlartifacts") in report.parents
 
-    # every stage's outputs, brought into the workspace
+@pytest.fixture
+def params_restored(demo):
+    """The step may change params.yaml: afterwards the demo's params come back, and DVC puts
+    the demo's outputs back from its run cache, running nothing."""
+    before = (demo.repo / "params.yaml").read_text()
+    yield
+    (demo.repo / "params.yaml").write_text(before)
+    log = run(demo.repo, "dvc", "repro")
+    assert not ran_stages(log), f"the demo's params again, yet stages ran:\n{log[-3000:]}"
+
+
+def test_demo_runs_every_stage_as_an_experiment(demo):
+    assert ran_stages(demo.log) == set(STAGES), demo.log[-3000:]
+    assert re.search(r"Experiment (demo-[\w-]+): test SDR", demo.log), demo.log[-3000:]
+    assert re.search(r"vocals\s+-?\d+\.\d\d\s+-?\d+\.\d\d", demo.log)
+    report = Path(re.findall(r"report:\s+(\S+index\.html)", demo.log)[-1])  # the summary's line
+    assert report.is_file() and (demo.repo / "mlartifacts") in report.parents
+
+
+def test_demo_outputs_of_every_stage(demo):
+    """`dvc exp apply` brings every stage's outputs into the workspace (the next steps work there)."""
+    repo, name = demo.repo, re.search(r"Experiment (demo-[\w-]+): test SDR", demo.log).group(1)
     run(repo, "dvc", "exp", "apply", name)
     test_tracks = Cache(repo / "data/cache").tracks("test")
     assert len(test_tracks) == 1
@@ -119,22 +158,53 @@ def test_demo_then_rerun_rules_then_queued_ablation(tmp_path):
     sdr = json.loads((repo / "metrics/sdr.json").read_text())
     assert {"sdr_vocals", "baseline_sdr_vocals", "sdr_improvement_vocals", "sdr_mean"} <= set(sdr)
 
-    # 2. DVC's rerun rules
-    assert not ran_stages(run(repo, "dvc", "repro")), "a second dvc repro must do nothing"
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    set_params(repo, train__lr=params["train"]["lr"] / 2)
-    changed = json.loads(run(repo, "dvc", "status", "--json", stdout_only=True))
-    assert set(changed) == {"train"}, changed  # download/prepare untouched by train.*
-    set_params(repo, train__lr=params["train"]["lr"], runtime__evaluate={"jobs": 1, "device": "cpu"})
-    assert not ran_stages(run(repo, "dvc", "repro")), "runtime settings must rerun nothing"
-    set_params(repo, evaluate__engine="museval")
-    log = run(repo, "dvc", "repro")
-    assert ran_stages(log) <= {"evaluate", "report"} and "evaluate" in ran_stages(log), log[-3000:]
-    run(repo, "git", "checkout", "params.yaml", "dvc.lock")
 
-    # 3. a queued two-point ablation; the first point equals the demo, so DVC restores all its
-    # stages from the run cache and nothing runs: it must still get its MLflow run
-    demo_dk = params["model"]["dk"]
+def test_a_second_repro_does_nothing(demo):
+    log = run(demo.repo, "dvc", "repro")
+    assert not ran_stages(log), log[-3000:]
+
+
+def test_runtime_params_rerun_nothing(demo, params_restored):
+    """How a run executes (workers, devices, batch size, resume) is no stage's dependency."""
+    set_params(
+        demo.repo,
+        {
+            "runtime.train.resume": True,
+            "runtime.train.num_workers": 1,
+            "runtime.separate.batch_size": 3,
+            "runtime.separate.device": "cpu",
+            "runtime.evaluate.jobs": 1,
+            "runtime.evaluate.device": "cpu",
+        },
+    )
+    assert json.loads(run(demo.repo, "dvc", "status", "--json", stdout_only=True)) == {}
+    log = run(demo.repo, "dvc", "repro")
+    assert not ran_stages(log), log[-3000:]
+
+
+def test_a_train_param_reruns_from_train(demo, params_restored):
+    lr = yaml.safe_load((demo.repo / "params.yaml").read_text())["train"]["lr"]
+    set_params(demo.repo, {"train.lr": lr / 2})
+    changed = json.loads(run(demo.repo, "dvc", "status", "--json", stdout_only=True))
+    assert set(changed) == {"train"}, changed  # download/prepare untouched by train.*
+    log = run(demo.repo, "dvc", "repro")
+    assert ran_stages(log) == {"train", "separate", "evaluate", "report"}, log[-3000:]
+
+
+def test_an_evaluate_param_reruns_only_evaluate_and_report(demo, params_restored):
+    set_params(demo.repo, {"evaluate.engine": "museval"})
+    log = run(demo.repo, "dvc", "repro")
+    assert ran_stages(log) == {"evaluate", "report"}, log[-3000:]
+
+
+def test_queued_ablation_gets_every_point_its_mlflow_run(demo):
+    """A queued two-point ablation; the first point equals the demo, so DVC restores all its
+    stages from the run cache and nothing runs: it must still get its MLflow run."""
+    repo = demo.repo
+    demo_dk = yaml.safe_load((repo / "params.yaml").read_text())["model"]["dk"]
+    # queued experiments start from the committed snapshot, not from the applied demo
+    tracked = run(repo, "git", "ls-files", "params.yaml", "dvc.lock", stdout_only=True).split()
+    run(repo, "git", "checkout", "--", *tracked)
     grid = {"study": "ci-grid", "base": "demo.yaml", "set": CI, "grid": {"model.dk": [demo_dk, demo_dk * 2]}}
     (repo / "experiments" / "ci_grid.yaml").write_text(yaml.safe_dump(grid))
     log = run(repo, "lightsaft", "ablate", "experiments/ci_grid.yaml", "--jobs", "1", timeout=1500)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_project, shared_path, tiny_params, train_into
+from helpers import make_project, shared_path, tiny_params, train_into
 from mlflow.tracking import MlflowClient
 
 from lightsaft.config import ConfigError
@@ -78,7 +78,7 @@ def test_a_pretrained_file_that_does_not_exist_is_named(project, synthetic_cache
 
 def test_the_official_checkpoints_study_matches_the_published_configs():
     """Each point's model section is its checkpoint's config, so the train stage accepts it."""
-    from conftest import REPO
+    from helpers import REPO
 
     from lightsaft.config import defaults
     from lightsaft.experiments import set_dotted
@@ -95,7 +95,7 @@ def test_the_official_checkpoints_study_matches_the_published_configs():
 
 def test_cache_without_training_tracks_is_enough(project, tmp_path_factory):
     """What prepare writes for a pretrained model (test tracks only) suffices for the train stage."""
-    from conftest import dataset_json
+    from helpers import dataset_json
 
     from lightsaft.prepare import prepare
 

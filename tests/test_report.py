@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from conftest import TINY_MODEL, require
+from helpers import TINY_MODEL, MemoryCache, require
 
 from lightsaft.data.audio import write_audio
 from lightsaft.evaluate import KINDS, METRICS, summarize
@@ -28,19 +28,6 @@ from lightsaft.train import EpochCurves
 TRACKS = ('Tom & Jerry - <Live> "Take 2"', "Zoë - Two Seconds")
 SECONDS = 3.0
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-class MemoryCache:
-    """``lightsaft.data.cache.Cache``'s reading interface, over in-memory test tracks."""
-
-    def __init__(self, audio: dict[str, dict[str, np.ndarray]]):
-        self.audio = audio
-
-    def tracks(self, split: str) -> list[str]:
-        return list(self.audio) if split == "test" else []
-
-    def load_audio(self, track, start=0, stop=None, stems=("mixture",) + TARGETS):
-        return {stem: self.audio[track][stem][start:stop] for stem in stems}
 
 
 def make_inputs(root: Path) -> SimpleNamespace:

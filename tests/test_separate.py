@@ -6,33 +6,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import TINY_MODEL
-from torch import nn
+from helpers import TINY_MODEL, MemoryCache, SpecModel, identity, noise
 
 from lightsaft.devices import DeviceError
 from lightsaft.model import build_model, load_weights
 from lightsaft.separate import SeparationError, crossfade, separate_track, separate_tracks
 from lightsaft.songs import song_name
-from lightsaft.spectral import SAMPLE_RATE, TARGETS, SpectralFrontEnd, edge_trim, window_samples
+from lightsaft.spectral import SAMPLE_RATE, TARGETS, edge_trim, window_samples
 
 WINDOW = window_samples(TINY_MODEL["num_frame"], TINY_MODEL["hop_length"])  # 960 samples
-
-
-class SpecModel(nn.Module):
-    """Stand-in with the Separator's interface; ``forward`` is a plain function of the input."""
-
-    def __init__(self, fn):
-        super().__init__()
-        self.params = dict(TINY_MODEL)
-        self.front = SpectralFrontEnd(TINY_MODEL["n_fft"], TINY_MODEL["hop_length"])
-        self.fn = fn
-
-    def forward(self, spec: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        return self.fn(spec, condition)
-
-
-def identity(spec, condition):
-    return spec
 
 
 def noisy_edges(spec, condition):
@@ -41,10 +23,6 @@ def noisy_edges(spec, condition):
     out[:, :, :2] = torch.randn_like(out[:, :, :2]) * 10
     out[:, :, -2:] = torch.randn_like(out[:, :, -2:]) * 10
     return out
-
-
-def noise(length: int, seed: int = 0) -> np.ndarray:
-    return (np.random.default_rng(seed).standard_normal((length, 2)) * 0.3).astype(np.float32)
 
 
 @pytest.mark.parametrize("kept,overlap", [(576, 0.0), (576, 0.5), (576, 0.25), (576, 0.9), (119808, 0.5)])
@@ -134,22 +112,6 @@ def test_song_name():
 
 
 # ---------------------------------------------------------------------------------------
-class MemoryCache:
-    """The cache interface the stage needs (``lightsaft.data.cache.Cache``), in memory."""
-
-    def __init__(self, tracks: dict[str, dict[str, np.ndarray]], fail: str | None = None):
-        self.audio, self.fail = tracks, fail
-
-    def tracks(self, split: str) -> list[str]:
-        assert split == "test"
-        return list(self.audio)
-
-    def load_audio(self, track: str, stems=None) -> dict[str, np.ndarray]:
-        if track == self.fail:
-            raise OSError(f"{track}: cannot read")
-        return self.audio[track]
-
-
 def test_stage_writes_musdb_estimates_layout(tmp_path, weights):
     cache = MemoryCache(
         {"Artist - Song": {"mixture": noise(2500, seed=1)}, "Other Band - B": {"mixture": noise(1200, seed=2)}}

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 from test_report import PNG, Page, chromium, wait_for
 
 from lightsaft.cli import main

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO, require_ffmpeg, shared_path
+from helpers import REPO, require_ffmpeg, shared_path
 
 from lightsaft.data.audio import AudioError
 from lightsaft.data.synthetic import generate

@@ -12,12 +12,13 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import REPO, make_project, tiny_params, train_into
+from helpers import REPO, make_project, tiny_params, train_into
 from mlflow.tracking import MlflowClient
 
 from lightsaft.model import build_model, load_weights
 from lightsaft.train import resolve_precision
 from lightsaft.training.lightning_module import LightSAFTModule
+from lightsaft.training.run import TrainingRun
 
 
 def _runs(uri: str, experiment: str):
@@ -100,11 +101,20 @@ def test_bf16_mixed_trains_and_validates_on_cpu(tmp_path, synthetic_cache, monke
     assert metrics["best_val_loss"] > 0 and metrics["best_val_loss"] == metrics["best_val_loss"]  # not NaN
 
 
-def test_precision_auto_is_fp32_without_gpu():
-    if not torch.cuda.is_available():
-        assert resolve_precision("auto", "auto") == "32-true"
-    assert resolve_precision("32", "cpu") == "32-true"
-    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+@pytest.mark.parametrize(
+    "precision,accelerator,cuda,bf16,expected",
+    [
+        ("auto", "auto", True, True, "bf16-mixed"),  # a GPU with bf16
+        ("auto", "gpu", True, False, "32-true"),  # a GPU without (e.g. V100): no fp16 guesswork
+        ("auto", "cuda", False, False, "32-true"),  # no GPU at all
+        ("auto", "cpu", True, True, "32-true"),  # on the CPU even where a GPU is present
+        ("32", "auto", True, True, "32-true"),  # Lightning's name for params.yaml's "32"
+    ],
+)
+def test_precision_auto_picks_bf16_only_on_a_gpu_that_has_it(monkeypatch, precision, accelerator, cuda, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    assert resolve_precision(precision, accelerator) == expected
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -146,39 +156,51 @@ def test_killed_training_resumes_with_the_same_run(tmp_path, synthetic_cache, si
     assert json.loads((root / "metrics" / "train.json").read_text())["steps"] == 4 * 8
 
 
-def test_each_training_takes_a_free_gpu(tmp_path):
-    """Queued trainings on a multi-GPU machine spread over the GPUs (locks; no GPU needed)."""
-    from lightsaft.devices import claim_devices as claim_gpu
-    from lightsaft.paths import file_lock
-
-    with (
-        claim_gpu(1, ["0", "1", "2"], tmp_path) as first,
-        file_lock(tmp_path / "gpu-1.lock"),  # held by some other training
-        claim_gpu(1, ["0", "1", "2"], tmp_path) as second,
-    ):
-        assert (first, second) == ([0], [2])
-    with claim_gpu(1, ["0", "1"], tmp_path) as again:  # released on exit
-        assert again == [0]
-    with claim_gpu(4, ["0", "1"], tmp_path) as ddp, claim_gpu(1, ["0"], tmp_path) as single:
-        assert (ddp, single) == (4, 1)  # DDP / one GPU: as configured
-
-
-def test_official_init_is_xavier_normal():
+def test_official_init_is_xavier_normal_on_matrices_and_pytorch_default_elsewhere():
+    """Every parameter of two or more dimensions is drawn from N(0, 2 / (fan_in + fan_out)), the
+    exact Xavier-normal std of its shape, within what its sample size allows; everything else
+    (biases, norms, buffers) is left exactly as PyTorch initialises it."""
     params = tiny_params()
     torch.manual_seed(0)
     official = LightSAFTModule(params["model"], dict(params["train"], init="official")).model
     torch.manual_seed(0)
     default = LightSAFTModule(params["model"], dict(params["train"], init="pytorch")).model
-    keys = official.net.encoders[0].saft.attention.keys  # [dk, K] = [8, 4]
-    std = (2 / (keys.shape[0] + keys.shape[1])) ** 0.5
-    weights = torch.cat(
-        [
-            p.detach().flatten() / (2 / sum(p.shape[:2]) / (p[0, 0].numel() if p.dim() > 2 else 1)) ** 0.5
-            for p in official.parameters()
-            if p.dim() >= 2
-        ]
-    )
-    assert abs(weights.std().item() - 1) < 0.05  # every >=2-d parameter: N(0, xavier std)
-    assert abs(keys.std().item() - std) < std
-    emb_o, emb_d = official.net.embedding.weight, default.net.embedding.weight
-    assert not torch.allclose(emb_o, emb_d)  # PyTorch's default is N(0, 1) there
+    defaults = dict(default.named_parameters())
+    standardised = []
+    for name, p in official.named_parameters():
+        p = p.detach()
+        if p.dim() < 2:
+            assert torch.equal(p, defaults[name]), name
+            continue
+        assert not torch.allclose(p, defaults[name]), name
+        receptive = p[0, 0].numel()  # kernel size of a conv, 1 for a matrix
+        std = (2 / ((p.shape[0] + p.shape[1]) * receptive)) ** 0.5
+        n = p.numel()
+        # the sample std of n normal draws lies within 4 of its standard errors (std / sqrt(2n))
+        assert abs(p.std().item() / std - 1) < 4 / (2 * n) ** 0.5, (name, p.std().item(), std)
+        assert abs(p.mean().item()) < 4 * std / n**0.5, name
+        standardised.append(p.flatten() / std)
+    z = torch.cat(standardised).double()
+    assert len(z) > 70_000  # pooled over every matrix: tight bounds, and normal rather than uniform
+    assert abs(z.std().item() - 1) < 4 / (2 * len(z)) ** 0.5
+    assert abs(((z - z.mean()) ** 4).mean().item() / z.var().item() ** 2 - 3) < 4 * (24 / len(z)) ** 0.5
+    for a, b in zip(official.buffers(), default.buffers()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("experiment", [None, "demo-20261203-120000"])
+def test_a_training_run_is_named_after_its_dvc_experiment(tmp_path, monkeypatch, experiment):
+    """Inside `dvc exp run` the run takes the experiment's name (MLflow refuses a run name that
+    differs from the mlflow.runName tag, so the tag must not be passed along as well)."""
+    monkeypatch.setenv("DVC_ROOT", str(make_project(tmp_path)))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    if experiment:
+        monkeypatch.setenv("DVC_EXP_NAME", experiment)
+    else:
+        monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    tags = {"mlflow.runName": "lightsaft-dk8-tdfs4", "variant": "lightsaft"}
+    run = TrainingRun.open(tmp_path / "run", False, "names", {"train.lr": 0.001}, tags)
+    recorded = run.client.get_run(run.run_id)
+    assert recorded.info.run_name == (experiment or "lightsaft-dk8-tdfs4")
+    assert recorded.data.tags["variant"] == "lightsaft" and recorded.data.params == {"train.lr": "0.001"}
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["run_id"] == run.run_id

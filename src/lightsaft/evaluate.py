@@ -15,6 +15,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -179,7 +180,10 @@ _WORKER: dict[str, Any] = {}  # the worker's cache and engine, set once per proc
 
 def _init_worker(cache: Any, engine: Engine, threads: int) -> None:
     """Each worker gets its share of the cores, in torch and in numpy's BLAS (which museval
-    uses: with all cores per worker, ``jobs`` workers would oversubscribe the machine)."""
+    uses: with all cores per worker, ``jobs`` workers would oversubscribe the machine).
+    Ctrl+C in a terminal reaches every process of the stage: workers ignore it, and the stage
+    stops them (:func:`_run_pool`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER.update(cache=cache, engine=engine)
     torch.set_num_threads(threads)
     threadpoolctl.threadpool_limits(threads)
@@ -237,8 +241,18 @@ def _run_pool(
         futures = {pool.submit(_score_one, track, estimates_dir, targets): track for track in tracks}
         done = tqdm(as_completed(futures), total=len(futures), desc="evaluate", unit="track")
         return {futures[f]: _outcome(f) for f in done}
+    except BaseException:  # Ctrl+C, SIGTERM: stop now, not once the workers have finished their tracks
+        _terminate_workers(pool)
+        raise
     finally:
-        pool.shutdown(cancel_futures=True)  # on Ctrl+C / SIGTERM: drop the tracks not yet started
+        pool.shutdown(cancel_futures=True)
+
+
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill the pool's workers in the middle of their tasks (Python 3.14 calls this
+    ``pool.terminate_workers()``; before it, the processes are only in ``pool._processes``)."""
+    for process in list((pool._processes or {}).values()):
+        process.terminate()
 
 
 def _score_all(

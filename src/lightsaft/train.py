@@ -228,8 +228,8 @@ def _train(params: dict[str, Any], cache: Cache, run_dir: Path, devices: Any, ra
         _tags(params, cache),
         tracking.dataset_of(cache),
     )
-    trainer.logger = run.logger()
-    try:
+    try:  # from here on, however the training ends, its run ends with it
+        trainer.logger = run.logger()
         _fit(trainer, module, train_loader, valid_loader, resume_from)
     except BaseException as e:
         run.end_interrupted(e)
@@ -281,6 +281,10 @@ def _fit(trainer: pl.Trainer, module, train_loader, valid_loader, resume_from: P
         trainer.fit(module, train_loader, valid_loader, ckpt_path=resume_from, weights_only=True)
     except SIGTERMException:
         raise Terminated() from None
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns Ctrl+C into exit(1) once it has saved: Ctrl+C it is
+            raise KeyboardInterrupt() from None
+        raise
 
 
 def _result(params, trainer, module, best, curves, run, run_dir, precision, started) -> TrainResult:

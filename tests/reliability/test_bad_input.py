@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import REPO, TINY_MODEL, make_project, require_ffmpeg, tiny_params
+from helpers import REPO, TINY_MODEL, make_project, require_ffmpeg, tiny_params
 
 from lightsaft import tracking
 from lightsaft.cli import main

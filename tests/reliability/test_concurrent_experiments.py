@@ -9,9 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_project
+from helpers import EPOCH_CHECKPOINT, make_project, start_paused, training_project
 from mlflow.tracking import MlflowClient
-from test_interrupts import EPOCH_CHECKPOINT, start_paused, training_project
 
 from lightsaft.errors import LightSAFTError
 from lightsaft.train import train

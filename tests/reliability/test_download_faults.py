@@ -13,7 +13,7 @@ from collections import namedtuple
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from test_download import DUMMY, _sample_params
+from helpers import DUMMY, sample_params
 
 from lightsaft import fetch as dl
 from lightsaft.download import download
@@ -49,7 +49,7 @@ def _disk_fills_after(limit: int):
 
 
 def test_disk_full_mid_file_keeps_the_part_and_never_extracts(server, tmp_path, monkeypatch):
-    params = _sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
+    params = sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
     downloads = tmp_path / "downloads"
     monkeypatch.setattr(dl, "open", _disk_fills_after(4000), raising=False)
     with pytest.raises(
@@ -69,7 +69,7 @@ def test_disk_full_mid_file_keeps_the_part_and_never_extracts(server, tmp_path, 
 
 
 def test_not_enough_disk_for_the_download_is_refused_before_writing(server, tmp_path, monkeypatch):
-    params = _sample_params(server, DUMMY)
+    params = sample_params(server, DUMMY)
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(dl.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1000))
     with pytest.raises(DataError, match=r"downloads: 0.0 MB still to download but 0.0 MB free; free some space"):
@@ -78,7 +78,7 @@ def test_not_enough_disk_for_the_download_is_refused_before_writing(server, tmp_
 
 
 def test_kept_archive_is_verified_again_before_each_use(server, tmp_path):
-    params = _sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
+    params = sample_params(server, DUMMY, sha256=hashlib.sha256(DUMMY).hexdigest())
     archive = tmp_path / "downloads" / "MUSDB18-7-STEMS.zip"
     download(params, tmp_path / "raw", archive.parent)
     archive.write_bytes(DUMMY.replace(b"a" * 100, b"A" * 100, 1))  # changed on disk since
@@ -126,7 +126,7 @@ def test_https_is_never_redirected_to_plain_http():
 
 def test_secrets_in_the_url_stay_out_of_messages(server, tmp_path):
     """A granted archive's URL may carry an access token; errors and logs must not repeat it."""
-    params = _sample_params(server, DUMMY)
+    params = sample_params(server, DUMMY)
     server.files["/musdb18.zip?download=1&access_token=S3CRET"] = DUMMY  # the test server matches the query too
     for path in ("/missing.zip?token=S3CRET", "/musdb18.zip?download=1&access_token=S3CRET"):
         server.drop_after = 100

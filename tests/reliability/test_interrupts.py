@@ -15,14 +15,21 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 import yaml
-from conftest import REPO, make_project, tiny_params
+from helpers import (
+    EPOCH_CHECKPOINT,
+    KILLS,
+    REPO,
+    STAGE_ENV,
+    kill_while_working,
+    make_project,
+    tiny_params,
+    training_project,
+)
 from mlflow.tracking import MlflowClient
 
 from lightsaft import tracking
@@ -31,29 +38,6 @@ from lightsaft.download import download
 from lightsaft.errors import DataError
 from lightsaft.evaluate import EvaluationError, evaluate_tracks
 from lightsaft.report import ReportError, build_report
-
-# Runs a stage script with ``module:owner.function`` pausing (after its first call returns) until killed.
-PAUSED_STAGE = """
-import functools, importlib, pathlib, runpy, sys, time
-target, marker, script = sys.argv[1:4]
-module, _, path = target.partition(":")
-owner = importlib.import_module(module)
-*parents, name = path.split(".")
-for parent in parents:
-    owner = getattr(owner, parent)
-original = getattr(owner, name)
-@functools.wraps(original)
-def paused(*args, **kwargs):
-    result = original(*args, **kwargs)
-    pathlib.Path(marker).write_text("working")
-    time.sleep(600)
-    return result
-setattr(owner, name, paused)
-sys.argv = [script]
-runpy.run_path(script, run_name="__main__")
-"""
-KILLS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKILL}
-ENV = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
 
 
 def run_stage_in_process(root: Path, stage: str) -> None:
@@ -64,44 +48,6 @@ def run_stage_in_process(root: Path, stage: str) -> None:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.delenv("DVC_ROOT", raising=False)
         runpy.run_path(str(REPO / "pipeline" / f"{stage}.py"), run_name="__main__")
-
-
-def start_paused(root: Path, stage: str, pause_at: str) -> subprocess.Popen:
-    """Start ``pipeline/<stage>.py`` in ``root`` and wait until ``pause_at`` has done its work
-    once; the stage then waits to be killed. Its output goes to ``root/<stage>.log``."""
-    marker, log = root / f".{stage}.working", root / f"{stage}.log"
-    marker.unlink(missing_ok=True)
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", PAUSED_STAGE, pause_at, str(marker), str(REPO / "pipeline" / f"{stage}.py")],
-            cwd=root,
-            env=ENV,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 120
-    while not marker.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.1)
-    marker.unlink()
-    return proc
-
-
-def kill_while_working(root: Path, stage: str, pause_at: str, sig: signal.Signals) -> None:
-    """Kill the stage with ``sig`` once ``pause_at`` has done its work; check how it ended."""
-    proc = start_paused(root, stage, pause_at)
-    children = psutil.Process(proc.pid).children(recursive=True)
-    proc.send_signal(sig)
-    code = proc.wait(timeout=120)
-    output = (root / f"{stage}.log").read_text()
-    (root / f"{stage}.log").unlink()
-    assert code == KILLS[sig], output[-3000:]
-    if sig != signal.SIGKILL:
-        assert f"{stage}: {'interrupted' if sig == signal.SIGINT else 'terminated'}" in output
-        assert "Traceback" not in output, output[-3000:]
-    # No process of the stage lives on (museval workers, DataLoader workers, ffmpeg).
-    _, alive = psutil.wait_procs(children, timeout=30)
-    assert not alive, [p.cmdline() for p in alive]
 
 
 def listing(folder: Path) -> list[str]:
@@ -219,7 +165,7 @@ def _kill_three_times_then_finish(
     result = subprocess.run(
         [sys.executable, str(REPO / "pipeline" / f"{stage}.py")],
         cwd=root,
-        env=ENV,
+        env=STAGE_ENV,
         capture_output=True,
         text=True,
         timeout=300,
@@ -303,27 +249,6 @@ def test_killed_report(project, tmp_path):
     assert client.list_artifacts(run_id, "report")
 
 
-# Pausing here, a training has finished its first epoch and written its checkpoints.
-EPOCH_CHECKPOINT = "pytorch_lightning.callbacks:ModelCheckpoint.on_train_epoch_end"
-
-
-def training_project(root: Path, cache: Path, epochs: int, experiment: str) -> dict:
-    """A project whose train stage trains the tiny model on ``cache``, 8 steps per epoch."""
-    make_project(root)
-    (root / "data").mkdir()
-    os.symlink(cache, root / "data" / "cache")
-    params = tiny_params(
-        **{
-            "train.items_per_epoch": 64,
-            "train.valid_chunks_per_track": 1,
-            "trainer.max_epochs": epochs,
-            "mlflow.experiment": experiment,
-        }
-    )
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    return params
-
-
 def test_training_killed_with_sigkill_resumes_from_its_last_epoch(tmp_path, synthetic_cache):
     """No interrupt checkpoint after SIGKILL: the rerun with train.resume continues from the
     epoch checkpoint, in the same MLflow run, and ends exactly as an uninterrupted training."""
@@ -340,7 +265,7 @@ def test_training_killed_with_sigkill_resumes_from_its_last_epoch(tmp_path, synt
     done = subprocess.run(
         [sys.executable, str(REPO / "pipeline" / "train.py")],
         cwd=root,
-        env=ENV,
+        env=STAGE_ENV,
         capture_output=True,
         text=True,
         timeout=600,

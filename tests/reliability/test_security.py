@@ -7,7 +7,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from conftest import make_project, tiny_params, train_into
+from helpers import make_project, tiny_params, train_into
 from mlflow.tracking import MlflowClient
 
 from lightsaft import cli, tracking

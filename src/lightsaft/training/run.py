@@ -54,11 +54,11 @@ class TrainingRun:
         exp_id = tracking.experiment_id(client, experiment)
         name = os.environ.get("DVC_EXP_NAME") or name
         run_id = client.create_run(exp_id, run_name=name, tags={**tracking.source_tags(), **tags}).info.run_id
+        tracking.write_run_file(record, run_id, experiment)  # first: a kill from here on is found by abandon
         tracking.log_params(client, run_id, flatten(params))
         if dataset is not None:
             tracking.log_dataset(client, run_id, dataset, "training")
         tracking.update_description(client, run_id)
-        tracking.write_run_file(record, run_id, experiment)
         return cls(client, run_id, experiment, _system_metrics(run_id, resume=False))
 
     @staticmethod

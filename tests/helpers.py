@@ -1,0 +1,424 @@
+"""What several test modules share: the fixture policy, the tiny config, small data sets, fakes.
+
+Test modules import from here (``import helpers`` works from tests/ and its subfolders: see
+``pythonpath`` in pyproject.toml), never from each other or from conftest.py, which holds the
+fixtures only. A missing fixture (../shared data, ffmpeg, Chromium) skips a test when run by
+hand, but `make test` sets LIGHTSAFT_REQUIRE_FIXTURES=1 and then it fails: CI never passes by
+skipping.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LIGHTSAFT_SHARED", REPO.parent / "shared"))
+
+# The golden "tiny" configuration of ../shared/reference (test_model checks our model built from
+# it reproduces the golden tensors).
+TINY_MODEL = {
+    "variant": "lightsaft",
+    "n_fft": 256,
+    "hop_length": 64,
+    "num_frame": 16,
+    "spec_type": "complex",
+    "spec_est_mode": "mapping",
+    "n_blocks": 5,
+    "input_channels": 4,
+    "internal_channels": 8,
+    "first_conv_activation": "relu",
+    "last_activation": "identity",
+    "t_down_layers": None,
+    "f_down_layers": None,
+    "n_internal_layers": 2,
+    "kernel_size_t": 3,
+    "kernel_size_f": 3,
+    "tfc_tdf_activation": "relu",
+    "bn_factor": 4,
+    "min_bn_units": 4,
+    "tfc_tdf_bias": True,
+    "num_tdfs": 4,
+    "dk": 8,
+    "embedding_dim": 8,
+    "control_vector_type": "embedding",
+    "control_input_dim": 4,
+    "control_n_layer": 3,
+    "control_type": "dense",
+    "condition_to": "decoder",
+    "pocm_type": "matmul",
+    "pocm_norm": "batch_norm",
+}
+
+
+# ---------------------------------------------------------------------------------------
+# The fixture policy
+def require(condition: bool, what: str) -> None:
+    """Skip (by hand) or fail (under make test) when a fixture is missing."""
+    if condition:
+        return
+    message = f"missing test fixture: {what}"
+    if os.environ.get("LIGHTSAFT_REQUIRE_FIXTURES") == "1":
+        pytest.fail(message + " (LIGHTSAFT_REQUIRE_FIXTURES=1: run `make setup`, or put ../shared beside the repo)")
+    pytest.skip(message)
+
+
+def shared_path(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    require(path.exists(), str(path))
+    return path
+
+
+def require_ffmpeg() -> None:
+    require(
+        shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None,
+        "ffmpeg/ffprobe (apt-get install -y ffmpeg)",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Params, projects, trainings
+def tiny_params(**overrides) -> dict:
+    """Validated params for the tiny model on a small synthetic set, CPU, short training.
+    ``overrides`` are dotted keys, e.g. ``tiny_params(**{"trainer.max_epochs": 1})``."""
+    from lightsaft.config import defaults, validate
+    from lightsaft.experiments import set_dotted
+
+    params = defaults()
+    params["model"] = dict(TINY_MODEL)
+    base = {
+        "data.source": "synthetic",
+        "data.synthetic.train_tracks": 4,
+        "data.synthetic.valid_tracks": 1,
+        "data.synthetic.test_tracks": 2,
+        "data.synthetic.seconds": 6.0,
+        "train.init": "pytorch",
+        "train.items_per_epoch": 800,
+        "train.valid_chunks_per_track": 8,
+        "trainer.accelerator": "cpu",
+        "trainer.precision": "32",
+        "trainer.max_epochs": 3,
+        "runtime.train.num_workers": 0,
+        "trainer.log_every_n_steps": 5,
+        "mlflow.experiment": "tests",
+    }
+    for key, value in {**base, **overrides}.items():
+        set_dotted(params, key, value)
+    return validate(params)
+
+
+def make_project(root: Path) -> Path:
+    """A directory that paths.project_root() takes for a DVC project (MLflow DB lands here)."""
+    (root / ".dvc").mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def train_into(root: Path, params: dict, cache_dir) -> dict:
+    """Train as the stage does, writing the stage outputs below ``root``; returns train.json's metrics."""
+    from lightsaft.train import TrainOutputs, train, write_outputs
+
+    result = train(params, cache_dir)
+    write_outputs(result, TrainOutputs.under(root))
+    return result.metrics
+
+
+def training_project(root: Path, cache: Path, epochs: int, experiment: str, **overrides) -> dict:
+    """A project whose train stage trains the tiny model on ``cache``, 8 steps per epoch."""
+    make_project(root)
+    (root / "data").mkdir()
+    os.symlink(cache, root / "data" / "cache")
+    params = tiny_params(
+        **{
+            "train.items_per_epoch": 64,
+            "train.valid_chunks_per_track": 1,
+            "trainer.max_epochs": epochs,
+            "mlflow.experiment": experiment,
+            **overrides,
+        }
+    )
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return params
+
+
+def mlflow_runs(root: Path, experiment: str) -> list:
+    """The MLflow runs of ``experiment`` in the project at ``root``, newest first."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+# ---------------------------------------------------------------------------------------
+# Data sets
+ROCK = "Music Delta - 80s Rock"
+FALCON = "The Easton Ellises - Falcon 69"
+SYNTHETIC = {"train_tracks": 3, "valid_tracks": 1, "test_tracks": 1, "seconds": 1.0, "seed": 5}
+
+
+def dataset_json(folder: Path, **data) -> Path:
+    """Run the download stage into ``folder/raw`` with ``data`` overrides."""
+    from lightsaft.config import defaults
+    from lightsaft.download import download
+
+    params = defaults()["data"]
+    params.update(data)
+    return download(params, folder / "raw")
+
+
+def stft(wave: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
+    """The model's STFT of a ``[L, 2]`` waveform, ``[4, T, F]`` as the cache stores it."""
+    from lightsaft.spectral import SpectralFrontEnd
+
+    with torch.no_grad():
+        wave = torch.from_numpy(np.ascontiguousarray(wave))[None]
+        return SpectralFrontEnd(n_fft, hop).stft(wave)[0].numpy()
+
+
+def noise(length: int, seed: int = 0) -> np.ndarray:
+    """A stereo float32 noise signal ``[length, 2]``."""
+    return (np.random.default_rng(seed).standard_normal((length, 2)) * 0.3).astype(np.float32)
+
+
+class MemoryCache:
+    """``lightsaft.data.cache.Cache``'s reading interface over in-memory tracks (test split only).
+
+    ``fail``: reading that track raises OSError; ``crash``: reading it kills the (worker) process,
+    as an out-of-memory kill would. Picklable, for the evaluate stage's worker processes."""
+
+    def __init__(self, audio: dict[str, dict[str, np.ndarray]], fail: str | None = None, crash: str | None = None):
+        self.audio, self.fail, self.crash = audio, fail, crash
+
+    def tracks(self, split: str) -> list[str]:
+        return list(self.audio) if split == "test" else []
+
+    def load_audio(self, track: str, start: int = 0, stop: int | None = None, stems=None) -> dict[str, np.ndarray]:
+        if track == self.fail:
+            raise OSError(f"{track}: cannot read")
+        if track == self.crash:
+            os._exit(3)
+        return {stem: self.audio[track][stem][start:stop] for stem in stems or self.audio[track]}
+
+
+TWO = ("vocals", "drums")  # two targets keep museval's cost (cubic in the source count) low
+
+
+def make_tracks(names, seconds=2.0, seed=0, targets=TWO) -> dict[str, dict[str, np.ndarray]]:
+    """Noise stems of ``targets`` and their sum as the mixture, per track name."""
+    rng = np.random.default_rng(seed)
+    tracks = {}
+    for name in names:
+        stems = {t: (rng.standard_normal((int(44100 * seconds), 2)) * 0.1).astype(np.float32) for t in targets}
+        stems["mixture"] = sum(stems.values())
+        tracks[name] = stems
+    return tracks
+
+
+def write_estimates(root: Path, tracks, make, targets=TWO) -> None:
+    """``root/test/<track>/<target>.wav`` = ``make(stems, target)``, the separate stage's layout."""
+    from lightsaft.data.audio import write_audio
+
+    for name, stems in tracks.items():
+        for target in targets:
+            write_audio(root / "test" / name / f"{target}.wav", make(stems, target), 44100)
+
+
+# ---------------------------------------------------------------------------------------
+# A stand-in model
+class SpecModel(torch.nn.Module):
+    """Stand-in with the Separator's interface; ``forward`` is a plain function of the input."""
+
+    def __init__(self, fn):
+        from lightsaft.spectral import SpectralFrontEnd
+
+        super().__init__()
+        self.params = dict(TINY_MODEL)
+        self.front = SpectralFrontEnd(TINY_MODEL["n_fft"], TINY_MODEL["hop_length"])
+        self.fn = fn
+
+    def forward(self, spec: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        return self.fn(spec, condition)
+
+
+def identity(spec, condition):
+    return spec
+
+
+# ---------------------------------------------------------------------------------------
+# Downloads: archives shaped like MUSDB18-7-STEMS.zip, served by the `server` fixture
+def zip_bytes(entries: dict[str, bytes], extra: list[zipfile.ZipInfo] = ()) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+        for info in extra:
+            zf.writestr(info, b"payload")
+    return buffer.getvalue()
+
+
+def musdb_zip(train: dict[str, bytes], test: dict[str, bytes]) -> bytes:
+    """A zip shaped like MUSDB18-7-STEMS.zip: train/*.stem.mp4, test/*.stem.mp4."""
+    return zip_bytes(
+        {
+            f"{split}/{name}.stem.mp4": data
+            for split, files in (("train", train), ("test", test))
+            for name, data in files.items()
+        }
+    )
+
+
+def data_params(**data) -> dict:
+    """The default ``data`` params with ``data`` overrides."""
+    from lightsaft.config import defaults
+
+    params = defaults()["data"]
+    params.update(data)
+    return params
+
+
+def sample_params(server, body: bytes, **data) -> dict:
+    """``data`` params downloading ``body`` from ``server`` as the musdb18-sample zip."""
+    server.files["/MUSDB18-7-STEMS.zip"] = body
+    return data_params(
+        **{
+            "source": "musdb18-sample",
+            "sample_url": f"{server.url}/MUSDB18-7-STEMS.zip",
+            "allow_insecure_http": True,
+            "valid_tracks": ["B"],
+            **data,
+        }
+    )
+
+
+DUMMY = musdb_zip({"A": b"a" * 5000, "B": b"b" * 5000}, {"C": b"c" * 5000})
+
+
+class RangeHandler(BaseHTTPRequestHandler):
+    """A loopback file server with Range support; the server carries ``files`` (path -> bytes),
+    ``requests`` (what was asked), ``ranges`` (honour Range) and ``drop_after`` (hang up once
+    after that many bytes, having announced the whole file)."""
+
+    def do_GET(self):
+        server = self.server
+        server.requests.append((self.path, self.headers.get("Range")))
+        body = server.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        start, status = 0, 200
+        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        if match and server.ranges:
+            start, status = int(match[1]), 206
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+        payload = body[start:]
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(payload)))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.end_headers()
+        if server.drop_after is not None:
+            payload, server.drop_after = payload[: server.drop_after], None
+            self.close_connection = True
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+# ---------------------------------------------------------------------------------------
+# Stopped stages: a stage script in its own process, paused at a chosen function
+#
+# Runs a stage script with ``module:owner.function`` wrapped: after its first call returns, the
+# marker file is written; then every call sleeps ``delay`` seconds (600: the stage waits to be
+# killed; a fraction of a second: it keeps working, slowly, and stops as it would on a signal).
+PAUSED_STAGE = """
+import functools, importlib, pathlib, runpy, sys, time
+target, marker, script, delay = sys.argv[1:5]
+module, _, path = target.partition(":")
+owner = importlib.import_module(module)
+*parents, name = path.split(".")
+for parent in parents:
+    owner = getattr(owner, parent)
+original, calls = getattr(owner, name), []
+@functools.wraps(original)
+def paused(*args, **kwargs):
+    result = original(*args, **kwargs)
+    if not calls:
+        pathlib.Path(marker).write_text("working")
+    calls.append(1)
+    time.sleep(float(delay))
+    return result
+setattr(owner, name, paused)
+sys.argv = [script]
+runpy.run_path(script, run_name="__main__")
+"""
+KILLS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKILL}
+STAGE_ENV = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
+# Pausing here, a training has finished its first epoch and written its checkpoints.
+EPOCH_CHECKPOINT = "pytorch_lightning.callbacks:ModelCheckpoint.on_train_epoch_end"
+
+
+def start_paused(
+    root: Path, stage: str, pause_at: str, delay: float = 600, new_session: bool = False
+) -> subprocess.Popen:
+    """Start ``pipeline/<stage>.py`` in ``root`` and wait until ``pause_at`` has done its work
+    once; the stage then waits to be killed (or, with a short ``delay``, goes on slowly). Its
+    output goes to ``root/<stage>.log``. ``new_session``: its own process group, as a terminal
+    gives a foreground job (``os.killpg`` is then Ctrl+C)."""
+    marker, log = root / f".{stage}.working", root / f"{stage}.log"
+    marker.unlink(missing_ok=True)
+    script = str(REPO / "pipeline" / f"{stage}.py")
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", PAUSED_STAGE, pause_at, str(marker), script, str(delay)],
+            cwd=root,
+            env=STAGE_ENV,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=new_session,
+        )
+    deadline = time.monotonic() + 180
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+    marker.unlink()
+    return proc
+
+
+def kill_while_working(root: Path, stage: str, pause_at: str, sig: signal.Signals, delay: float = 600) -> str:
+    """Kill the stage with ``sig`` once ``pause_at`` has done its work; check how it ended
+    (exit code, a one-line message, no process left behind). Returns the stage's output."""
+    proc = start_paused(root, stage, pause_at, delay)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(sig)
+    code = proc.wait(timeout=120)
+    output = (root / f"{stage}.log").read_text()
+    (root / f"{stage}.log").unlink()
+    assert code == KILLS[sig], output[-3000:]
+    if sig != signal.SIGKILL:
+        assert f"{stage}: {'interrupted' if sig == signal.SIGINT else 'terminated'}" in output
+        assert "Traceback" not in output, output[-3000:]
+    # No process of the stage lives on (museval workers, DataLoader workers, ffmpeg).
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
+    return output
