@@ -13,13 +13,8 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
-import os
-import signal
-import threading
-import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,16 +22,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import threadpoolctl
-import torch
-from tqdm import tqdm
 
 from .bsseval import bss_eval_v4
 from .data.audio import AudioError, read_audio
 from .devices import resolve_device
 from .errors import LightSAFTError
 from .paths import atomic_dir, atomic_path, write_text_atomic
+from .progress import Progress
 from .spectral import SAMPLE_RATE, TARGETS
+from .workers import running
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
 NOISE_DB = 150.0  # SIR/ISR/SAR above this are rounding noise: a residual at float precision, not a score
@@ -178,23 +172,8 @@ class Engine:
 _WORKER: dict[str, Any] = {}  # the worker's cache and engine, set once per process (not per task)
 
 
-def _init_worker(cache: Any, engine: Engine, threads: int) -> None:
-    """Each worker gets its share of the cores, in torch and in numpy's BLAS (which museval
-    uses: with all cores per worker, ``jobs`` workers would oversubscribe the machine).
-    Ctrl+C in a terminal reaches every process of the stage: workers ignore it, and the stage
-    stops them (:func:`_run_pool`)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _init_worker(cache: Any, engine: Engine) -> None:
     _WORKER.update(cache=cache, engine=engine)
-    torch.set_num_threads(threads)
-    threadpoolctl.threadpool_limits(threads)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-
-
-def _exit_with_parent(parent: int) -> None:
-    """Workers of a stage killed with SIGKILL (no shutdown) would otherwise wait for tasks forever."""
-    while os.getppid() == parent:
-        time.sleep(1)
-    os._exit(1)
 
 
 def _score_one(track: str, estimates_dir: Path, targets: tuple[str, ...]) -> tuple[str, str]:
@@ -221,38 +200,17 @@ def _outcome(future: Future) -> tuple[Any, str | None]:
         return None, f"{type(e).__name__}: {e}"
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _run_pool(
     jobs: int, cache: Any, engine: Engine, tracks: list[str], estimates_dir: Path, targets: tuple[str, ...]
 ) -> dict[str, tuple[Any, str | None]]:
-    # Spawned, not forked: a fork of a process whose torch (OpenMP) threads have run can hang in
-    # the child's first parallel region, and CUDA cannot start in a forked child at all.
-    workers = min(jobs, len(tracks))
-    pool = ProcessPoolExecutor(
-        workers,
-        multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(cache, engine, max(1, _cores() // workers)),
-    )
-    try:
+    with running(min(jobs, len(tracks)), _init_worker, (cache, engine)) as pool:
         futures = {pool.submit(_score_one, track, estimates_dir, targets): track for track in tracks}
-        done = tqdm(as_completed(futures), total=len(futures), desc="evaluate", unit="track")
-        return {futures[f]: _outcome(f) for f in done}
-    except BaseException:  # Ctrl+C, SIGTERM: stop now, not once the workers have finished their tracks
-        _terminate_workers(pool)
-        raise
-    finally:
-        pool.shutdown(cancel_futures=True)
-
-
-def _terminate_workers(pool: ProcessPoolExecutor) -> None:
-    """Kill the pool's workers in the middle of their tasks (Python 3.14 calls this
-    ``pool.terminate_workers()``; before it, the processes are only in ``pool._processes``)."""
-    for process in list((pool._processes or {}).values()):
-        process.terminate()
+        outcomes = {}
+        with Progress("evaluate", len(futures), "track") as bar:
+            for future in as_completed(futures):
+                outcomes[futures[future]] = _outcome(future)
+                bar.advance(futures[future])
+        return outcomes
 
 
 def _score_all(

@@ -26,7 +26,7 @@ from .errors import DataError
 from .paths import portable, write_text_atomic
 from .progress import Progress
 from .spectral import SAMPLE_RATE, TARGETS, SpectralFrontEnd, num_frames
-from .workers import cores, pool
+from .workers import cores, running
 
 FLOAT16_MAX = 65504.0
 JOB_MEMORY = 4e9  # bytes one job may need: a 10-minute track decoded (5 stems) plus one stem's STFT
@@ -148,12 +148,9 @@ def _prepared(todo: list[tuple[int, dict]], args: tuple, jobs: int) -> Iterator[
     if jobs == 1 or len(todo) < 2:
         yield from (prepare_track(i, t, *args) for i, t in todo)
         return
-    workers = pool(jobs)
-    try:
+    with running(jobs) as workers:
         for future in as_completed([workers.submit(prepare_track, i, t, *args) for i, t in todo]):
             yield future.result()
-    finally:
-        workers.shutdown(cancel_futures=True)  # on an error or Ctrl+C: drop the tracks not started
 
 
 def prepare_track(

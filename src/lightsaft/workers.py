@@ -4,17 +4,21 @@ Workers are spawned, not forked: a fork of a process whose torch (OpenMP) thread
 hang in the child's first parallel region, and CUDA cannot start in a forked child at all. Each
 gets its share of the cores in torch and in numpy's BLAS (with all cores each, ``jobs`` workers
 would oversubscribe the machine), and exits when its parent dies: the workers of a stage killed
-with SIGKILL (no shutdown) would otherwise wait for tasks forever.
+with SIGKILL (no shutdown) would otherwise wait for tasks forever. Ctrl+C is the parent's to
+handle: the workers ignore SIGINT, and :func:`running` stops them at once when the parent is
+interrupted, instead of letting them finish the tasks they hold.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -31,10 +35,34 @@ def pool(jobs: int, initializer: Callable[..., None] | None = None, initargs: tu
     )
 
 
+@contextmanager
+def running(
+    jobs: int, initializer: Callable[..., None] | None = None, initargs: tuple = ()
+) -> Iterator[ProcessPoolExecutor]:
+    """:func:`pool`, shut down on leaving; on Ctrl+C, SIGTERM or an error its workers are killed
+    in the middle of their tasks and the tasks not started are dropped."""
+    workers = pool(jobs, initializer, initargs)
+    try:
+        yield workers
+    except BaseException:
+        terminate(workers)
+        raise
+    finally:
+        workers.shutdown(cancel_futures=True)
+
+
+def terminate(workers: ProcessPoolExecutor) -> None:
+    """Kill a pool's workers now (Python 3.14 calls this ``terminate_workers()``; before it, the
+    processes are only in the private ``_processes``)."""
+    for process in list((workers._processes or {}).values()):
+        process.terminate()
+
+
 def _start(threads: int, initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
     import threadpoolctl
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     threadpoolctl.threadpool_limits(threads)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
