@@ -22,8 +22,8 @@ import soundfile as sf
 import yaml
 from helpers import make_project, start_paused, tiny_params
 
-from lightsaft.data.cache import prepare
 from lightsaft.download import download
+from lightsaft.prepare import prepare
 from lightsaft.spectral import SAMPLE_RATE, TARGETS
 
 # name -> (split, seconds); museval takes minutes for a long track on two cores
