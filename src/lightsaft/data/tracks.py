@@ -203,7 +203,11 @@ def track_samples(track: dict[str, Any]) -> int:
     """Length in samples from the headers (exact for wav, from the container duration for mp4)."""
     if "files" in track:
         return _wav_info(Path(track["files"]["mixture"])).frames
-    return round(float(probe(track["stem_file"])["format"]["duration"]) * SAMPLE_RATE)
+    duration = probe(track["stem_file"]).get("format", {}).get("duration")
+    if duration is None:
+        raise AudioError(f"{track['stem_file']}: the container states no duration (truncated or corrupt?); "
+                         f"download the data set again")  # fmt: skip
+    return round(float(duration) * SAMPLE_RATE)
 
 
 def load_track(track: dict[str, Any]) -> dict[str, np.ndarray]:
