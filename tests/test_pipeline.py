@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from helpers import REPO
+from helpers import REPO, TINY_MODEL, shared_path
 
 from lightsaft.data.cache import Cache
 
@@ -233,3 +233,30 @@ def test_queued_ablation_gets_every_point_its_mlflow_run(demo):
     assert points[0].startswith("experiment,status,model.dk") and len(points) == 3
     assert all(",done," in line for line in points[1:])
     assert (repo / "results/ablations/ci-grid/sdr.png").stat().st_size > 1000
+
+
+def test_a_pretrained_model_runs_through_the_pipeline_without_training(demo):
+    """train.pretrained set to an official checkpoint (the tiny fixture): download -> prepare (the
+    test tracks only: no training spectrograms) -> train imports instead of training -> separate
+    -> evaluate -> report, and MLflow holds one run with the model's params and its source."""
+    repo, ckpt = demo.repo, shared_path("reference", "official_ckpt", "lightsaft_tiny_2020_prefix.ckpt")
+    run(repo, "git", "checkout", "--", "params.yaml")
+    model = {f"model.{key}": value for key, value in TINY_MODEL.items()}
+    data = {k: v for k, v in CI.items() if k.startswith("data.")}
+    set_params(repo, {"data.source": "synthetic", **data, **model, "train.pretrained": str(ckpt),
+                      "mlflow.experiment": "ci-pretrained", "report.excerpt_seconds": 2.0})  # fmt: skip
+    log = run(repo, "dvc", "repro")
+    assert ran_stages(log) == set(STAGES), log[-3000:]
+    cache = Cache(repo / "data/cache")
+    assert cache.manifest["splits"] == ["test"] and not (repo / "data/cache/spec").exists()
+    metrics = json.loads((repo / "metrics/train.json").read_text())
+    assert metrics["pretrained"] == str(ckpt) and metrics["steps"] == 0
+    assert (repo / "results/report/index.html").is_file()
+    sdr = json.loads((repo / "metrics/sdr.json").read_text())
+    assert sdr["sdr_vocals"] is not None
+    runs = mlflow_runs(repo, "ci-pretrained")
+    [train] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert train.info.status == "FINISHED" and train.data.params["train.pretrained"] == str(ckpt)
+    assert train.data.params["model.dk"] == str(TINY_MODEL["dk"]) and train.data.tags["pretrained"] == str(ckpt)
+    assert len(train.data.tags["pretrained_sha256"]) == 64 and "test_sdr_vocals" in train.data.metrics
+    assert any(r.data.tags.get("mlflow.parentRunId") == train.info.run_id for r in runs)  # the evaluation
