@@ -16,12 +16,14 @@ everything (a process's peak cannot tell two models apart); shown is the peak RS
 above the process's RSS before it (activations, gradients, workspaces). The machine is shared:
 absolute times are noisy, the ratios measured in one run are what to read.
 
-    .venv/bin/python benchmarks/model_speed.py [--repeats 5] [--quick] [--channels-last]
+    .venv/bin/python benchmarks/model_speed.py [--repeats 5] [--quick] [--channels-last auto|on|off]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import importlib
 import multiprocessing
 import os
@@ -51,6 +53,8 @@ LASAFT_LARGE = {"variant": "lasaft", "tfc_tdf_bias": False, "num_tdfs": 6, "dk":
 # (label, overrides of the seed config, batch); --quick keeps the tiny config, only the variant changes
 CASES = [("LightSAFT seed", {}, 2), ("LightSAFT seed", {}, 4), ("LaSAFT large", LASAFT_LARGE, 2)]
 MODES = ("forward", "fwd+bwd")
+CHANNELS_LAST = {"auto": None, "on": True, "off": False}
+NETWORKS = ("official", "ours")  # the first is the reference of the ratios
 _MODELS = "lasaft.source_separation.conditioned.cunet.models"
 OFFICIAL = {
     "lightsaft": (f"{_MODELS}.dcun_tfc_gpocm_lightsaft", "DCUN_TFC_GPoCM_LightSAFT_Framework"),
@@ -90,12 +94,18 @@ def official_network(params: dict[str, Any]) -> torch.nn.Module:
     ).spec2spec
 
 
-def networks(params: dict[str, Any], channels_last: bool) -> dict[str, torch.nn.Module]:
-    """The official network and ours holding the same weights."""
-    official = official_network(params)
-    ours = build_model(params, channels_last=channels_last)
-    load_official_state_dict(ours, official.state_dict())
-    return {"official": official, "ours": ours}
+def build(name: str, params: dict[str, Any], channels_last: bool | None) -> torch.nn.Module:
+    """One of NETWORKS with random weights."""
+    return official_network(params) if name == "official" else build_model(params, channels_last=channels_last)
+
+
+def networks(params: dict[str, Any], channels_last: bool | None) -> dict[str, torch.nn.Module]:
+    """NETWORKS, all holding the official network's weights."""
+    nets = {name: build(name, params, channels_last) for name in NETWORKS}
+    for name, net in nets.items():
+        if name != "official":
+            load_official_state_dict(net, nets["official"].state_dict())
+    return nets
 
 
 def inputs(params: dict[str, Any], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,11 +152,13 @@ def threads(quick: bool) -> int:
     return 1 if quick else CPU_THREADS
 
 
-def run_memory(network: str, params: dict[str, Any], batch: int, mode: str, channels_last: bool, quick: bool) -> dict:
+def run_memory(
+    network: str, params: dict[str, Any], batch: int, mode: str, channels_last: bool | None, quick: bool
+) -> dict:
     """In a fresh process: peak RSS of one run above the RSS before it, in GB."""
     torch.set_num_threads(threads(quick))
     torch.manual_seed(0)
-    net = build_model(params, channels_last=channels_last) if network == "ours" else official_network(params)
+    net = build(network, params, channels_last)
     run = runner(net, *inputs(params, batch), mode)
     before = psutil.Process().memory_info().rss / 1e9
     run()
@@ -203,64 +215,105 @@ def show(result: dict, key: str, unit: str = "", digits: int = 1) -> str:
     return result.get("skip") or result.get("error") or fmt(result[key], unit, digits)
 
 
-def bench_case(label: str, params: dict[str, Any], batch: int, args: argparse.Namespace) -> list[list[str]]:
+def memory_case(params: dict[str, Any], batch: int, args: argparse.Namespace) -> dict[tuple[str, str], dict]:
+    """Peak memory of each (mode, network), each in its own process."""
+    memory = {}
+    for mode in MODES:
+        for name in NETWORKS:
+            memory[mode, name] = forked(run_memory, network=name, params=params, batch=batch, mode=mode,
+                                        channels_last=args.channels_last, quick=args.quick)  # fmt: skip
+        print(f"  {mode} peak: " + "; ".join(f"{n} {show(memory[mode, n], 'gb', ' GB', 2)}" for n in NETWORKS))
+    return memory
+
+
+def time_case(params: dict[str, Any], batch: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Median time of each (mode, network), interleaved in this process."""
     torch.manual_seed(0)
     nets = networks(params, args.channels_last)
     spec, condition = inputs(params, batch)
     with torch.inference_mode():
-        outputs = [net.eval()(spec, condition) for net in nets.values()]
-    difference = (outputs[0] - outputs[1]).abs().max().item()
-    parameters = count_parameters(nets["ours"])
-    print(f"{label}, B={batch}: {parameters:,} parameters, max |ours - official| forward {difference:.1e}", flush=True)
-    rows = []
+        outputs = {name: net.eval()(spec, condition) for name, net in nets.items()}
+    difference = max((out - outputs[NETWORKS[0]]).abs().max().item() for out in outputs.values())
+    print(f"  {count_parameters(nets[NETWORKS[-1]]):,} parameters; largest forward difference {difference:.1e}")
+    medians = {}
     for mode in MODES:
         times = time_interleaved({n: runner(net, spec, condition, mode) for n, net in nets.items()}, args.repeats)
-        median = {n: statistics.median(t) for n, t in times.items()}
+        medians[mode] = {n: statistics.median(t) for n, t in times.items()}
         print(f"  {mode}: " + "; ".join(f"{n} " + " ".join(f"{t:.2f}" for t in times[n]) for n in nets), flush=True)
-        memory = {n: forked(run_memory, network=n, params=params, batch=batch, mode=mode,
-                            channels_last=args.channels_last, quick=args.quick) for n in nets}  # fmt: skip
-        rows.append(
-            [
-                label,
-                batch,
-                mode,
-                fmt(median["official"], " s", 3 if args.quick else 2),
-                fmt(median["ours"], " s", 3 if args.quick else 2),
-                ratio(median["ours"], median["official"]),
-                show(memory["official"], "gb", " GB", 2),
-                show(memory["ours"], "gb", " GB", 2),
-                ratio(memory["ours"].get("gb"), memory["official"].get("gb")),
-            ]
-        )
-    return rows
+    del nets, outputs
+    release_memory()
+    return medians
+
+
+def release_memory() -> None:
+    """Give the freed heap back to the system (glibc keeps it otherwise): the machine is shared."""
+    gc.collect()
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def table_row(row: list, times: dict[str, float], memory: dict, mode: str, quick: bool) -> list:
+    """Times, then peaks, of the reference network and of each other one with its ratio to it."""
+    reference, others = NETWORKS[0], NETWORKS[1:]
+    peaks = {n: memory[mode, n] for n in NETWORKS}
+    row.append(fmt(times[reference], " s", 3 if quick else 2))
+    for n in others:
+        row += [fmt(times[n], " s", 3 if quick else 2), ratio(times[n], times[reference])]
+    row.append(show(peaks[reference], "gb", " GB", 2))
+    for n in others:
+        row += [show(peaks[n], "gb", " GB", 2), ratio(peaks[n].get("gb"), peaks[reference].get("gb"))]
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per network (median shown)")
     parser.add_argument("--quick", action="store_true", help="tiny config: a smoke run of this script (seconds)")
-    parser.add_argument("--channels-last", action="store_true", help="our TFC convolutions channels-last")
+    parser.add_argument(
+        "--channels-last",
+        choices=CHANNELS_LAST,
+        default="auto",
+        help="our switch (auto: channels-last without autograd)",
+    )
     args = parser.parse_args()
+    args.channels_last = CHANNELS_LAST[args.channels_last]
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     quiet_openmp()
     torch.set_num_threads(threads(args.quick))
     config = "tiny config (--quick)" if args.quick else "seed / LaSAFT-large config"
+    switch = {v: k for k, v in CHANNELS_LAST.items()}[args.channels_last]
     print(
         f"CPU, {config}, float32, {threads(args.quick)} threads ({os.cpu_count()} cores, "
-        f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), torch {torch.__version__}; ours channels_last="
-        f"{args.channels_last}; median of {args.repeats} interleaved runs after a warm-up. "
-        f"Load average at start {os.getloadavg()[0]:.1f}",
+        f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), torch {torch.__version__}; our channels_last {switch}; "
+        f"median of {args.repeats} interleaved runs after a warm-up. Load average at start {os.getloadavg()[0]:.1f}",
         flush=True,
     )
+    cases = [(label.split()[0] + " tiny" if args.quick else label, case_params(overrides, args.quick), batch)
+             for label, overrides, batch in CASES]  # fmt: skip
+    # Memory first, while this process is small: after timed runs its heap keeps GBs, which with a
+    # child's peak could exhaust a shared machine's memory.
+    memory = {}
+    for label, params, batch in cases:
+        print(f"{label}, B={batch}", flush=True)
+        memory[label, batch] = memory_case(params, batch, args)
     rows = []
-    for label, overrides, batch in CASES:
-        label = label.split()[0] + " tiny" if args.quick else label
-        rows += bench_case(label, case_params(overrides, args.quick), batch, args)
+    for label, params, batch in cases:
+        print(f"{label}, B={batch}", flush=True)
+        medians = time_case(params, batch, args)
+        rows += [
+            table_row([label, batch, mode], medians[mode], memory[label, batch], mode, args.quick) for mode in MODES
+        ]
     print(f"load average at end {os.getloadavg()[0]:.1f}\n")
-    headers = ["model", "B", "mode", "official", "ours", "ours/official", "official peak", "ours peak", "ours/official"]
+    reference, others = NETWORKS[0], NETWORKS[1:]
+    headers = (
+        ["model", "B", "mode", reference]
+        + [c for n in others for c in (n, f"{n}/{reference}")]
+        + [f"{reference} peak"]
+        + [c for n in others for c in (f"{n} peak", f"{n}/{reference}")]
+    )
     print(tabulate(rows, headers=headers, stralign="right"))
-    print("peak = the run's peak RSS above the process's RSS before it, one process per row and network")
+    print("peak = the run's peak RSS above the process's RSS before it, one process per network and row")
 
 
 if __name__ == "__main__":

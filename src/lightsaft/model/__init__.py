@@ -35,10 +35,11 @@ class WeightsError(LightSAFTError, ValueError):
     """A weights file or state_dict that does not fit (wrong file, other config, unsafe pickle)."""
 
 
-def build_model(model_params: dict[str, Any], channels_last: bool = False) -> Separator:
+def build_model(model_params: dict[str, Any], channels_last: bool | None = None) -> Separator:
     """Build the separator from the ``model`` section (official argument names + ``variant``).
 
-    ``channels_last`` is an execution setting (same results; see :class:`Separator`).
+    ``channels_last`` is an execution setting: None (auto), True or False; same results (see
+    :class:`Separator`).
     """
     return Separator(validate_section("model", model_params, where="model params"), channels_last=channels_last)
 

@@ -105,11 +105,12 @@ class Separator(nn.Module):
 
     ``channels_last`` is an execution setting, not a model parameter: it changes the memory
     layout of the TFC convolutions, never the results, so it is not in ``params`` (nor in
-    weights files). Off by default, the faster choice on CPU; see :class:`TFC` for when to
-    turn it on. It can be changed at any time: ``model.channels_last = True``.
+    weights files). ``None`` (auto, the default: channels-last only without autograd, the
+    fastest on CPU), ``True`` or ``False``; see :class:`TFC`. It can be changed at any time:
+    ``model.channels_last = True``.
     """
 
-    def __init__(self, params: dict, channels_last: bool = False):
+    def __init__(self, params: dict, channels_last: bool | None = None):
         super().__init__()
         self.params = dict(params)
         self.net = ConditionedUNet(params)
@@ -121,12 +122,14 @@ class Separator(nn.Module):
             self.time_multiple *= t
 
     @property
-    def channels_last(self) -> bool:
+    def channels_last(self) -> bool | None:
         return self._channels_last
 
     @channels_last.setter
-    def channels_last(self, enabled: bool) -> None:
-        self._channels_last = bool(enabled)
+    def channels_last(self, enabled: bool | None) -> None:
+        if enabled is not None and not isinstance(enabled, bool):
+            raise ValueError(f"channels_last must be None (auto), True or False, got {enabled!r}")
+        self._channels_last = enabled
         for module in self.modules():
             if isinstance(module, TFC):
                 module.channels_last = self._channels_last
