@@ -1,28 +1,34 @@
-"""Forward / forward+backward time and peak memory of LightSAFT vs LaSAFT at the seed config.
+"""Our network against the official one, side by side in one process: time and peak memory.
 
-CPU (2 torch threads), input ``[B, 4, 128, 2049]`` float32. Forward = eval + inference_mode;
-fwd+bwd = train mode, loss = mean(y**2). B = 1 in train mode keeps the control model in eval
-mode (its BatchNorm1d needs two items), as the official figures did. Every measurement runs in
-its own fresh process, so "peak RSS" is that measurement's process peak and peaks don't mix.
-LightSAFT: best of --repeats runs after one warm-up; LaSAFT (slow): --lasaft-repeats runs, with
-a warm-up only when that is > 1. The official implementation's published figures (../shared/reference/README.md §7)
-are printed beside ours. With CUDA, also bf16 autocast at batch 8 on the GPU.
+The official networks come from ../shared/reference/official_src (imported here only, never by
+the package). Ours gets the official weights (``load_official_state_dict``) and both see the same
+input ``[B, 4, num_frame, n_fft//2+1]`` float32 on the CPU, with 2 torch threads:
 
-The machine is shared: wall times are noisy; compare the ratios measured in one run. Measuring
-processes get OMP_WAIT_POLICY=PASSIVE (unless set): with OpenMP threads spinning at barriers, two
-2-thread processes on 2 cores stall each other (measured here: 2x slower seed forward, 150x
-slower tiny forward); sleeping threads make the figures close to a quiet machine's.
+* LightSAFT at the seed config (params.yaml ``model``), batch 2 and 4;
+* LaSAFT at the published large config (tfc_tdf_bias false, num_tdfs 6, dk 32, embedding_dim 64,
+  otherwise the seed config: 31,541,908 parameters), batch 2.
 
-    .venv/bin/python benchmarks/model_speed.py [--variants lightsaft,lasaft] [--batches 1,2,4]
-        [--repeats 2] [--lasaft-repeats 1] [--quick]
+forward = eval mode under inference_mode; fwd+bwd = train mode, loss mean(y**2), backward.
+Time: one warm-up each, then --repeats runs per network, interleaved (the order alternates, so
+a drift of the shared machine's load hits both alike); the median is shown. Peak memory: each
+(network, config, mode) runs once in its own process forked from a server that has imported
+everything (a process's peak cannot tell two models apart); shown is the peak RSS of that run
+above the process's RSS before it (activations, gradients, workspaces). The machine is shared:
+absolute times are noisy, the ratios measured in one run are what to read.
+
+    .venv/bin/python benchmarks/model_speed.py [--repeats 5] [--quick] [--channels-last auto|on|off]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
+import importlib
 import multiprocessing
 import os
 import resource
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -36,21 +42,27 @@ import torch
 from tabulate import tabulate
 
 from lightsaft.config import defaults
-from lightsaft.model import build_model, count_parameters
+from lightsaft.model import build_model, count_parameters, load_official_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LIGHTSAFT_SHARED", REPO.parent / "shared"))
+OFFICIAL_SRC = SHARED / "reference" / "official_src"
 CPU_THREADS = 2
-GPU_BATCH, GPU_WARMUP, GPU_REPEATS = 8, 3, 10
-LASAFT_FWDBWD_MIN_AVAILABLE_GB = 16
-MODES = ("fwd", "fwdbwd")  # eval forward; train forward + backward
-# Reference figures (official code, ../shared/reference/README.md §7): same kind of machine (2-core AMD EPYC, torch
-# 2.13 CPU, 2 threads). Published, not measured by us. Seconds / GB; None = not run there.
-REFERENCE = {
-    ("lightsaft", 1): {"fwd": 3.2, "fwdbwd": 7.9, "rss_fwd": 0.85, "rss_fwdbwd": 3.3},
-    ("lightsaft", 4): {"fwd": 16.1, "fwdbwd": 48.8, "rss_fwd": 2.1, "rss_fwdbwd": 10.1},
-    ("lasaft", 1): {"fwd": 17.7, "fwdbwd": 50.7, "rss_fwd": 2.0, "rss_fwdbwd": 6.5},
-    ("lasaft", 4): {"fwd": 61.1, "fwdbwd": None, "rss_fwd": 4.5, "rss_fwdbwd": None},
+GPU_BATCH = 8  # used by train_speed.py
+LASAFT_LARGE = {"variant": "lasaft", "tfc_tdf_bias": False, "num_tdfs": 6, "dk": 32, "embedding_dim": 64}
+# (label, overrides of the seed config, batch); --quick keeps the tiny config, only the variant changes
+CASES = [("LightSAFT seed", {}, 2), ("LightSAFT seed", {}, 4), ("LaSAFT large", LASAFT_LARGE, 2)]
+MODES = ("forward", "fwd+bwd")
+CHANNELS_LAST = {"auto": None, "on": True, "off": False}
+NETWORKS = ("official", "ours")  # the first is the reference of the ratios
+_MODELS = "lasaft.source_separation.conditioned.cunet.models"
+OFFICIAL = {
+    "lightsaft": (f"{_MODELS}.dcun_tfc_gpocm_lightsaft", "DCUN_TFC_GPoCM_LightSAFT_Framework"),
+    "lasaft": (f"{_MODELS}.dcun_tfc_gpocm_lasaft", "DCUN_TFC_GPoCM_LaSAFT_Framework"),
 }
+# As official_src/README.md says: the package and its stubs (wandb, wget) on the path.
+OFFICIAL_PATHS = [str(OFFICIAL_SRC), str(OFFICIAL_SRC / "stubs")]
+sys.path[:0] = [p for p in OFFICIAL_PATHS if p not in sys.path]
 
 
 def model_params(variant: str, quick: bool = False) -> dict[str, Any]:
@@ -63,18 +75,109 @@ def model_params(variant: str, quick: bool = False) -> dict[str, Any]:
     return {**defaults()["model"], "variant": variant}
 
 
+def case_params(overrides: dict[str, Any], quick: bool) -> dict[str, Any]:
+    base = model_params("lightsaft", quick)
+    if quick:
+        return {**base, "variant": overrides.get("variant", "lightsaft")}
+    return {**base, **overrides}
+
+
+def official_network(params: dict[str, Any]) -> torch.nn.Module:
+    """The official spec2spec network for our ``model`` params (random Xavier init)."""
+    if not OFFICIAL_SRC.is_dir():
+        raise SystemExit(f"{OFFICIAL_SRC}: official source not found (set LIGHTSAFT_SHARED to the shared folder)")
+    module, name = OFFICIAL[params["variant"]]
+    framework = getattr(importlib.import_module(module), name)
+    kwargs = {k: v for k, v in params.items() if k != "variant"}
+    return framework(
+        optimizer="adam", lr=1e-3, auto_lr_schedule=False, train_loss="spec_mse", val_loss="raw_l1", **kwargs
+    ).spec2spec
+
+
+def build(name: str, params: dict[str, Any], channels_last: bool | None) -> torch.nn.Module:
+    """One of NETWORKS with random weights."""
+    return official_network(params) if name == "official" else build_model(params, channels_last=channels_last)
+
+
+def networks(params: dict[str, Any], channels_last: bool | None) -> dict[str, torch.nn.Module]:
+    """NETWORKS, all holding the official network's weights."""
+    nets = {name: build(name, params, channels_last) for name in NETWORKS}
+    for name, net in nets.items():
+        if name != "official":
+            load_official_state_dict(net, nets["official"].state_dict())
+    return nets
+
+
+def inputs(params: dict[str, Any], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    spec = torch.randn(batch, 4, params["num_frame"], params["n_fft"] // 2 + 1, generator=generator)
+    return spec, torch.arange(batch) % 4
+
+
+def runner(net: torch.nn.Module, spec: torch.Tensor, condition: torch.Tensor, mode: str) -> Callable[[], None]:
+    """One forward (eval, inference_mode) or forward+backward (train) of ``net``."""
+    net.train(mode == "fwd+bwd")
+
+    def run() -> None:
+        if mode == "forward":
+            with torch.inference_mode():
+                net(spec, condition)
+        else:
+            net.zero_grad(set_to_none=True)
+            net(spec, condition).pow(2).mean().backward()
+
+    return run
+
+
+def time_interleaved(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
+    """One warm-up each, then ``repeats`` timed runs each, alternating which network goes first."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for i in range(1 + repeats):
+        for name in names if i % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            runs[name]()
+            if i > 0:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+def threads(quick: bool) -> int:
+    """Torch threads: one for the tiny config (its ops are too small to share, and on a loaded
+    machine every parallel region waits for a descheduled thread)."""
+    return 1 if quick else CPU_THREADS
 
 
-def quiet_openmp() -> None:
-    """Idle OpenMP threads sleep instead of spinning (inherited by the measuring processes)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+def run_memory(
+    network: str, params: dict[str, Any], batch: int, mode: str, channels_last: bool | None, quick: bool
+) -> dict:
+    """In a fresh process: peak RSS of one run above the RSS before it, in GB."""
+    torch.set_num_threads(threads(quick))
+    torch.manual_seed(0)
+    net = build(network, params, channels_last)
+    run = runner(net, *inputs(params, batch), mode)
+    before = psutil.Process().memory_info().rss / 1e9
+    run()
+    return {"gb": peak_rss_gb() - before}
+
+
+def forked(fn: Callable[..., dict], **kwargs: Any) -> dict:
+    """Run ``fn(**kwargs)`` in a fresh process forked from a server that has imported torch, our
+    model and the official one (a spawned process would spend seconds importing them)."""
+    context = multiprocessing.get_context("forkserver")
+    # The server inherits neither our sys.path nor (before Python 3.12) __main__; it inherits os.environ.
+    python_path = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(OFFICIAL_PATHS + [p for p in python_path if p]))
+    context.set_forkserver_preload(["torch", "lightsaft.model", *(module for module, _ in OFFICIAL.values())])
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        try:
+            return pool.submit(fn, **kwargs).result()
+        except BrokenProcessPool:
+            return {"error": "worker died (killed for memory?)"}
 
 
 def isolated(fn: Callable[..., dict], **kwargs: Any) -> dict:
@@ -88,60 +191,15 @@ def isolated(fn: Callable[..., dict], **kwargs: Any) -> dict:
             return {"error": f"out of memory: {str(e).splitlines()[0]}"}
 
 
-def measure(variant: str, batch: int, backward: bool, device: str, quick: bool, warmup: int, repeats: int) -> dict:
-    """Best-of-``repeats`` wall time of one forward (or forward+backward) after ``warmup`` runs."""
-    torch.set_num_threads(CPU_THREADS)
-    torch.manual_seed(0)
-    params = model_params(variant, quick)
-    model = build_model(params).to(device)
-    spec = torch.randn(batch, 4, params["num_frame"], params["n_fft"] // 2 + 1, device=device)
-    condition = torch.arange(batch, device=device) % 4
-    model.train(backward)
-    if backward and batch == 1:
-        model.net.control.eval()  # BatchNorm1d cannot normalise a single item
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
-
-    def run() -> None:
-        if backward:
-            model.zero_grad(set_to_none=True)
-            with autocast:
-                out = model(spec, condition)
-            out.float().pow(2).mean().backward()
-        else:
-            with torch.inference_mode(), autocast:
-                model(spec, condition)
-        synchronize(device)
-
-    times = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        run()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-        if i == 0:
-            first_rss = peak_rss_gb()  # later runs add heap fragmentation to the process peak
-    return {
-        "seconds": min(times),
-        "runs": times,
-        "rss_gb": peak_rss_gb(),
-        "rss_first_gb": first_rss,
-        "params": count_parameters(model),
-        "gpu_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None,
-    }
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
-def cpu_skip_reason(variant: str, batch: int, backward: bool, quick: bool) -> str | None:
-    if quick or variant != "lasaft" or not backward:
-        return None
-    if batch >= 4:
-        return "skipped (est. > 23 GB)"
-    available = psutil.virtual_memory().available / 1e9
-    if available < LASAFT_FWDBWD_MIN_AVAILABLE_GB:
-        return (
-            f"skipped ({available:.1f} GB available, needs >= {LASAFT_FWDBWD_MIN_AVAILABLE_GB} GB; "
-            f"close other programs)"
-        )
-    return None
+def quiet_openmp() -> None:
+    """Idle OpenMP threads sleep instead of spinning: with spinning threads, processes sharing the
+    2 cores stall each other (measured here: 2x slower seed forward, 150x slower tiny forward)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
@@ -157,208 +215,105 @@ def show(result: dict, key: str, unit: str = "", digits: int = 1) -> str:
     return result.get("skip") or result.get("error") or fmt(result[key], unit, digits)
 
 
-def bench_cpu(args: argparse.Namespace) -> dict:
-    results = {}
-    for variant in args.variants:
-        warmup, repeats = (
-            (1, args.repeats) if variant == "lightsaft" else (int(args.lasaft_repeats > 1), args.lasaft_repeats)
-        )
-        for batch in args.batches:
-            for mode in MODES:
-                backward = mode == "fwdbwd"
-                skip = cpu_skip_reason(variant, batch, backward, args.quick)
-                result = (
-                    {"skip": skip}
-                    if skip
-                    else isolated(
-                        measure,
-                        variant=variant,
-                        batch=batch,
-                        backward=backward,
-                        device="cpu",
-                        quick=args.quick,
-                        warmup=warmup,
-                        repeats=repeats,
-                    )
-                )
-                results[(variant, batch, mode)] = result
-                runs = ", ".join(f"{t:.1f}" for t in result.get("runs", []))
-                print(
-                    f"  {variant} B={batch} {mode}: {show(result, 'seconds', ' s', 2)} "
-                    f"(runs {runs or '-'}; peak RSS {fmt(result.get('rss_gb'), ' GB', 2)}, after the first run "
-                    f"{fmt(result.get('rss_first_gb'), ' GB', 2)})",
-                    flush=True,
-                )
-    return results
+def memory_case(params: dict[str, Any], batch: int, args: argparse.Namespace) -> dict[tuple[str, str], dict]:
+    """Peak memory of each (mode, network), each in its own process."""
+    memory = {}
+    for mode in MODES:
+        for name in NETWORKS:
+            memory[mode, name] = forked(run_memory, network=name, params=params, batch=batch, mode=mode,
+                                        channels_last=args.channels_last, quick=args.quick)  # fmt: skip
+        print(f"  {mode} peak: " + "; ".join(f"{n} {show(memory[mode, n], 'gb', ' GB', 2)}" for n in NETWORKS))
+    return memory
 
 
-def print_cpu(results: dict, args: argparse.Namespace) -> None:
-    reference = {} if args.quick else REFERENCE
-    rows = []
-    for variant in args.variants:
-        for batch in args.batches:
-            fwd, bwd = results[(variant, batch, "fwd")], results[(variant, batch, "fwdbwd")]
-            ref = reference.get((variant, batch), {})
-            rows.append(
-                [
-                    variant + (" *" if batch == 1 else ""),
-                    batch,
-                    show(fwd, "seconds", " s"),
-                    show(bwd, "seconds", " s"),
-                    f"{fmt(fwd.get('rss_gb'), '', 2)} / {fmt(bwd.get('rss_gb'), '', 2)}",
-                    fmt(bwd.get("rss_first_gb"), "", 2),
-                    fmt(ref.get("fwd"), " s"),
-                    fmt(ref.get("fwdbwd"), " s"),
-                    f"{fmt(ref.get('rss_fwd'), '', 2)} / {fmt(ref.get('rss_fwdbwd'), '', 1)}",
-                    ratio(fwd.get("seconds"), ref.get("fwd")),
-                    ratio(bwd.get("seconds"), ref.get("fwdbwd")),
-                ]
-            )
-    print(
-        tabulate(
-            rows,
-            stralign="right",
-            headers=[
-                "model",
-                "B",
-                "forward",
-                "fwd+bwd",
-                "peak RSS GB\nfwd / f+b",
-                "f+b after\n1st run",
-                "official\nforward",
-                "official\nfwd+bwd",
-                "official RSS GB\nfwd / f+b",
-                "ours/official\nforward",
-                "ours/official\nfwd+bwd",
-            ],
-        )
-    )
-    print(
-        "  * B=1 fwd+bwd keeps the control model in eval mode, as the official figures did.\n"
-        "  peak RSS = process peak over all runs (warm-up included); the glibc heap fragments over\n"
-        "  repeated runs, so the peak after the first run is shown too.\n"
-        "  official = reference figures (official code, ../shared/reference/README.md §7): published, "
-        "not measured here."
-    )
-    if not {"lightsaft", "lasaft"} <= set(args.variants):
-        return
-
-    keys = (("fwd", "seconds"), ("fwdbwd", "seconds"), ("fwd", "rss_gb"), ("fwdbwd", "rss_gb"))
-    ref_keys = ("fwd", "fwdbwd", "rss_fwd", "rss_fwdbwd")
-    rows = []
-    for batch in args.batches:
-        measured = [
-            ratio(results[("lasaft", batch, mode)].get(key), results[("lightsaft", batch, mode)].get(key))
-            for mode, key in keys
-        ]
-        official = [
-            ratio(reference.get(("lasaft", batch), {}).get(key), reference.get(("lightsaft", batch), {}).get(key))
-            for key in ref_keys
-        ]
-        rows.append([batch, *measured, *official])
-    print("\nLaSAFT / LightSAFT: measured here in this run | official (../shared/reference/README.md §7)")
-    print(
-        tabulate(
-            rows,
-            stralign="right",
-            headers=[
-                "B",
-                "time fwd",
-                "time f+b",
-                "RSS fwd",
-                "RSS f+b",
-                "official\ntime fwd",
-                "official\ntime f+b",
-                "official\nRSS fwd",
-                "official\nRSS f+b",
-            ],
-        )
-    )
+def time_case(params: dict[str, Any], batch: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Median time of each (mode, network), interleaved in this process."""
+    torch.manual_seed(0)
+    nets = networks(params, args.channels_last)
+    spec, condition = inputs(params, batch)
+    with torch.inference_mode():
+        outputs = {name: net.eval()(spec, condition) for name, net in nets.items()}
+    difference = max((out - outputs[NETWORKS[0]]).abs().max().item() for out in outputs.values())
+    print(f"  {count_parameters(nets[NETWORKS[-1]]):,} parameters; largest forward difference {difference:.1e}")
+    medians = {}
+    for mode in MODES:
+        times = time_interleaved({n: runner(net, spec, condition, mode) for n, net in nets.items()}, args.repeats)
+        medians[mode] = {n: statistics.median(t) for n, t in times.items()}
+        print(f"  {mode}: " + "; ".join(f"{n} " + " ".join(f"{t:.2f}" for t in times[n]) for n in nets), flush=True)
+    del nets, outputs
+    release_memory()
+    return medians
 
 
-def bench_gpu(args: argparse.Namespace) -> None:
-    if not torch.cuda.is_available():
-        print("\nGPU: skipped (no CUDA device on this machine)")
-        return
-    rows, results = [], {}
-    for variant in args.variants:
-        for mode in MODES:
-            results[(variant, mode)] = isolated(
-                measure,
-                variant=variant,
-                batch=GPU_BATCH,
-                backward=mode == "fwdbwd",
-                device="cuda",
-                quick=args.quick,
-                warmup=GPU_WARMUP,
-                repeats=GPU_REPEATS,
-            )
-        fwd, bwd = results[(variant, "fwd")], results[(variant, "fwdbwd")]
-        rows.append(
-            [
-                variant,
-                GPU_BATCH,
-                show(fwd, "seconds", " s", 3),
-                show(bwd, "seconds", " s", 3),
-                show(fwd, "gpu_gb", " GB", 2),
-                show(bwd, "gpu_gb", " GB", 2),
-            ]
-        )
-    print(
-        f"\nGPU ({torch.cuda.get_device_name()}), bf16 autocast, batch {GPU_BATCH}, best of {GPU_REPEATS} "
-        f"after {GPU_WARMUP} warm-ups; memory = torch.cuda.max_memory_allocated"
-    )
-    print(tabulate(rows, headers=["model", "B", "forward", "fwd+bwd", "peak fwd", "peak fwd+bwd"], stralign="right"))
-    if {"lightsaft", "lasaft"} <= set(args.variants):
-        full, light = {m: results[("lasaft", m)] for m in MODES}, {m: results[("lightsaft", m)] for m in MODES}
-        print(
-            "LaSAFT / LightSAFT: "
-            + ", ".join(
-                f"{m} time {ratio(full[m].get('seconds'), light[m].get('seconds'))}, "
-                f"memory {ratio(full[m].get('gpu_gb'), light[m].get('gpu_gb'))}"
-                for m in MODES
-            )
-        )
+def release_memory() -> None:
+    """Give the freed heap back to the system (glibc keeps it otherwise): the machine is shared."""
+    gc.collect()
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def int_list(text: str) -> list[int]:
-    return [int(v) for v in text.split(",")]
+def table_row(row: list, times: dict[str, float], memory: dict, mode: str, quick: bool) -> list:
+    """Times, then peaks, of the reference network and of each other one with its ratio to it."""
+    reference, others = NETWORKS[0], NETWORKS[1:]
+    peaks = {n: memory[mode, n] for n in NETWORKS}
+    row.append(fmt(times[reference], " s", 3 if quick else 2))
+    for n in others:
+        row += [fmt(times[n], " s", 3 if quick else 2), ratio(times[n], times[reference])]
+    row.append(show(peaks[reference], "gb", " GB", 2))
+    for n in others:
+        row += [show(peaks[n], "gb", " GB", 2), ratio(peaks[n].get("gb"), peaks[reference].get("gb"))]
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", type=lambda s: s.split(","), default=["lightsaft", "lasaft"])
-    parser.add_argument("--batches", type=int_list, default=[1, 2, 4], help="CPU batch sizes")
-    parser.add_argument("--repeats", type=int, default=2, help="LightSAFT timed runs (after one warm-up)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per network (median shown)")
+    parser.add_argument("--quick", action="store_true", help="tiny config: a smoke run of this script (seconds)")
     parser.add_argument(
-        "--lasaft-repeats", type=int, default=1, help="LaSAFT timed runs (a warm-up precedes them only when > 1)"
+        "--channels-last",
+        choices=CHANNELS_LAST,
+        default="auto",
+        help="our switch (auto: channels-last without autograd)",
     )
-    parser.add_argument("--quick", action="store_true", help="tiny config: a smoke run of this script")
     args = parser.parse_args()
+    args.channels_last = CHANNELS_LAST[args.channels_last]
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
     quiet_openmp()
-    for variant in args.variants:
-        if variant not in ("lightsaft", "lasaft"):
-            parser.error(f"--variants: unknown variant {variant!r} (choose from lightsaft, lasaft)")
-
-    config = "tiny config (--quick)" if args.quick else "seed config"
-    p = model_params("lightsaft", args.quick)
-    lasaft_protocol = (
-        f"best of {args.lasaft_repeats} after one warm-up" if args.lasaft_repeats > 1 else "single run, no warm-up"
-    )
+    torch.set_num_threads(threads(args.quick))
+    config = "tiny config (--quick)" if args.quick else "seed / LaSAFT-large config"
+    switch = {v: k for k, v in CHANNELS_LAST.items()}[args.channels_last]
     print(
-        f"CPU, {config}, input [B, 4, {p['num_frame']}, {p['n_fft'] // 2 + 1}] float32, {CPU_THREADS} "
-        f"threads ({os.cpu_count()} cores, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}). "
-        f"LightSAFT: best of {args.repeats} after one warm-up; LaSAFT: {lasaft_protocol}. "
-        f"Load average at start {os.getloadavg()[0]:.1f} (shared machine: timings are noisy)"
+        f"CPU, {config}, float32, {threads(args.quick)} threads ({os.cpu_count()} cores, "
+        f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), torch {torch.__version__}; our channels_last {switch}; "
+        f"median of {args.repeats} interleaved runs after a warm-up. Load average at start {os.getloadavg()[0]:.1f}",
+        flush=True,
     )
-    results = bench_cpu(args)
-    params = {v: r["params"] for (v, _, _), r in results.items() if "params" in r}
-    print(
-        f"\nload average at end {os.getloadavg()[0]:.1f}; trainable parameters: "
-        + ", ".join(f"{v} {n:,}" for v, n in params.items())
+    cases = [(label.split()[0] + " tiny" if args.quick else label, case_params(overrides, args.quick), batch)
+             for label, overrides, batch in CASES]  # fmt: skip
+    # Memory first, while this process is small: after timed runs its heap keeps GBs, which with a
+    # child's peak could exhaust a shared machine's memory.
+    memory = {}
+    for label, params, batch in cases:
+        print(f"{label}, B={batch}", flush=True)
+        memory[label, batch] = memory_case(params, batch, args)
+    rows = []
+    for label, params, batch in cases:
+        print(f"{label}, B={batch}", flush=True)
+        medians = time_case(params, batch, args)
+        rows += [
+            table_row([label, batch, mode], medians[mode], memory[label, batch], mode, args.quick) for mode in MODES
+        ]
+    print(f"load average at end {os.getloadavg()[0]:.1f}\n")
+    reference, others = NETWORKS[0], NETWORKS[1:]
+    headers = (
+        ["model", "B", "mode", reference]
+        + [c for n in others for c in (n, f"{n}/{reference}")]
+        + [f"{reference} peak"]
+        + [c for n in others for c in (f"{n} peak", f"{n}/{reference}")]
     )
-    print_cpu(results, args)
-    bench_gpu(args)
+    print(tabulate(rows, headers=headers, stralign="right"))
+    print("peak = the run's peak RSS above the process's RSS before it, one process per network and row")
 
 
 if __name__ == "__main__":

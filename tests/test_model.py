@@ -222,3 +222,36 @@ def test_model_config_validation(tiny_model_params):
         build_model(dict(tiny_model_params, n_fft=250))
     with pytest.raises(ConfigError, match="variant = 'saft'"):
         build_model(dict(tiny_model_params, variant="saft"))
+
+
+@pytest.mark.parametrize("name", ["lightsaft_tiny", "lasaft_tiny"])
+def test_channels_last_is_a_layout_switch_only(name, tmp_path):
+    """Both layouts give the golden output and the same gradients (in float64: in float32 the rounding
+    of the two convolution algorithms differs, and the batch-norm backward amplifies it to ~1e-3 of
+    some gradients); the switch is in no weights file."""
+    golden = _golden(name)
+    assert _official_model(golden).channels_last is None  # auto, the CPU default (see layers.TFC)
+    grads = {}
+    for channels_last in (None, False, True):
+        model = _official_model(golden)  # fresh: a train-mode forward updates the BatchNorm statistics
+        model.channels_last = channels_last
+        assert all(block.tfc.channels_last is channels_last for block in model.net.encoders)
+        with torch.no_grad():
+            out = model.eval()(golden["input_spec"], golden["condition"])
+        torch.testing.assert_close(out, golden["output_eval"], rtol=1e-5, atol=1e-5)
+        model.double().train()
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.eval()
+        model(golden["input_spec"].double(), golden["condition"]).pow(2).mean().backward()
+        grads[channels_last] = {k: p.grad for k, p in model.named_parameters()}
+    for key, grad in grads[None].items():
+        for channels_last in (False, True):
+            torch.testing.assert_close(grads[channels_last][key], grad, rtol=1e-9, atol=1e-12, msg=key)
+
+    built = build_model(golden["config"], channels_last=True)
+    assert built.channels_last and "channels_last" not in built.params
+    save_weights(tmp_path / "w.pt", built, golden["config"])
+    assert load_weights(tmp_path / "w.pt").channels_last is None
+    with pytest.raises(ValueError, match="channels_last must be None"):
+        built.channels_last = "yes"

@@ -13,7 +13,6 @@ from math import gcd
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from ..errors import LightSAFTError
 from ..paths import atomic_path
@@ -114,6 +113,8 @@ def read_audio(path: str | Path, stream: int = 0, sample_rate: int | None = None
         raise AudioError(f"{path}: file not found")
     suffix = path.suffix.lower()
     if suffix in SOUNDFILE_SUFFIXES and stream == 0:
+        import soundfile as sf  # here, not at the top: separate_track runs where soundfile is absent
+
         try:
             audio, rate = sf.read(path, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as e:
@@ -163,5 +164,7 @@ def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int, subtype: 
         raise AudioError(f"{path}: cannot write {path.suffix!r}; use .wav, .flac, .ogg or .mp3")
     fmt = formats[path.suffix.lower()]
     subtype = subtype or {"WAV": "FLOAT", "FLAC": "PCM_24", "OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}[fmt]
+    import soundfile as sf
+
     with atomic_path(path) as tmp:
         sf.write(tmp, np.asarray(audio, dtype=np.float32), sample_rate, format=fmt, subtype=subtype)

@@ -35,9 +35,13 @@ class WeightsError(LightSAFTError, ValueError):
     """A weights file or state_dict that does not fit (wrong file, other config, unsafe pickle)."""
 
 
-def build_model(model_params: dict[str, Any]) -> Separator:
-    """Build the separator from the ``model`` section (official argument names + ``variant``)."""
-    return Separator(validate_section("model", model_params, where="model params"))
+def build_model(model_params: dict[str, Any], channels_last: bool | None = None) -> Separator:
+    """Build the separator from the ``model`` section (official argument names + ``variant``).
+
+    ``channels_last`` is an execution setting: None (auto), True or False; same results (see
+    :class:`Separator`).
+    """
+    return Separator(validate_section("model", model_params, where="model params"), channels_last=channels_last)
 
 
 def init_official(model: torch.nn.Module) -> None:

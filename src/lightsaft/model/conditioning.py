@@ -60,5 +60,5 @@ def gpocm_gate(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torc
     ``p[b,j,t,f] = sum_i x[b,i,t,f] gamma[b,i,j] + beta[b,j]``: a per-item 1x1 convolution
     whose weights come from the condition, used as a gate on x rather than replacing it.
     """
-    p = torch.einsum("bitf,bij->bjtf", x, gamma) + beta[:, :, None, None]
+    p = torch.baddbmm(beta[:, :, None], gamma.transpose(1, 2), x.flatten(2)).view_as(x)  # one fused bmm + bias
     return torch.sigmoid(p) * x

@@ -101,17 +101,38 @@ class ConditionedUNet(nn.Module):
 
 
 class Separator(nn.Module):
-    """The conditioned U-Net plus the official spectral front end and estimation mode."""
+    """The conditioned U-Net plus the official spectral front end and estimation mode.
 
-    def __init__(self, params: dict):
+    ``channels_last`` is an execution setting, not a model parameter: it changes the memory
+    layout of the TFC convolutions, never the results, so it is not in ``params`` (nor in
+    weights files). ``None`` (auto, the default: channels-last only without autograd, the
+    fastest on CPU), ``True`` or ``False``; see :class:`TFC`. It can be changed at any time:
+    ``model.channels_last = True``.
+    """
+
+    def __init__(self, params: dict, channels_last: bool | None = None):
         super().__init__()
         self.params = dict(params)
         self.net = ConditionedUNet(params)
+        self.channels_last = channels_last
         self.front = SpectralFrontEnd(params["n_fft"], params["hop_length"])
         self.bins = params["n_fft"] // 2 + 1
         self.time_multiple = 1
         for t in _scales(params["t_down_layers"], params["n_blocks"] // 2):
             self.time_multiple *= t
+
+    @property
+    def channels_last(self) -> bool | None:
+        return self._channels_last
+
+    @channels_last.setter
+    def channels_last(self, enabled: bool | None) -> None:
+        if enabled is not None and not isinstance(enabled, bool):
+            raise ValueError(f"channels_last must be None (auto), True or False, got {enabled!r}")
+        self._channels_last = enabled
+        for module in self.modules():
+            if isinstance(module, TFC):
+                module.channels_last = self._channels_last
 
     def forward(self, spec: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """``[B, 4, T, F]`` mixture spectrogram, ``[B]`` target indices -> ``[B, 4, T, F]``."""
