@@ -303,3 +303,16 @@ def test_chromium_loads_and_plays_every_player(report, tmp_path):
             shutil.copyfile(shot, keep)
     finally:
         driver.quit()
+
+
+def test_a_pretrained_model_gets_its_source_instead_of_curves(tmp_path, inputs):
+    """train.pretrained: train.json names the imported checkpoint and the curves have no rows."""
+    given = vars(inputs) | {"curves_csv": tmp_path / "curves.csv", "train_metrics": tmp_path / "train.json"}
+    given["curves_csv"].write_text(",".join(EpochCurves.COLUMNS) + "\n")
+    metrics = json.loads(inputs.train_metrics.read_text())
+    metrics.update(pretrained="lasaft_large_2021", pretrained_sha256="ab" * 32, steps=0, epochs=0, best_val_loss=None)
+    given["train_metrics"].write_text(json.dumps(metrics))
+    out = build_report(tmp_path / "report", **given, excerpt_seconds=1.0)
+    text = " ".join(Page((out / "index.html").read_text()).text)
+    assert "lasaft_large_2021 (sha256 abababababab" in text and "Not trained here" in text
+    assert not (out / "curves.png").exists() and "Best val loss" not in text

@@ -64,25 +64,26 @@ def build_report(
     scores = _read_csv(Path(scores_dir) / "scores.csv", ("track", "target", "metric", "frame", "value", "kind"))
     summary = _read_csv(Path(scores_dir) / "summary.csv", ("target", "metric", "estimate", "baseline", "improvement"))
     per_track = track_sdr(scores, tracks, Path(scores_dir) / "scores.csv")
-    curves = _read_csv(Path(curves_csv), CURVE_COLUMNS)
+    curves = _read_csv(Path(curves_csv), CURVE_COLUMNS, rows=False)  # no rows: a model given, not trained
     facts = run_facts(train_metrics, weights, len(tracks), dataset)
     slugs = unique_slugs(tracks)
     with atomic_dir(out_dir) as tmp:
-        plot_curves(curves, tmp / "curves.png")
+        if not curves.empty:
+            plot_curves(curves, tmp / "curves.png")
         rows = [
             write_excerpts(
                 cache, track, Path(estimates_dir), tmp, slugs[track], audio_format, excerpt_seconds, excerpt_offset
             )
             for track in progress(tracks, "report", "track")
         ]
-        page = render_page(facts, summary, tracks, rows, per_track, excerpt_seconds)
+        page = render_page(facts, summary, tracks, rows, per_track, excerpt_seconds, trained=not curves.empty)
         (tmp / "index.html").write_text(page, encoding="utf-8")
     return Path(out_dir)
 
 
 # ---------------------------------------------------------------------------------------
 # Inputs
-def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+def _read_csv(path: Path, columns: tuple[str, ...], rows: bool = True) -> pd.DataFrame:
     if not path.is_file():
         raise ReportError(f"{path}: not found; run the stage that writes it first (dvc repro)")
     try:
@@ -94,7 +95,7 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
         raise ReportError(
             f"{path}: columns {missing} missing (it has {list(table.columns)}); rerun the stage that writes it"
         )
-    if table.empty:
+    if table.empty and rows:
         raise ReportError(f"{path}: no rows; rerun the stage that writes it")
     return table
 
@@ -123,12 +124,13 @@ def run_facts(train_metrics: str | Path, weights: str | Path, tracks: int, datas
     for key in ("param_count", "steps", "epochs", "best_val_loss"):
         if key not in metrics:
             raise ReportError(f"{path}: no {key!r}; rerun the train stage")
-    facts = {
-        **model_facts(load_weights(weights).params, metrics["param_count"]),
-        "Steps": f"{metrics['steps']:,} ({metrics['epochs']} epochs)",
-        "Best val loss": _number(metrics["best_val_loss"], ".4g"),
-        "Test tracks": str(tracks),
-    }
+    facts = model_facts(load_weights(weights).params, metrics["param_count"])
+    if metrics.get("pretrained"):  # train.pretrained: imported, not trained here
+        facts["Weights"] = f"{metrics['pretrained']} (sha256 {metrics.get('pretrained_sha256', '?')[:12]}…)"
+    else:
+        facts["Steps"] = f"{metrics['steps']:,} ({metrics['epochs']} epochs)"
+        facts["Best val loss"] = _number(metrics["best_val_loss"], ".4g")
+    facts["Test tracks"] = str(tracks)
     if dataset:
         facts["Data"] = dataset
     return facts
@@ -264,15 +266,27 @@ def render_page(
     rows: list[dict[str, str]],
     sdr: pd.DataFrame,
     excerpt_seconds: float,
+    trained: bool = True,
 ) -> str:
-    """The whole page; every text from the inputs is HTML-escaped."""
+    """The whole page; every text from the inputs is HTML-escaped. ``trained``: curves to show
+    (else the model was given, ``train.pretrained``)."""
     grid = "\n".join(_track_row(track, files, sdr) for track, files in zip(tracks, rows))
+    training = (
+        CURVES if trained else '<p class="note">Not trained here: the weights were imported (train.pretrained).</p>'
+    )
     return document(
         f"{facts['Model']} separation results",
         BODY.format(
-            facts=facts_list(facts), summary=_summary_table(summary), tracks=grid, seconds=f"{excerpt_seconds:g}"
+            facts=facts_list(facts),
+            summary=_summary_table(summary),
+            training=training,
+            tracks=grid,
+            seconds=f"{excerpt_seconds:g}",
         ),
     )
+
+
+CURVES = '<img class="curves" src="curves.png" alt="Training and validation loss per epoch">'
 
 
 BODY = """<p class="lead">Conditioned music source separation: one network, told which target to extract,
@@ -284,7 +298,7 @@ unprocessed mixture as the estimate, so the improvement is what separation gains
 {summary}
 <p class="note">SIR, ISR and SAR are the model's; the mean row averages the four target SDRs.</p>
 <h2>Training</h2>
-<img class="curves" src="curves.png" alt="Training and validation loss per epoch">
+{training}
 <h2>Listen</h2>
 <p class="note">{seconds}-second excerpts. Beside each estimate: its SDR on the whole track and, below,
 the mixture's.</p>
