@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import runpy
 import shutil
 import signal
 import subprocess
@@ -376,6 +377,26 @@ KILLS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKIL
 STAGE_ENV = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
 # Pausing here, a training has finished its first epoch and written its checkpoints.
 EPOCH_CHECKPOINT = "pytorch_lightning.callbacks:ModelCheckpoint.on_train_epoch_end"
+
+
+def run_stage(root: Path, stage: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``pipeline/<stage>.py`` in ``root``, as DVC runs it (its own process); fails the test on error."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "pipeline" / f"{stage}.py")],
+        cwd=root, env=STAGE_ENV, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done
+
+
+def run_stage_in_process(root: Path, stage: str) -> None:
+    """``pipeline/<stage>.py`` in this process (cheap; no interpreter start-up), in ``root``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setattr(sys, "argv", [f"pipeline/{stage}.py"])
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("DVC_ROOT", str(root))
+        runpy.run_path(str(REPO / "pipeline" / f"{stage}.py"), run_name="__main__")
 
 
 def start_paused(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import runpy
 import signal
 import socket
 import subprocess
@@ -26,7 +25,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
-from helpers import REPO, make_project, tiny_params
+from helpers import REPO, make_project, run_stage_in_process, tiny_params
 from mlflow.tracking import MlflowClient
 
 from lightsaft.config import ConfigError, validate
@@ -221,14 +220,6 @@ def only_run(root: Path):
     return client, training[0], runs
 
 
-def run_stage_here(root: Path, stage: str, monkeypatch) -> None:
-    with monkeypatch.context() as mp:
-        mp.chdir(root)
-        mp.setattr(sys, "argv", [f"pipeline/{stage}.py"])
-        mp.setenv("DVC_ROOT", str(root))
-        runpy.run_path(str(REPO / "pipeline" / f"{stage}.py"), run_name="__main__")
-
-
 @pytest.mark.slow  # two trainings of two processes each: 2 to 4 minutes on 2 cores
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_ddp_training_terminated_resumed_and_evaluated(layout, tmp_path, synthetic_cache, monkeypatch, clean_env):
@@ -292,7 +283,7 @@ def test_ddp_training_terminated_resumed_and_evaluated(layout, tmp_path, synthet
 
     # 3. An evaluation follows, recorded under the training's run.
     for stage in ("separate", "evaluate"):
-        run_stage_here(root, stage, monkeypatch)
+        run_stage_in_process(root, stage)
     sdr = json.loads((root / "metrics" / "sdr.json").read_text())
     assert sdr and all(math.isfinite(v) for v in sdr.values()), sdr
     _, _, runs = only_run(root)

@@ -206,7 +206,7 @@ def experiment_summary(repo: Path, name: str) -> str:
         "",
         f"report:   {report or 'in the MLflow run ' + str(run.get('run_id'))}",
         f"          (or `dvc exp apply {name}` puts results/report/index.html in the workspace)",
-        "MLflow:   make ui   ->  http://127.0.0.1:5000  (experiment "
+        "MLflow:   make ui   (it prints the link to each experiment's training runs; experiment "
         f"{run.get('experiment', '?')!r}, sort by test_sdr_vocals)",
         "DVC:      dvc exp show",
         f"songs:    lightsaft separate SONG... --model {weights or 'models/weights.pt'} --out separated --page",

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +20,10 @@ import yaml
 from helpers import (
     EPOCH_CHECKPOINT,
     KILLS,
-    REPO,
-    STAGE_ENV,
     kill_while_working,
     make_project,
+    run_stage,
+    run_stage_in_process,
     tiny_params,
     training_project,
 )
@@ -38,16 +35,6 @@ from lightsaft.download import download
 from lightsaft.errors import DataError
 from lightsaft.evaluate import EvaluationError, evaluate_tracks
 from lightsaft.report import ReportError, build_report
-
-
-def run_stage_in_process(root: Path, stage: str) -> None:
-    """The stage script, run here (cheap) for the reference outputs."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setattr(sys, "argv", [f"pipeline/{stage}.py"])
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.delenv("DVC_ROOT", raising=False)
-        runpy.run_path(str(REPO / "pipeline" / f"{stage}.py"), run_name="__main__")
 
 
 def listing(folder: Path) -> list[str]:
@@ -162,15 +149,7 @@ def _kill_three_times_then_finish(
             assert all(Path(p).is_relative_to(tmp) for p in left), left
         else:
             assert left == set(), left
-    result = subprocess.run(
-        [sys.executable, str(REPO / "pipeline" / f"{stage}.py")],
-        cwd=root,
-        env=STAGE_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    run_stage(root, stage, timeout=300)
     written = {
         str(p.relative_to(root))
         for output in outputs
@@ -262,15 +241,7 @@ def test_training_killed_with_sigkill_resumes_from_its_last_epoch(tmp_path, synt
 
     params["runtime"]["train"]["resume"] = True
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    done = subprocess.run(
-        [sys.executable, str(REPO / "pipeline" / "train.py")],
-        cwd=root,
-        env=STAGE_ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    run_stage(root, "train")
     [run] = client.search_runs([client.get_experiment_by_name("sigkill").experiment_id])
     assert run.info.status == "FINISHED"
     assert json.loads((root / "models" / "mlflow_run.json").read_text())["run_id"] == run.info.run_id

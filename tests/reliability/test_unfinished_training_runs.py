@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, STAGE_ENV, kill_while_working, mlflow_runs, training_project
+from helpers import kill_while_working, mlflow_runs, run_stage, training_project
 
 # The first training step has run (the first epoch checkpoint is 8 steps away).
 FIRST_STEP = "lightsaft.training.lightning_module:LightSAFTModule.training_step"
@@ -36,15 +34,7 @@ def test_sigkill_before_the_first_checkpoint_is_marked_killed_by_the_next_start(
     [killed] = mlflow_runs(root, "sigkill-early")
     assert killed.info.status == "RUNNING"  # nothing could run to close it
 
-    done = subprocess.run(  # the same training again, not resumed (there is nothing to resume)
-        [sys.executable, str(REPO / "pipeline" / "train.py")],
-        cwd=root,
-        env=STAGE_ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    run_stage(root, "train")  # the same training again, not resumed (there is nothing to resume)
     runs = {r.info.run_id: r for r in mlflow_runs(root, "sigkill-early")}
     assert runs.pop(killed.info.run_id).info.status == "KILLED"
     [new] = runs.values()
