@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
+import mlflow
 import pandas as pd
 import pytest
 import torch
@@ -147,8 +148,10 @@ def test_logged_model_holds_the_weights_and_its_test_scores(recorded, in_project
     assert [m.name for m in ranked] == sorted(RUNS, key=RUNS.get, reverse=True)
 
 
-def test_register_puts_a_run_or_a_model_in_the_registry(recorded, in_project, capsys):
+def test_register_puts_a_run_or_a_model_in_the_registry(recorded, in_project, capsys, tmp_path, monkeypatch):
     a, b = recorded.runs["ui-a"], recorded.runs["ui-b"]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # as an in-process training leaves it
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # (Lightning's MLFlowLogger sets the process-wide URI)
     assert main(["register", a.run_id, "--name", "separator"]) == 0
     assert main(["register", b.model_id, "--name", "separator"]) == 0
     assert main(["register", str(a.run_file), "--name", "separator"]) == 0

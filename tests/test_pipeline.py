@@ -246,7 +246,7 @@ def test_a_pretrained_model_runs_through_the_pipeline_without_training(demo):
     set_params(repo, {"data.source": "synthetic", **data, **model, "train.pretrained": str(ckpt),
                       "mlflow.experiment": "ci-pretrained", "report.excerpt_seconds": 2.0})  # fmt: skip
     log = run(repo, "dvc", "repro")
-    assert ran_stages(log) == set(STAGES), log[-3000:]
+    assert ran_stages(log) >= set(STAGES) - {"download"}, log[-3000:]  # download: its data.* unchanged
     cache = Cache(repo / "data/cache")
     assert cache.manifest["splits"] == ["test"] and not (repo / "data/cache/spec").exists()
     metrics = json.loads((repo / "metrics/train.json").read_text())

@@ -190,16 +190,15 @@ def test_official_init_is_xavier_normal_on_matrices_and_pytorch_default_elsewher
 
 @pytest.mark.parametrize("experiment", [None, "demo-20261203-120000"])
 def test_a_training_run_is_named_after_its_dvc_experiment(tmp_path, monkeypatch, experiment):
-    """Inside `dvc exp run` the run takes the experiment's name (MLflow refuses a run name that
-    differs from the mlflow.runName tag, so the tag must not be passed along as well)."""
+    """Inside `dvc exp run` the run takes the experiment's name, else the name the stage gives it."""
     monkeypatch.setenv("DVC_ROOT", str(make_project(tmp_path)))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     if experiment:
         monkeypatch.setenv("DVC_EXP_NAME", experiment)
     else:
         monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    tags = {"mlflow.runName": "lightsaft-dk8-tdfs4", "variant": "lightsaft"}
-    run = TrainingRun.open(tmp_path / "run", False, "names", {"train.lr": 0.001}, tags)
+    tags = {"variant": "lightsaft"}
+    run = TrainingRun.open(tmp_path / "run", False, "names", "lightsaft-dk8-tdfs4", {"train.lr": 0.001}, tags)
     recorded = run.client.get_run(run.run_id)
     assert recorded.info.run_name == (experiment or "lightsaft-dk8-tdfs4")
     assert recorded.data.tags["variant"] == "lightsaft" and recorded.data.params == {"train.lr": "0.001"}

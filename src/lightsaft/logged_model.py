@@ -80,17 +80,22 @@ def model_of(mlflow_client, ref: str) -> str:
 
 @contextmanager
 def _global_tracking_uri() -> Iterator[None]:
-    """MLflow's registry resolves ``models:/`` sources through the process-wide tracking URI."""
+    """MLflow's registry resolves ``models:/`` sources through the process-wide tracking URI,
+    which Lightning's MLFlowLogger also sets (to the last training's store): point it at ours,
+    then back at what the environment said before."""
+    import mlflow
+
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    os.environ["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_REGISTRY_URI"] = tracking.tracking_uri()
+    mlflow.set_tracking_uri(tracking.tracking_uri())  # sets MLFLOW_TRACKING_URI as well
+    os.environ["MLFLOW_REGISTRY_URI"] = tracking.tracking_uri()
     try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None: unset, as MLflow's own helper does
+        if saved["MLFLOW_REGISTRY_URI"] is None:
+            os.environ.pop("MLFLOW_REGISTRY_URI", None)
+        else:
+            os.environ["MLFLOW_REGISTRY_URI"] = saved["MLFLOW_REGISTRY_URI"]
 
 
 def register(ref: str, name: str):
