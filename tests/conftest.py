@@ -4,6 +4,7 @@ session, a loopback HTTP server. Plain helpers (and the fixture policy) live in 
 from __future__ import annotations
 
 import shutil
+import signal
 import threading
 from http.server import ThreadingHTTPServer
 
@@ -21,6 +22,13 @@ from helpers import (
     tiny_params,
     train_into,
 )
+
+
+# A shell's background job (`make test &`, nohup, some CI runners) starts with SIGINT ignored, and
+# an ignored signal is inherited by every process the tests start: their stages would then not
+# see the Ctrl+C the interrupt tests send. Handle it, so the children start as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

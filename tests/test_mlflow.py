@@ -18,10 +18,10 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
+from browser import chromium, wait_for
 from helpers import REPO, TINY_MODEL, make_project, tiny_params
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
-from test_report import chromium, wait_for
 
 from lightsaft import tracking
 from lightsaft.cli import main

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import make_project, shared_path
-from test_separate import SpecModel, identity, noise
+from helpers import SpecModel, identity, make_project, noise, shared_path
 
 from lightsaft.cli import main
 from lightsaft.model.checkpoint import read_official

@@ -7,8 +7,6 @@ import itertools
 import json
 import os
 import shutil
-import time
-from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from helpers import TINY_MODEL, MemoryCache, require
+from browser import PNG, Page, chromium, wait_for
+from helpers import TINY_MODEL, MemoryCache
 
 from lightsaft.data.audio import write_audio
 from lightsaft.evaluate import KINDS, METRICS, summarize
@@ -27,7 +26,6 @@ from lightsaft.train import EpochCurves
 
 TRACKS = ('Tom & Jerry - <Live> "Take 2"', "Zoë - Two Seconds")
 SECONDS = 3.0
-PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def make_inputs(root: Path) -> SimpleNamespace:
@@ -90,51 +88,6 @@ def report(tmp_path_factory, inputs) -> Path:
     """The default report (mp3 excerpts) of the two tracks."""
     out = tmp_path_factory.mktemp("report") / "report"
     return build_report(out, **vars(inputs), excerpt_seconds=2.0, excerpt_offset=0.5, dataset="synthetic")
-
-
-class Page(HTMLParser):
-    """The parts of the page the tests check: track rows with their players and scores, the
-    summary table's cells, every src/href, and the visible text."""
-
-    def __init__(self, text: str):
-        super().__init__()
-        self.rows: list[dict] = []
-        self.summary: list[list[str]] = []
-        self.links: list[str] = []
-        self.text: list[str] = []
-        self._capture: list | None = None
-        self._in_summary = False
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        self.links += [a[k] for k in ("src", "href") if a.get(k) is not None]
-        cls = a.get("class", "")
-        if tag == "section" and cls == "track":
-            self.rows.append({"track": a["data-track"], "audio": {}, "sdr": {}, "baseline": {}})
-        elif tag == "figure" and cls == "source":
-            self._source = a["data-source"]
-        elif tag == "audio":
-            self.rows[-1]["audio"][self._source] = a
-        elif tag == "span" and cls in ("sdr", "baseline"):
-            self._capture = [self.rows[-1][cls], self._source]
-        elif tag == "table" and cls == "summary":
-            self._in_summary = True
-        elif tag == "tr" and self._in_summary:
-            self.summary.append([])
-
-    def handle_endtag(self, tag):
-        if tag == "table":
-            self._in_summary = False
-
-    def handle_data(self, data):
-        self.text.append(data)
-        if self._capture is not None:
-            target, key = self._capture
-            target[key] = data.replace("mixture", "").strip()
-            self._capture = None
-        elif self._in_summary and self.summary and data.strip():
-            self.summary[-1].append(data.strip())
 
 
 def test_page_shows_every_track_with_its_players_and_scores(report, inputs):
@@ -232,49 +185,6 @@ def test_bad_input_names_the_problem_and_keeps_the_old_report(tmp_path, inputs, 
 
 # ---------------------------------------------------------------------------------------
 # A real browser
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
-
-def chromium(profile: Path):
-    require(
-        os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER),
-        "chromium + chromedriver (apt-get install -y chromium chromium-driver)",
-    )
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        require(False, "selenium (pip install -e '.[dev]')")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--autoplay-policy=no-user-gesture-required",
-        f"--user-data-dir={profile}",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-
-
-def wait_for(driver, script: str, timeout: float = 20.0):
-    """Poll a JS expression until it is truthy; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = driver.execute_script(script)
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
-
-
 def test_chromium_loads_and_plays_every_player(report, tmp_path):
     driver = chromium(tmp_path / "profile")
     try:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from browser import PNG, Page, chromium, wait_for
 from helpers import TINY_MODEL
-from test_report import PNG, Page, chromium, wait_for
 
 from lightsaft.cli import main
 from lightsaft.data.audio import resample
