@@ -23,7 +23,6 @@ from helpers import (
     train_into,
 )
 
-
 # A shell's background job (`make test &`, nohup, some CI runners) starts with SIGINT ignored, and
 # an ignored signal is inherited by every process the tests start: their stages would then not
 # see the Ctrl+C the interrupt tests send. Handle it, so the children start as from a terminal.
