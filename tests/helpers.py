@@ -29,7 +29,7 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("LIGHTSAFT_SHARED", REPO.parent / "shared"))
+SHARED = Path(os.path.abspath(os.environ.get("LIGHTSAFT_SHARED", REPO.parent / "shared")))  # links kept
 
 # The golden "tiny" configuration of ../shared/reference (test_model checks our model built from
 # it reproduces the golden tensors).

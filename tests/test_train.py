@@ -16,7 +16,7 @@ from helpers import REPO, make_project, tiny_params, train_into
 from mlflow.tracking import MlflowClient
 
 from lightsaft.model import build_model, load_weights
-from lightsaft.train import resolve_precision
+from lightsaft.train import INTERRUPTED, _latest_checkpoint, resolve_precision
 from lightsaft.training.lightning_module import LightSAFTModule
 from lightsaft.training.run import TrainingRun
 
@@ -154,6 +154,22 @@ def test_killed_training_resumes_with_the_same_run(tmp_path, synthetic_cache, si
     epochs = [int(line.split(",")[0]) for line in (root / "plots" / "train_curves.csv").read_text().splitlines()[1:]]
     assert epochs == [0, 1, 2, 3]
     assert json.loads((root / "metrics" / "train.json").read_text())["steps"] == 4 * 8
+
+
+def test_resume_takes_the_checkpoint_furthest_along(tmp_path):
+    """The interrupt checkpoint when it holds batches of an unfinished epoch; at the same step an
+    end-of-epoch one: stopped between two epochs, the interrupt one can hold the next epoch as
+    started with the last one's batch counters, and Lightning then skipped that epoch (CI saw 24
+    steps of 32 after a resume)."""
+    for name in ("best-epoch=0-val_loss=0.1.ckpt", "last.ckpt", INTERRUPTED):
+        torch.save({"global_step": 8}, tmp_path / name)
+    assert _latest_checkpoint(tmp_path).name != INTERRUPTED
+    torch.save({"global_step": 9}, tmp_path / INTERRUPTED)
+    assert _latest_checkpoint(tmp_path).name == INTERRUPTED
+    torch.save({"global_step": 16, "state_dict": {"w": torch.zeros(1000)}}, tmp_path / "last.ckpt")
+    data = (tmp_path / "last.ckpt").read_bytes()
+    (tmp_path / "last.ckpt").write_bytes(data[: len(data) // 2])  # torn by a SIGKILL: the others count
+    assert _latest_checkpoint(tmp_path).name == INTERRUPTED
 
 
 def test_official_init_is_xavier_normal_on_matrices_and_pytorch_default_elsewhere():

@@ -44,6 +44,7 @@ from .training.ranks import devices_per_node, global_rank
 from .training.run import TrainingRun
 
 SECTIONS = ("model", "train", "trainer", "mlflow")  # what defines a training (with its data)
+INTERRUPTED = "interrupted.ckpt"  # where a stopped training saves its state (InterruptCheckpoint)
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ def _train(params: dict[str, Any], cache: Cache, run_dir: Path, devices: Any, ra
         save_last=True,
     )
     curves = EpochCurves(run_dir / "train_curves.csv")  # kept up to date while training runs
-    callbacks = [best, curves, StopTogether(), InterruptCheckpoint(ckpt_dir / "interrupted.ckpt")]
+    callbacks = [best, curves, StopTogether(), InterruptCheckpoint(ckpt_dir / INTERRUPTED)]
     if t["early_stop_patience"] is not None:
         callbacks.append(
             EarlyStopping(
@@ -338,22 +339,23 @@ def _tags(params: dict[str, Any], cache: Cache) -> dict[str, str]:
 
 
 def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The checkpoint furthest along (the interrupt one may be ahead of last.ckpt)."""
-    best, best_step, torn = None, -1, []
-    for path in ckpt_dir.glob("*.ckpt"):
+    """The checkpoint furthest along: the interrupt one when it holds batches of an unfinished
+    epoch; at the same step an end-of-epoch one, as Lightning restarts an epoch that was stopped
+    before its first batch as if that epoch had ended (its batches would be lost)."""
+    found, torn = {}, []
+    for path in sorted(ckpt_dir.glob("*.ckpt")):
         try:
             step = torch.load(path, map_location="cpu", weights_only=True).get("global_step", -1)
         except (EOFError, RuntimeError) as e:  # a file torn by SIGKILL: an older one is complete
             torn.append(f"{path.name} ({str(e).splitlines()[0]})")
             continue
-        if step > best_step:
-            best, best_step = path, step
-    if torn and best is None:
+        found[path] = (step, path.name != INTERRUPTED)
+    if torn and not found:
         raise LightSAFTError(
             f"runtime.train.resume: no checkpoint in {ckpt_dir} can be read: {'; '.join(torn)}. "
             f"Move the folder away to start a new training"
         )
-    return best
+    return max(found, key=found.get) if found else None
 
 
 def _loaders(params: dict[str, Any], cache: Cache) -> tuple[DataLoader, DataLoader]:
