@@ -160,7 +160,8 @@ def test_bad_points_are_refused(tmp_path, points, message):
 
 def test_demo_output_is_passed_through_less_dvcs_harmless_warnings(tmp_path, capfd):
     """On a first run DVC warns once per output it has no copy of yet (it then makes it): the demo
-    drops exactly those lines and keeps everything else, progress-bar redraws included."""
+    drops exactly those lines, plain or coloured (a terminal), and keeps everything else,
+    progress-bar redraws included."""
     import sys
 
     from lightsaft.experiments import HARMLESS, stream_filtered
@@ -171,6 +172,8 @@ def test_demo_output_is_passed_through_less_dvcs_harmless_warnings(tmp_path, cap
         "print('stage output', flush=True)\n"
         "print(\"WARNING: No file hash info found for '/r/models/weights.pt'. \"\n"
         '      "It won\'t be created.", file=sys.stderr)\n'
+        "sys.stderr.write('\\x1b[33mWARNING\\x1b[39m: No file hash info found for \\'/r/data/cache\\'. '\n"
+        "                 'It won\\'t be created.\\r\\r\\n')  # on a terminal: coloured, the pty's line end\n"
         "print('WARNING: something else', file=sys.stderr, flush=True)\n"
         "print('50%\\r100%', flush=True)\n"
         "sys.exit(3)\n"

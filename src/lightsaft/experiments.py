@@ -181,6 +181,7 @@ def read_from_experiment(repo: Path, ref: str, path: str) -> Any:
 # one it has no copy of: on a first run, every output. Nothing is wrong (the stage then runs and
 # makes it), so the demo keeps these lines from the user.
 HARMLESS = re.compile(r"WARNING: No file hash info found for '.*'\. It won't be created\.")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colours: DVC writes WARNING in yellow on a terminal
 
 
 def run_foreground(repo: Path, point: Point) -> int:
@@ -207,8 +208,8 @@ def stream_filtered(cmd: list[str], cwd: Path, env: dict[str, str], drop: re.Pat
         if not chunk:
             break
         pending += chunk
-        *lines, pending = re.split(rb"(?<=\n)|(?<=\r)(?=[^\n])", pending)  # a line ends at \n, \r\n or \r
-        kept = b"".join(line for line in lines if not drop.search(line.decode(errors="replace")))
+        *lines, pending = re.split(rb"(?<=\n)|(?<=\r)(?=[^\r\n])", pending)  # ends at \n, \r\n, \r\r\n or \r
+        kept = b"".join(line for line in lines if not drop.search(ANSI.sub("", line.decode(errors="replace"))))
         sys.stdout.buffer.write(kept)
         sys.stdout.flush()
     sys.stdout.buffer.write(pending)
