@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -221,6 +222,7 @@ def ui(recorded, tmp_path_factory):
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # a group of its own: mlflow ui, uvicorn and MLflow's job runners
         )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -234,12 +236,12 @@ def ui(recorded, tmp_path_factory):
                     pytest.fail(f"lightsaft ui did not start:\n{log.read_text()[-3000:]}")
                 time.sleep(0.5)
         yield SimpleNamespace(base=base, printed=log.read_text().splitlines())
-    finally:
-        server.terminate()
+    finally:  # the whole group, as Ctrl+C in a terminal would (terminating lightsaft ui alone left them running)
+        os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            server.kill()
+            os.killpg(server.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
