@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import mlflow
 import pandas as pd
+import psutil
 import pytest
 import torch
 from browser import chromium, wait_for
@@ -236,12 +237,13 @@ def ui(recorded, tmp_path_factory):
                     pytest.fail(f"lightsaft ui did not start:\n{log.read_text()[-3000:]}")
                 time.sleep(0.5)
         yield SimpleNamespace(base=base, printed=log.read_text().splitlines())
-    finally:  # the whole group, as Ctrl+C in a terminal would (terminating lightsaft ui alone left them running)
+    finally:  # the whole group: terminating lightsaft ui alone left mlflow ui and its job runners running
+        group = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
         os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        _, alive = psutil.wait_procs(group, timeout=10)
+        for process in alive:  # MLflow's job runners do not always stop on SIGTERM
+            process.kill()
+        server.wait()
 
 
 @pytest.mark.slow

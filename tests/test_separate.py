@@ -147,7 +147,7 @@ def test_stage_names_missing_weights(tmp_path):
 
 def test_auto_batch_fits_a_share_of_the_free_memory(monkeypatch):
     """``auto`` (the stage's and the CLI's default): as many pairs as a quarter of the free RAM holds
-    on the CPU, half the free GPU memory on CUDA, between 1 and MAX_AUTO_BATCH."""
+    on the CPU, half the free GPU memory on CUDA, between 1 and the device's MAX_AUTO_BATCH."""
     import types
 
     import psutil
@@ -164,9 +164,11 @@ def test_auto_batch_fits_a_share_of_the_free_memory(monkeypatch):
     free["available"] = 1
     assert auto_batch_size(seed, torch.device("cpu")) == 1
     free["available"] = 10**15
-    assert auto_batch_size(TINY_MODEL, torch.device("cpu")) == MAX_AUTO_BATCH
+    assert auto_batch_size(TINY_MODEL, torch.device("cpu")) == MAX_AUTO_BATCH["cpu"] == 8
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (6 * item_bytes(seed), 10**11))
     assert auto_batch_size(seed, torch.device("cuda", 1)) == 3
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10**15, 10**15))
+    assert auto_batch_size(TINY_MODEL, torch.device("cuda", 0)) == MAX_AUTO_BATCH["cuda"] == 64
 
 
 def test_auto_batch_gives_the_same_estimates(weights):

@@ -34,7 +34,9 @@ from .spectral import EDGE_SAMPLES, SAMPLE_RATE, TARGETS, edge_trim, window_samp
 
 PROTOCOLS = ("crossfade", "official")
 AUTO = "auto"  # batch size from the memory budget (the default of the stage and the CLI alike)
-MAX_AUTO_BATCH = 64  # beyond this a GPU gains nothing more
+# Beyond these a device gains nothing more: a GPU at 64; a CPU is no faster above ~8 (measured,
+# benchmarks/separate_eval.py on 2 cores: demo config 0.60 s of audio per s at 8, 0.38 at 64).
+MAX_AUTO_BATCH = {"cuda": 64, "cpu": 8}
 MEMORY_SHARE = {"cuda": 0.5, "cpu": 0.25}  # of the free memory a separation may take
 PRECISIONS = ("float32", "bf16")
 
@@ -184,7 +186,7 @@ def item_bytes(model_params: dict[str, Any]) -> int:
 
 def auto_batch_size(model_params: dict[str, Any], device: torch.device) -> int:
     """(chunk, target) pairs per forward pass that fit a share of the memory free now (a GPU's own
-    memory, or the machine's for the CPU), at most :data:`MAX_AUTO_BATCH`."""
+    memory, or the machine's for the CPU), at most the device's :data:`MAX_AUTO_BATCH`."""
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
     else:
@@ -192,7 +194,8 @@ def auto_batch_size(model_params: dict[str, Any], device: torch.device) -> int:
 
         free = psutil.virtual_memory().available
     budget = free * MEMORY_SHARE.get(device.type, MEMORY_SHARE["cpu"])
-    return int(max(1, min(MAX_AUTO_BATCH, budget // item_bytes(model_params))))
+    most = MAX_AUTO_BATCH.get(device.type, MAX_AUTO_BATCH["cpu"])
+    return int(max(1, min(most, budget // item_bytes(model_params))))
 
 
 def separate_track(
