@@ -25,7 +25,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
-from helpers import REPO, make_project, run_stage_in_process, tiny_params
+from helpers import REPO, make_project, run_stage_in_process, tiny_params, training_project
 from mlflow.tracking import MlflowClient
 
 from lightsaft.config import ConfigError, validate
@@ -224,25 +224,23 @@ def only_run(root: Path):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_ddp_training_terminated_resumed_and_evaluated(layout, tmp_path, synthetic_cache, monkeypatch, clean_env):
     nodes, devices = LAYOUTS[layout]
-    root = make_project(tmp_path / "project")  # one working directory for every node: a shared file system
-    (root / "data").mkdir()
-    os.symlink(synthetic_cache, root / "data" / "cache")
-    params = tiny_params(
+    root = tmp_path / "project"  # one working directory for every node: a shared file system
+    params = training_project(
+        root,
+        synthetic_cache,
+        EPOCHS,
+        "ddp",
         **{
             "train.items_per_epoch": 32,
-            "train.valid_chunks_per_track": 1,
             "train.early_stop_patience": None,
-            "trainer.max_epochs": EPOCHS,
             "trainer.devices": devices,
             "trainer.num_nodes": nodes,
             "trainer.strategy": "ddp",
             "trainer.log_every_n_steps": 1,
             "runtime.train.ddp_timeout_s": 60,
             "runtime.separate.batch_size": 64,
-            "mlflow.experiment": "ddp",
-        }
+        },
     )
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
 
     # 1. SIGTERM to the launching process of node 0 (rank 0) alone, in the middle of epoch 1:
     # every rank stops at the same batch, the interrupted state is saved, nothing looks finished.

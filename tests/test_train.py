@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 import yaml
-from helpers import REPO, make_project, tiny_params, train_into
+from helpers import REPO, make_project, tiny_params, train_into, training_project
 from mlflow.tracking import MlflowClient
 
 from lightsaft.model import build_model, load_weights
@@ -119,18 +119,8 @@ def test_precision_auto_picks_bf16_only_on_a_gpu_that_has_it(monkeypatch, precis
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_killed_training_resumes_with_the_same_run(tmp_path, synthetic_cache, sig):
-    root = make_project(tmp_path)
-    (root / "data").mkdir()
-    os.symlink(synthetic_cache, root / "data" / "cache")
-    params = tiny_params(
-        **{
-            "train.items_per_epoch": 64,
-            "train.valid_chunks_per_track": 1,
-            "trainer.max_epochs": 4,
-            "mlflow.experiment": "resume",
-        }
-    )
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    root = tmp_path
+    params = training_project(root, synthetic_cache, epochs=4, experiment="resume")
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
     cmd = [sys.executable, str(REPO / "pipeline" / "train.py")]
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
