@@ -42,7 +42,8 @@ import torch
 from tabulate import tabulate
 
 from lightsaft.config import defaults
-from lightsaft.model import build_model, count_parameters, load_official_state_dict
+from lightsaft.model import build_model, count_parameters
+from lightsaft.weights.official_keys import load_official_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LIGHTSAFT_SHARED", REPO.parent / "shared"))

@@ -23,11 +23,11 @@ import torch
 
 from lightsaft.config import defaults, validate, validate_section
 from lightsaft.data.audio import write_audio
-from lightsaft.evaluate import evaluate_tracks
-from lightsaft.experiments import load_study
+from lightsaft.evaluation.engines import evaluate_tracks
 from lightsaft.model import build_model
-from lightsaft.separate import auto_batch_size, separate_track
+from lightsaft.separation.track import auto_batch_size, separate_track
 from lightsaft.spectral import SAMPLE_RATE, TARGETS
+from lightsaft.study.studies import load_study
 
 TEST_SET_SECONDS = 3.5 * 3600  # MUSDB18 test set: 50 tracks, about 3.5 hours
 TEST_TRACKS = 50

@@ -3,9 +3,9 @@
 import lightsaft.environment  # noqa: F401  (first: without our packages, one line instead of a traceback)
 from lightsaft import layout
 from lightsaft.data.cache import Cache
-from lightsaft.report import build_report
+from lightsaft.report.results import build_report
 from lightsaft.stage import run_stage
-from lightsaft.tracking import log_report
+from lightsaft.tracking.records import log_report
 
 
 def main(params: dict, args) -> None:

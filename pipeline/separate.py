@@ -3,7 +3,7 @@
 import lightsaft.environment  # noqa: F401  (first: without our packages, one line instead of a traceback)
 from lightsaft import layout
 from lightsaft.data.cache import Cache
-from lightsaft.separate import separate_tracks
+from lightsaft.separation.estimates import separate_tracks
 from lightsaft.stage import run_stage
 
 

@@ -117,7 +117,8 @@ def weights(tmp_path):
     """A weights file of the (untrained) tiny model."""
     import torch
 
-    from lightsaft.model import build_model, save_weights
+    from lightsaft.model import build_model
+    from lightsaft.weights.ours import save_weights
 
     torch.manual_seed(0)
     path = tmp_path / "weights.pt"

@@ -16,8 +16,8 @@ import torch.distributed as dist
 
 from lightsaft import train
 from lightsaft.data.datasets import TrainDataset
+from lightsaft.tracking.training_run import TrainingRun
 from lightsaft.training.lightning_module import LightSAFTModule
-from lightsaft.training.run import TrainingRun
 
 RECORDS = Path(os.environ["LIGHTSAFT_TEST_RECORDS"])
 STEP_S = float(os.environ.get("LIGHTSAFT_TEST_STEP_S", "0"))

@@ -12,8 +12,10 @@ from helpers import FALCON, ROCK, TWO, MemoryCache, make_tracks, require_ffmpeg,
 from lightsaft.bsseval import bss_eval_v4, window_bounds
 from lightsaft.data.audio import read_stems
 from lightsaft.devices import DeviceError
-from lightsaft.evaluate import evaluate_tracks, write_scores
-from lightsaft.separate import load_model, separate_track
+from lightsaft.evaluation.engines import evaluate_tracks
+from lightsaft.evaluation.scores import write_scores
+from lightsaft.separation.estimates import load_model
+from lightsaft.separation.track import separate_track
 from lightsaft.spectral import TARGETS
 
 TOLERANCE = 0.01  # dB, on every finite frame value

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lightsaft.compare import aggregate, write_comparison
-from lightsaft.experiments import Study
+from lightsaft.study.compare import aggregate, write_comparison
+from lightsaft.study.studies import Study
 
 STUDY = Study("s", Path("s.yaml"), grid={"model.dk": [8, 16], "model.num_tdfs": [4]}, seeds=[1, 2, 3])
 PNG = b"\x89PNG\r\n\x1a\n"

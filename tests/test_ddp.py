@@ -28,10 +28,11 @@ import yaml
 from helpers import REPO, make_project, run_stage_in_process, tiny_params, training_project
 from mlflow.tracking import MlflowClient
 
-from lightsaft.config import ConfigError, validate
-from lightsaft.model import load_weights
+from lightsaft.config import validate
+from lightsaft.errors import ConfigError
 from lightsaft.train import train
 from lightsaft.training.ranks import global_rank
+from lightsaft.weights.ours import load_weights
 
 RUNNER = REPO / "tests" / "ddp_runner.py"
 LAUNCH_VARS = (

@@ -9,9 +9,10 @@ import pytest
 import torch
 from helpers import MemoryCache, noise
 
-from lightsaft import devices, separate
+from lightsaft import devices
 from lightsaft.devices import DeviceError, claim_devices, inference_device
 from lightsaft.paths import file_lock
+from lightsaft.separation import estimates
 
 
 @pytest.fixture
@@ -104,8 +105,8 @@ def test_the_separate_stage_runs_on_the_device_it_claims_or_is_given(
         used.append(device)
         return {t: np.zeros_like(mixture) for t in ("vocals", "drums", "bass", "other")}
 
-    monkeypatch.setattr(separate, "separate_track", fake_separate_track)
+    monkeypatch.setattr(estimates, "separate_track", fake_separate_track)
     cache = MemoryCache({"a": {"mixture": noise(100)}, "b": {"mixture": noise(100)}})
     with file_lock(tmp_path / "locks" / "gpu-0.lock"):
-        separate.separate_tracks(weights, cache, tmp_path / "estimates", device=device)
+        estimates.separate_tracks(weights, cache, tmp_path / "estimates", device=device)
     assert used == [torch.device(expected)] * 2

@@ -13,17 +13,8 @@ import simplejson
 from helpers import TWO, MemoryCache, make_tracks, require_ffmpeg, shared_path, write_estimates
 
 from lightsaft.data.audio import read_stems, write_audio
-from lightsaft.evaluate import (
-    ENGINES,
-    METRICS,
-    EvaluationError,
-    evaluate_tracks,
-    score_track,
-    summarize,
-    write_metrics,
-    write_scores,
-    write_sdr_plot,
-)
+from lightsaft.evaluation.engines import ENGINES, evaluate_tracks, score_track
+from lightsaft.evaluation.scores import METRICS, EvaluationError, summarize, write_metrics, write_scores, write_sdr_plot
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -153,7 +144,7 @@ def test_metrics_file_writes_nan_as_null(tmp_path):
 def test_rounding_noise_is_shown_as_a_dash_and_stored_as_is():
     """The mixture lies in the span of the references: its SAR is a residual at float precision
     (175 dB), not a score. Printed as '-', with its 'improvement'; SDR and stored values untouched."""
-    from lightsaft.evaluate import readable
+    from lightsaft.evaluation.scores import readable
 
     summary = pd.DataFrame(
         [

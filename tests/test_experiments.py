@@ -9,13 +9,14 @@ import torch
 import yaml
 from helpers import REPO, shared_path
 
-from lightsaft import experiments
-from lightsaft.config import ConfigError, defaults, validate
-from lightsaft.experiments import load_study, set_dotted
+from lightsaft.config import defaults, validate
+from lightsaft.errors import ConfigError
 from lightsaft.model import build_model, count_parameters
-from lightsaft.model.checkpoint import detect_variant, model_params, network_state
-from lightsaft.model.official import load_official_state_dict
-from lightsaft.pretrained import published_model
+from lightsaft.study import experiments
+from lightsaft.study.studies import load_study, set_dotted
+from lightsaft.weights.official import detect_variant, model_params, network_state
+from lightsaft.weights.official_keys import load_official_state_dict
+from lightsaft.weights.published import published_model
 
 
 def _study(tmp_path, **body):
@@ -124,7 +125,7 @@ def test_mdx_study_trains_the_published_lightsaft_small_model():
 
 
 def test_set_values_keep_their_yaml_types():
-    args = experiments._set_args({"trainer.precision": "32", "model.dk": 16, "data.valid_tracks": None})
+    args = experiments.set_args({"trainer.precision": "32", "model.dk": 16, "data.valid_tracks": None})
     assert args == ["-S", 'trainer.precision="32"', "-S", "model.dk=16", "-S", "data.valid_tracks=null"]
 
 
@@ -164,7 +165,7 @@ def test_demo_output_is_passed_through_less_dvcs_harmless_warnings(tmp_path, cap
     progress-bar redraws included."""
     import sys
 
-    from lightsaft.experiments import HARMLESS, stream_filtered
+    from lightsaft.study.queue import HARMLESS, stream_filtered
 
     script = tmp_path / "emit.py"
     script.write_text(

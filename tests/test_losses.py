@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import tiny_params
 
-from lightsaft.config import ConfigError
+from lightsaft.errors import ConfigError
 from lightsaft.spectral import SpectralFrontEnd
 from lightsaft.training.losses import LOSSES, Target, raw_l1, spec_l1, spec_mse
 

@@ -25,14 +25,15 @@ from helpers import REPO, TINY_MODEL, make_project, tiny_params
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
-from lightsaft import tracking
 from lightsaft.cli import main
-from lightsaft.compare import ensure_mlflow_runs
 from lightsaft.config import flatten
-from lightsaft.logged_model import download_weights
-from lightsaft.model import build_model, load_weights, save_weights
+from lightsaft.model import build_model
 from lightsaft.spectral import TARGETS
-from lightsaft.training.run import TrainingRun
+from lightsaft.study.compare import ensure_mlflow_runs
+from lightsaft.tracking import records, store
+from lightsaft.tracking.models import download_weights
+from lightsaft.tracking.training_run import TrainingRun
+from lightsaft.weights.ours import load_weights, save_weights
 
 EXPERIMENT = "ui-test"
 RUNS = {"ui-a": 3.0, "ui-b": 6.0}  # name -> vocals SDR of its evaluation
@@ -40,7 +41,7 @@ RUNS = {"ui-a": 3.0, "ui-b": 6.0}  # name -> vocals SDR of its evaluation
 
 def record_training(root: Path, cache, name: str, vocals_sdr: float) -> SimpleNamespace:
     """What the train stage (TrainingRun, as train/write_outputs drive it) and the evaluate stage
-    (tracking.log_evaluation) record for one model, with a tiny untrained model for weights."""
+    (records.log_evaluation) record for one model, with a tiny untrained model for weights."""
     params = tiny_params(**{"mlflow.experiment": EXPERIMENT})
     folder = root / name
     os.environ["DVC_EXP_NAME"] = name  # as `dvc exp run` sets it: run name and dvc_experiment tag
@@ -52,7 +53,7 @@ def record_training(root: Path, cache, name: str, vocals_sdr: float) -> SimpleNa
             name,
             flatten({s: params[s] for s in ("model", "train", "trainer", "mlflow")}),
             {"variant": "lightsaft", "stage": "train"},
-            tracking.dataset_of(cache),
+            store.dataset_of(cache),
         )
         time.sleep(0.6)  # a few system metrics samples (sampling interval 0.1 s)
         torch.manual_seed(len(name))
@@ -61,10 +62,10 @@ def record_training(root: Path, cache, name: str, vocals_sdr: float) -> SimpleNa
         figures = {"steps": 300, "epochs": 3, "param_count": 71_988, "best_val_loss": 0.04, "precision": "32-true"}
         model_id = run.finish(figures, weights, TINY_MODEL, step=300)
         run_file = folder / "mlflow_run.json"
-        tracking.write_run_file(run_file, run.run_id, EXPERIMENT, model_id)
+        records.write_run_file(run_file, run.run_id, EXPERIMENT, model_id)
         sdr = {f"sdr_{t}": vocals_sdr + i for i, t in enumerate(TARGETS)}
         sdr["sdr_mean"] = sum(sdr.values()) / 4
-        child = tracking.log_evaluation(run_file, params, sdr, [], dataset=tracking.dataset_of(cache))
+        child = records.log_evaluation(run_file, params, sdr, [], dataset=store.dataset_of(cache))
     finally:
         del os.environ["DVC_EXP_NAME"]
     return SimpleNamespace(
@@ -121,7 +122,7 @@ def test_runs_carry_kind_source_dataset_description_and_system_metrics(recorded,
 def test_existing_experiments_get_the_kind(recorded, in_project):
     plain = in_project.create_experiment("made-elsewhere")
     assert "mlflow.experimentKind" not in in_project.get_experiment(plain).tags
-    assert tracking.experiment_id(tracking.client(), "made-elsewhere") == plain
+    assert store.experiment_id(store.client(), "made-elsewhere") == plain
     assert in_project.get_experiment(plain).tags["mlflow.experimentKind"] == "custom_model_development"
 
 

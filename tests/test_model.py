@@ -8,9 +8,12 @@ import yaml
 from helpers import TINY_MODEL, shared_path
 
 from lightsaft.cli import main
-from lightsaft.config import ConfigError, defaults, validate_section
-from lightsaft.model import build_model, count_parameters, load_official_state_dict, load_weights, save_weights
+from lightsaft.config import defaults, validate_section
+from lightsaft.errors import ConfigError
+from lightsaft.model import build_model, count_parameters
 from lightsaft.spectral import SAMPLE_RATE
+from lightsaft.weights.official_keys import load_official_state_dict
+from lightsaft.weights.ours import load_weights, save_weights
 
 
 def _golden(name: str) -> dict:
@@ -139,7 +142,7 @@ def test_seed_config_parameter_counts(variant, expected):
 
 
 def test_seed_config_matches_official_key_listing():
-    from lightsaft.model.official import official_to_ours
+    from lightsaft.weights.official_keys import official_to_ours
 
     listing = shared_path("reference", "state_dict_keys_seed.txt").read_text().splitlines()
     with torch.device("meta"):

@@ -14,8 +14,8 @@ from helpers import make_project, shared_path
 
 from lightsaft.cli import main
 from lightsaft.data.tracks import file_sha256
-from lightsaft.model import build_model, count_parameters, load_weights
-from lightsaft.model.checkpoint import (
+from lightsaft.model import build_model, count_parameters
+from lightsaft.weights.official import (
     WINDOW_KEY,
     CheckpointError,
     detect_variant,
@@ -23,8 +23,9 @@ from lightsaft.model.checkpoint import (
     model_params,
     network_state,
 )
-from lightsaft.model.official import load_official_state_dict
-from lightsaft.pretrained import PUBLISHED, URL_ENV, PretrainedError, Published, import_official, published_model
+from lightsaft.weights.official_keys import load_official_state_dict
+from lightsaft.weights.ours import load_weights
+from lightsaft.weights.published import PUBLISHED, URL_ENV, PretrainedError, Published, import_official, published_model
 
 # fixture -> the golden folder whose network it holds
 FIXTURES = {

@@ -9,10 +9,11 @@ import torch
 from helpers import SpecModel, identity, make_project, noise, shared_path
 
 from lightsaft.cli import main
-from lightsaft.model.checkpoint import read_official
-from lightsaft.pretrained import default_min_trim
-from lightsaft.separate import SeparationError, official_plan, official_trim, separate_track
+from lightsaft.separation.plans import SeparationError, official_plan, official_trim
+from lightsaft.separation.track import separate_track
 from lightsaft.spectral import SAMPLE_RATE, TARGETS, SpectralFrontEnd
+from lightsaft.weights.official import read_official
+from lightsaft.weights.published import default_min_trim
 
 TOLERANCE = 5e-5  # the official output went through a 16-bit wav (up to ~3e-5)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from lightsaft.data.cache import Cache
-from lightsaft.evaluate import evaluate_tracks
-from lightsaft.separate import separate_tracks
+from lightsaft.evaluation.engines import evaluate_tracks
+from lightsaft.separation.estimates import separate_tracks
 
 
 @pytest.mark.slow

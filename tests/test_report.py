@@ -18,11 +18,12 @@ from browser import PNG, Page, chromium, wait_for
 from helpers import TINY_MODEL, MemoryCache
 
 from lightsaft.data.audio import write_audio
-from lightsaft.evaluate import KINDS, METRICS, summarize
-from lightsaft.model import build_model, count_parameters, save_weights
-from lightsaft.report import ReportError, build_report, unique_slugs
+from lightsaft.evaluation.scores import KINDS, METRICS, summarize
+from lightsaft.model import build_model, count_parameters
+from lightsaft.report.results import ReportError, build_report, unique_slugs
 from lightsaft.spectral import SAMPLE_RATE, TARGETS
 from lightsaft.train import EpochCurves
+from lightsaft.weights.ours import save_weights
 
 TRACKS = ('Tom & Jerry - <Live> "Take 2"', "Zoë - Two Seconds")
 SECONDS = 3.0

@@ -9,10 +9,13 @@ import torch
 from helpers import TINY_MODEL, MemoryCache, SpecModel, identity, noise
 
 from lightsaft.devices import DeviceError
-from lightsaft.model import build_model, load_weights
-from lightsaft.separate import SeparationError, crossfade, separate_track, separate_tracks
+from lightsaft.model import build_model
+from lightsaft.separation.estimates import separate_tracks
+from lightsaft.separation.plans import SeparationError, crossfade
+from lightsaft.separation.track import separate_track
 from lightsaft.songs import song_name
 from lightsaft.spectral import SAMPLE_RATE, TARGETS, edge_trim, window_samples
+from lightsaft.weights.ours import load_weights
 
 WINDOW = window_samples(TINY_MODEL["num_frame"], TINY_MODEL["hop_length"])  # 960 samples
 
@@ -153,7 +156,7 @@ def test_auto_batch_fits_a_share_of_the_free_memory(monkeypatch):
     import psutil
 
     from lightsaft.config import defaults
-    from lightsaft.separate import MAX_AUTO_BATCH, auto_batch_size, item_bytes
+    from lightsaft.separation.track import MAX_AUTO_BATCH, auto_batch_size, item_bytes
 
     seed = defaults()["model"]
     assert 350e6 < item_bytes(seed) < 450e6  # measured: 380 MB per item at the seed config

@@ -19,8 +19,9 @@ from helpers import TINY_MODEL
 from lightsaft.cli import main
 from lightsaft.data.audio import resample
 from lightsaft.data.tracks import file_sha256
-from lightsaft.model import build_model, count_parameters, save_weights
+from lightsaft.model import build_model, count_parameters
 from lightsaft.spectral import SAMPLE_RATE, TARGETS
+from lightsaft.weights.ours import save_weights
 
 SOURCES = ["mixture", *TARGETS]
 

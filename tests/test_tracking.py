@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lightsaft import tracking
 from lightsaft.errors import redact
 from lightsaft.paths import in_project, portable, project_root, resolve
+from lightsaft.tracking import records, store
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def repo(tmp_path, monkeypatch):
 
 def test_default_backend_is_sqlite_at_the_main_repo(repo, monkeypatch):
     monkeypatch.chdir(repo)
-    assert tracking.tracking_uri() == f"sqlite:///{repo / 'mlflow.db'}"
+    assert store.tracking_uri() == f"sqlite:///{repo / 'mlflow.db'}"
 
 
 def test_experiment_copy_resolves_to_the_main_repo(repo, monkeypatch):
@@ -37,13 +37,13 @@ def test_experiment_copy_resolves_to_the_main_repo(repo, monkeypatch):
     monkeypatch.setenv("DVC_ROOT", str(copy))  # even if DVC_ROOT named the copy
     assert project_root() == repo
     monkeypatch.setenv("DVC_ROOT", str(repo))
-    assert tracking.tracking_uri() == f"sqlite:///{repo / 'mlflow.db'}"
+    assert store.tracking_uri() == f"sqlite:///{repo / 'mlflow.db'}"
 
 
 def test_env_uri_wins_and_is_redacted(repo, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://alice:s3cret@mlflow.example.org")
-    assert tracking.tracking_uri() == "https://alice:s3cret@mlflow.example.org"
-    assert redact(tracking.tracking_uri()) == "https://***@mlflow.example.org"
+    assert store.tracking_uri() == "https://alice:s3cret@mlflow.example.org"
+    assert redact(store.tracking_uri()) == "https://***@mlflow.example.org"
     assert "s3cret" not in redact("postgresql://bob:s3cret@db:5432/mlflow")
 
 
@@ -53,11 +53,11 @@ def test_run_from_an_experiment_copy_lands_in_the_main_database(repo):
     copy = repo / ".dvc" / "tmp" / "exps" / "standalone" / "tmpabc123"
     (copy / "dvc.yaml").write_text("stages: {}\n")
     code = (
-        "from lightsaft import tracking\n"
-        "c = tracking.client()\n"
-        "exp = tracking.experiment_id(c, 'copytest')\n"
+        "from lightsaft.tracking import store\n"
+        "c = store.client()\n"
+        "exp = store.experiment_id(c, 'copytest')\n"
         "run = c.create_run(exp, run_name='from-copy')\n"
-        "tracking.log_params(c, run.info.run_id, {'model.dk': 16})\n"
+        "store.log_params(c, run.info.run_id, {'model.dk': 16})\n"
         "print(run.info.run_id)\n"
     )
     env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -80,13 +80,13 @@ def test_run_from_an_experiment_copy_lands_in_the_main_database(repo):
 
 
 def test_run_file_roundtrip_and_errors(tmp_path):
-    tracking.write_run_file(tmp_path / "run.json", "abc", "lightsaft")
-    assert tracking.read_run_file(tmp_path / "run.json")["run_id"] == "abc"
+    records.write_run_file(tmp_path / "run.json", "abc", "lightsaft")
+    assert records.read_run_file(tmp_path / "run.json")["run_id"] == "abc"
     with pytest.raises(FileNotFoundError, match="run the train stage first"):
-        tracking.read_run_file(tmp_path / "missing.json")
+        records.read_run_file(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="corrupt MLflow run record"):
-        tracking.read_run_file(tmp_path / "bad.json")
+        records.read_run_file(tmp_path / "bad.json")
 
 
 def test_user_paths_are_relative_to_the_main_repo(repo, monkeypatch):

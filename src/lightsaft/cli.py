@@ -9,8 +9,8 @@ import sys
 import time
 
 from . import environment  # noqa: F401  (first: without our packages, one line instead of a traceback)
-from .config import ConfigError, load_params
-from .errors import redact, reported
+from .config import load_params
+from .errors import ConfigError, redact, reported
 from .paths import project_root
 
 
@@ -35,8 +35,9 @@ def _model_summary(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .compare import experiment_summary
-    from .experiments import Point, load_study, run_foreground
+    from .study.compare import experiment_summary
+    from .study.queue import run_foreground
+    from .study.studies import Point, load_study
 
     repo = project_root()
     study = load_study(args.study or repo / "experiments" / "demo.yaml", _parse_sets(args.set))
@@ -52,8 +53,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from .compare import collect, ensure_mlflow_runs, write_comparison
-    from .experiments import load_study, run_queue
+    from .study.compare import collect, ensure_mlflow_runs, write_comparison
+    from .study.queue import run_queue
+    from .study.studies import load_study
 
     repo = project_root()
     study = load_study(args.grid, _parse_sets(args.set))
@@ -75,28 +77,26 @@ def _ablate(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from . import tracking
+    from .tracking import store
 
-    uri = tracking.tracking_uri()
+    uri = store.tracking_uri()
     if uri.split(":", 1)[0] in ("http", "https", "databricks"):
         raise ConfigError(
             f"MLFLOW_TRACKING_URI is {redact(uri)}: that tracking server has its own "
             f"UI; open it in a browser (make ui serves a database: mlflow.db, or a SQL URI)"
         )
-    mlflow_client = tracking.client()  # creates the database (WAL mode) if this is the first use
+    mlflow_client = store.client()  # creates the database (WAL mode) if this is the first use
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
     print(f"MLflow UI for {redact(uri)} at {base}  (Ctrl+C to stop)", flush=True)
-    for experiment in tracking.training_experiments(mlflow_client):
-        print(
-            f"  training runs of {experiment.name!r}: {tracking.runs_view(base, experiment.experiment_id)}", flush=True
-        )
+    for experiment in store.training_experiments(mlflow_client):
+        print(f"  training runs of {experiment.name!r}: {store.runs_view(base, experiment.experiment_id)}", flush=True)
     # The store URI goes through the environment: command lines (with any password) are public in `ps`.
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(args.port), "--workers", "1"]
     return subprocess.call(cmd, env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri})
 
 
 def _register(args: argparse.Namespace) -> int:
-    from .logged_model import register
+    from .tracking.models import register
 
     version = register(args.model, args.name)
     print(f"registered {version.source} as version {version.version} of {version.name!r} (see `lightsaft ui`, Models)")
@@ -104,7 +104,7 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _separate(args: argparse.Namespace) -> int:
-    from .song_page import Excerpt
+    from .report.song_page import Excerpt
     from .songs import separate_songs
 
     page = Excerpt(args.excerpt_seconds, args.excerpt_offset, args.audio_format) if args.page else None
@@ -129,7 +129,7 @@ def _separate(args: argparse.Namespace) -> int:
 
 
 def _import_official(args: argparse.Namespace) -> int:
-    from .pretrained import import_official
+    from .weights.published import import_official
 
     print(import_official(args.checkpoint, args.out, args.sha256, args.trust).summary())
     return 0

@@ -14,13 +14,9 @@ from typing import Any
 
 import yaml
 
-from .errors import LightSAFTError
+from .errors import ConfigError
 
 MUSDB_SAMPLE_URL = "https://github.com/sigsep/sigsep-mus-db/releases/download/v0.4.0/MUSDB18-7-STEMS.zip"
-
-
-class ConfigError(LightSAFTError, ValueError):
-    """A parameter is unknown, of the wrong type or impossible."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -136,13 +132,13 @@ def _optimizers():
 
 
 def _engines():
-    from .evaluate import ENGINES
+    from .evaluation.engines import ENGINES
 
     return ENGINES
 
 
 def _audio_formats():
-    from .report import FORMATS
+    from .report.results import FORMATS
 
     return FORMATS
 
@@ -160,13 +156,13 @@ def _variants():
 
 
 def _protocols():
-    from .separate import PROTOCOLS
+    from .separation.plans import PROTOCOLS
 
     return PROTOCOLS
 
 
 def _precisions():
-    from .separate import PRECISIONS
+    from .separation.track import PRECISIONS
 
     return PRECISIONS
 

@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError
-from .errors import LightSAFTError
+from .errors import ConfigError, LightSAFTError
 from .paths import file_lock, project_root
 
 POLL_S = 10.0

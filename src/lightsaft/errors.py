@@ -18,8 +18,16 @@ class LightSAFTError(Exception):
     """A problem with the user's input, named in the message together with what to do."""
 
 
+class ConfigError(LightSAFTError, ValueError):
+    """A parameter is unknown, of the wrong type or impossible."""
+
+
 class DataError(LightSAFTError, RuntimeError):
     """The data set is missing, incomplete, or not what the pipeline needs."""
+
+
+class WeightsError(LightSAFTError, ValueError):
+    """A weights file or state_dict that does not fit (wrong file, other config, unsafe pickle)."""
 
 
 class Terminated(Exception):

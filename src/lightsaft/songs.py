@@ -17,17 +17,19 @@ import numpy as np
 
 from .data.audio import AudioError, read_audio, resample, to_stereo, write_audio
 from .devices import inference_device, resolve_device
-from .model import Separator, load_weights
+from .model import Separator
 from .progress import Progress
-from .separate import AUTO, SeparationError, check_options, separate_track
-from .song_page import Excerpt, SongPage
+from .report.song_page import Excerpt, SongPage
+from .separation.plans import SeparationError
+from .separation.track import AUTO, check_options, separate_track
 from .spectral import SAMPLE_RATE, TARGETS
+from .weights.ours import load_weights
 
 
 def weights_file(model: str | Path) -> Path:
     """Our weights file of ``model``: itself, or a published name / official checkpoint imported
     once, then reused."""
-    from .pretrained import resolve_weights
+    from .weights.published import resolve_weights
 
     try:
         return resolve_weights(model)
@@ -109,7 +111,7 @@ def separate_songs(
     output folder) raise SeparationError. With ``page`` the songs go to the model's folder in
     ``out_dir`` and onto its page (:class:`lightsaft.song_page.SongPage`).
     """
-    from .pretrained import default_min_trim
+    from .weights.published import default_min_trim
 
     min_trim = default_min_trim(model) if min_trim is None else min_trim
     targets = check_options(targets, overlap, batch_size, protocol, min_trim, precision)

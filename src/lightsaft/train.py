@@ -28,20 +28,22 @@ from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 from torch.utils.data import DataLoader
 
-from . import layout, tracking
-from .config import ConfigError, flatten
+from . import layout
+from .config import flatten
 from .data.cache import Cache
 from .data.datasets import TrainDataset, ValidDataset, train_batches
 from .devices import check_sync_batchnorm, claim_devices, visible_gpus
-from .errors import LightSAFTError, Terminated
-from .model import Separator, count_parameters, save_weights
+from .errors import ConfigError, LightSAFTError, Terminated
+from .model import Separator, count_parameters
 from .paths import atomic_path, file_lock, project_root, write_text_atomic
-from .pretrained import load_pretrained
 from .spectral import edge_trim
+from .tracking import records, store
+from .tracking.training_run import TrainingRun
 from .training.callbacks import EpochCurves, InterruptCheckpoint, StopTogether
 from .training.lightning_module import LightSAFTModule
 from .training.ranks import devices_per_node, global_rank
-from .training.run import TrainingRun
+from .weights.ours import save_weights
+from .weights.published import load_pretrained
 
 SECTIONS = ("model", "train", "trainer", "mlflow")  # what defines a training (with its data)
 INTERRUPTED = "interrupted.ckpt"  # where a stopped training saves its state (InterruptCheckpoint)
@@ -142,7 +144,7 @@ def _from_pretrained(params: dict[str, Any], cache: Cache, run_dir: Path) -> Tra
         {**flatten({s: params[s] for s in SECTIONS}), **_data_params(cache)},
         {**_tags(params, cache), "stage": "train (pretrained)", "pretrained": given.source,
          "pretrained_sha256": given.sha256},
-        tracking.dataset_of(cache),
+        store.dataset_of(cache),
     )  # fmt: skip
     metrics = {
         "pretrained": given.source,
@@ -227,7 +229,7 @@ def _train(params: dict[str, Any], cache: Cache, run_dir: Path, devices: Any, ra
         f"{m['variant']}-dk{m['dk']}-tdfs{m['num_tdfs']}",
         {**flatten({s: params[s] for s in SECTIONS}), **_data_params(cache)},
         _tags(params, cache),
-        tracking.dataset_of(cache),
+        store.dataset_of(cache),
     )
     try:  # from here on, however the training ends, its run ends with it
         trainer.logger = run.logger()
@@ -319,7 +321,7 @@ def write_outputs(result: TrainResult, outputs: TrainOutputs = TrainOutputs()) -
     model_id = result.run.finish(
         result.metrics, outputs.weights, result.model_params, step=result.metrics.get("steps", 0)
     )
-    tracking.write_run_file(outputs.run_file, result.run.run_id, result.run.experiment, model_id)
+    records.write_run_file(outputs.run_file, result.run.run_id, result.run.experiment, model_id)
     shutil.rmtree(result.work_dir, ignore_errors=True)
 
 

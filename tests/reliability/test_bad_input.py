@@ -19,14 +19,14 @@ import soundfile as sf
 import torch
 from helpers import REPO, TINY_MODEL, make_project, require_ffmpeg, tiny_params
 
-from lightsaft import tracking
 from lightsaft.cli import main
-from lightsaft.config import ConfigError
 from lightsaft.download import download
-from lightsaft.errors import DataError
-from lightsaft.model import WeightsError, build_model, load_state_dict_checked, load_weights, save_weights
+from lightsaft.errors import ConfigError, DataError, WeightsError
+from lightsaft.model import build_model
 from lightsaft.stage import run_stage
+from lightsaft.tracking import records
 from lightsaft.train import train
+from lightsaft.weights.ours import load_state_dict_checked, load_weights, save_weights
 
 
 def run_stage_script(stage: str, *args: str) -> int:
@@ -253,7 +253,7 @@ def test_corrupt_mlflow_run_record_is_a_one_line_error(tmp_path, monkeypatch, ca
     with pytest.raises(SystemExit) as stopped:
         run_stage(
             "evaluate",
-            lambda params, args: tracking.read_run_file("models/mlflow_run.json"),
+            lambda params, args: records.read_run_file("models/mlflow_run.json"),
             argv=[],
             handle_sigterm=False,
         )

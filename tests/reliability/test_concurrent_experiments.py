@@ -21,16 +21,16 @@ WRITERS, STEPS, PARAMS, BATCH = 4, 200, 120, 150
 WRITER = f"""
 import sys, time
 from pathlib import Path
-from lightsaft import tracking
+from lightsaft.tracking import records, store
 go, index = Path(sys.argv[1]), int(sys.argv[2])
 while not go.exists():
     time.sleep(0.01)
-client = tracking.client()
-run = client.create_run(tracking.experiment_id(client, "queued"), run_name=f"writer-{{index}}").info.run_id
-tracking.log_params(client, run, {{f"p.{{k}}": k * index for k in range({PARAMS})}})
+client = store.client()
+run = client.create_run(store.experiment_id(client, "queued"), run_name=f"writer-{{index}}").info.run_id
+store.log_params(client, run, {{f"p.{{k}}": k * index for k in range({PARAMS})}})
 for step in range({STEPS}):
     client.log_metric(run, "loss", index + 1 / (step + 1), step=step)
-tracking.log_metrics(client, run, {{f"test_m{{k}}": k + index for k in range({BATCH})}})
+store.log_metrics(client, run, {{f"test_m{{k}}": k + index for k in range({BATCH})}})
 client.set_terminated(run, "FINISHED")
 print(run)
 """

@@ -29,12 +29,13 @@ from helpers import (
 )
 from mlflow.tracking import MlflowClient
 
-from lightsaft import tracking
 from lightsaft.data.cache import Cache
 from lightsaft.download import download
 from lightsaft.errors import DataError
-from lightsaft.evaluate import EvaluationError, evaluate_tracks
-from lightsaft.report import ReportError, build_report
+from lightsaft.evaluation.engines import evaluate_tracks
+from lightsaft.evaluation.scores import EvaluationError
+from lightsaft.report.results import ReportError, build_report
+from lightsaft.tracking import records, store
 
 
 def listing(folder: Path) -> list[str]:
@@ -96,9 +97,9 @@ def project(tmp_path_factory, raw, trained):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DVC_ROOT", str(root))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        client = tracking.client()
-        run = client.create_run(tracking.experiment_id(client, "killed"), run_name="trained")
-        tracking.write_run_file(root / "models" / "mlflow_run.json", run.info.run_id, "killed")
+        client = store.client()
+        run = client.create_run(store.experiment_id(client, "killed"), run_name="trained")
+        records.write_run_file(root / "models" / "mlflow_run.json", run.info.run_id, "killed")
     for stage in ("prepare", "separate", "evaluate", "report"):
         run_stage_in_process(root, stage)
     return root

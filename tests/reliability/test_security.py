@@ -10,7 +10,8 @@ import pytest
 from helpers import make_project, tiny_params, train_into
 from mlflow.tracking import MlflowClient
 
-from lightsaft import cli, tracking
+from lightsaft import cli
+from lightsaft.tracking import records, store
 
 SECRET_URI = "https://alice:s3cret@mlflow.example.org"
 SECRET_DB = "postgresql://alice:s3cret@db.example.org/mlflow"
@@ -21,7 +22,7 @@ def test_ui_binds_loopback_unless_a_host_is_given(monkeypatch, capsys, args, hos
     calls = []
     monkeypatch.setattr(cli.subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 0)
     no_experiments = SimpleNamespace(search_experiments=lambda **kwargs: [])
-    monkeypatch.setattr("lightsaft.tracking.client", lambda: no_experiments)
+    monkeypatch.setattr("lightsaft.tracking.store.client", lambda: no_experiments)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", SECRET_DB)
     assert cli.main(["ui", *args]) == 0
     [(cmd, env)] = calls
@@ -62,7 +63,7 @@ def test_no_secret_in_mlflow_params_tags_or_outputs(tmp_path, monkeypatch, capfd
     run_file = TrainOutputs.under(root).run_file
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("secrets").experiment_id])
-    tracking.log_params(client, run.info.run_id, {"data.archive": params["data"]["archive"]})
+    store.log_params(client, run.info.run_id, {"data.archive": params["data"]["archive"]})
     assert client.get_run(run.info.run_id).data.params["data.archive"] == (
         "https://zenodo.org/records/1117372/files/musdb18.zip?token=***"
     )
@@ -71,5 +72,5 @@ def test_no_secret_in_mlflow_params_tags_or_outputs(tmp_path, monkeypatch, capfd
     assert "S3CRET" not in recorded and "S3CRET" not in printed
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", SECRET_URI)  # a team server: its record names it redacted
-    tracking.write_run_file(run_file, run.info.run_id, "secrets")
+    records.write_run_file(run_file, run.info.run_id, "secrets")
     assert json.loads(run_file.read_text())["tracking_uri"] == "https://***@mlflow.example.org"

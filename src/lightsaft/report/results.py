@@ -16,14 +16,14 @@ from typing import Any
 import pandas as pd
 import soundfile as sf
 
-from .errors import LightSAFTError
-from .evaluate import METRICS, NOISE_DB, per_track_sdr
-from .model import load_weights
-from .pages import FORMATS, document, encode_excerpts, facts_list, model_facts, source_figure, track_row, unique_slugs
-from .pages import number as _number
-from .paths import atomic_dir
-from .progress import progress
-from .spectral import SAMPLE_RATE, TARGETS
+from ..errors import LightSAFTError
+from ..evaluation.scores import METRICS, NOISE_DB, per_track_sdr
+from ..paths import atomic_dir
+from ..progress import progress
+from ..spectral import SAMPLE_RATE, TARGETS
+from ..weights.ours import load_weights
+from .blocks import FORMATS, document, encode_excerpts, facts_list, model_facts, source_figure, track_row, unique_slugs
+from .blocks import number as _number
 
 CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "lr")  # of the train stage's plots/train_curves.csv
 

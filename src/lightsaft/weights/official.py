@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 
-from ..config import SCHEMA, ConfigError
-from . import Separator, WeightsError, build_model, count_parameters
-from .official import load_official_state_dict
+from ..config import SCHEMA
+from ..errors import ConfigError, WeightsError
+from ..model import Separator, build_model, count_parameters
+from .official_keys import load_official_state_dict
 
 PREFIXES = ("spec2spec.", "conditional_spec2spec.")
 WINDOW_KEY = "stft.stft.window"

@@ -12,9 +12,10 @@ from typing import Any
 
 import pandas as pd
 
-from . import tracking
-from .experiments import Study, experiment_refs, read_from_experiment
-from .spectral import TARGETS
+from ..spectral import TARGETS
+from ..tracking import store
+from .experiments import experiment_refs, read_from_experiment
+from .studies import Study
 
 METRIC_COLUMNS = [
     "param_count",
@@ -25,7 +26,7 @@ METRIC_COLUMNS = [
     *[f"sdr_{t}" for t in TARGETS],
     "sdr_mean",
 ]
-COPIED = ("mlflow.source.", "mlflow.user", tracking.NOTE)  # MLflow's tags a restored run keeps
+COPIED = ("mlflow.source.", "mlflow.user", store.NOTE)  # MLflow's tags a restored run keeps
 
 
 def collect(repo: Path, study: Study) -> pd.DataFrame:
@@ -68,7 +69,7 @@ def ensure_mlflow_runs(repo: Path, table: pd.DataFrame, experiment: str) -> None
     then gets a run that copies what the run that made those outputs records: params, metrics,
     source tags and description, training data, and its logged model (as this run's output).
     """
-    client = tracking.client()
+    client = store.client()
     for row in table[table["status"] == "done"].itertuples():
         found = client.search_runs(
             [e.experiment_id for e in client.search_experiments()],
@@ -78,7 +79,7 @@ def ensure_mlflow_runs(repo: Path, table: pd.DataFrame, experiment: str) -> None
         if found or not row.mlflow_run_id:
             continue
         source = client.get_run(row.mlflow_run_id)
-        exp_id = tracking.experiment_id(client, experiment)
+        exp_id = store.experiment_id(client, experiment)
         run = client.create_run(
             exp_id,
             run_name=row.experiment,
@@ -88,8 +89,8 @@ def ensure_mlflow_runs(repo: Path, table: pd.DataFrame, experiment: str) -> None
                 "restored_from_run_cache": row.mlflow_run_id,
             },
         )
-        tracking.log_params(client, run.info.run_id, source.data.params)
-        tracking.log_metrics(client, run.info.run_id, source.data.metrics)
+        store.log_params(client, run.info.run_id, source.data.params)
+        store.log_metrics(client, run.info.run_id, source.data.metrics)
         if source.inputs and source.inputs.dataset_inputs:
             client.log_inputs(run.info.run_id, datasets=source.inputs.dataset_inputs)
         if source.outputs and source.outputs.model_outputs:
@@ -198,7 +199,7 @@ def experiment_summary(repo: Path, name: str) -> str:
         lines.append(f"  {'mean':<8} {sdr['sdr_mean']:7.2f}")
     report, weights = None, None
     if run.get("run_id"):
-        artifact_uri = tracking.client().get_run(run["run_id"]).info.artifact_uri
+        artifact_uri = store.client().get_run(run["run_id"]).info.artifact_uri
         if artifact_uri.startswith("file://"):
             artifacts = Path(artifact_uri[len("file://") :])
             report, weights = artifacts / "report" / "index.html", artifacts / "model" / "weights.pt"

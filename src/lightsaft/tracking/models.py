@@ -17,10 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import tracking
-from .config import flatten
-from .errors import redact
-from .tracking import TrackingError
+from ..config import flatten
+from ..errors import redact
+from . import store
+from .store import TrackingError
 
 WEIGHTS_NAME = "weights.pt"
 
@@ -55,20 +55,20 @@ def model_of(mlflow_client, ref: str) -> str:
     from mlflow.exceptions import MlflowException
 
     if Path(ref).is_file():
-        record = tracking.read_run_file(ref)
+        record = store.read_run_file(ref)
         ref = record.get("model_id") or record["run_id"]
     ref = ref.removeprefix("models:/")
     if ref.startswith("m-"):
         try:
             return mlflow_client.get_logged_model(ref).model_id
         except MlflowException:
-            raise TrackingError(f"{ref}: no such logged model in {redact(tracking.tracking_uri())}") from None
+            raise TrackingError(f"{ref}: no such logged model in {redact(store.tracking_uri())}") from None
     try:
         run = mlflow_client.get_run(ref)
     except MlflowException:
         raise TrackingError(
             f"{ref}: neither a run id, a logged model id (m-...) nor a run record file "
-            f"in {redact(tracking.tracking_uri())}; `lightsaft ui` lists both"
+            f"in {redact(store.tracking_uri())}; `lightsaft ui` lists both"
         ) from None
     outputs = sorted(run.outputs.model_outputs if run.outputs else [], key=lambda o: o.step)
     if outputs:
@@ -86,8 +86,8 @@ def _global_tracking_uri() -> Iterator[None]:
     import mlflow
 
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(tracking.tracking_uri())  # sets MLFLOW_TRACKING_URI as well
-    os.environ["MLFLOW_REGISTRY_URI"] = tracking.tracking_uri()
+    mlflow.set_tracking_uri(store.tracking_uri())  # sets MLFLOW_TRACKING_URI as well
+    os.environ["MLFLOW_REGISTRY_URI"] = store.tracking_uri()
     try:
         yield
     finally:
@@ -103,7 +103,7 @@ def register(ref: str, name: str):
     ``name`` (created if needed); returns the ``ModelVersion``."""
     import mlflow
 
-    model_id = model_of(tracking.client(), ref)
+    model_id = model_of(store.client(), ref)
     with _global_tracking_uri():
         return mlflow.register_model(f"models:/{model_id}", name)
 
@@ -112,7 +112,7 @@ def download_weights(model_id: str, dst: str | Path) -> Path:
     """The logged model's weights file, downloaded into ``dst`` (load it with ``load_weights``)."""
     from mlflow.artifacts import download_artifacts
 
-    model = tracking.client().get_logged_model(model_id)
+    model = store.client().get_logged_model(model_id)
     uri = f"{model.artifact_location.rstrip('/')}/{WEIGHTS_NAME}"
     Path(dst).mkdir(parents=True, exist_ok=True)
-    return Path(download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking.tracking_uri()))
+    return Path(download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=store.tracking_uri()))

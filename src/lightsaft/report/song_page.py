@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from .data.audio import AudioError, resample
-from .data.tracks import file_sha256
-from .errors import LightSAFTError
-from .model import Separator, count_parameters
-from .pages import (
+from ..data.audio import AudioError, resample
+from ..data.tracks import file_sha256
+from ..errors import LightSAFTError
+from ..model import Separator, count_parameters
+from ..paths import file_lock, write_text_atomic
+from ..spectral import SAMPLE_RATE
+from .blocks import (
     FORMATS,
     document,
     encode_excerpts,
@@ -34,8 +36,6 @@ from .pages import (
     track_row,
     unique_slugs,
 )
-from .paths import file_lock, write_text_atomic
-from .spectral import SAMPLE_RATE
 
 STATE = "page.json"
 STATE_FORMAT = 1

@@ -74,7 +74,7 @@ def load_official_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Te
     ]
     if any(items for _, items in problems):
         lines = [f"{title} ({len(items)}):\n  " + "\n  ".join(items) for title, items in problems if items]
-        from . import WeightsError
+        from ..errors import WeightsError
 
         first = first or f"{missing[0]} (ours, no official value)"
         raise WeightsError(

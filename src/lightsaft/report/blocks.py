@@ -16,7 +16,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from .data.audio import write_audio
+from ..data.audio import write_audio
 
 FORMATS = ("mp3", "ogg", "wav")
 VARIANTS = {"lightsaft": "LightSAFT", "lasaft": "LaSAFT"}

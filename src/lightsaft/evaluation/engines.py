@@ -4,60 +4,30 @@ Every track is scored twice: its estimates, and the mixture itself as the estima
 target (the "input SDR" baseline), so that the tables also say how much separation gained.
 Two engines compute the same metrics: museval itself, or ``bsseval`` (ours, batched torch, about
 14x faster, 22x with the baseline); everything after the metric computation (museval JSON,
-tables, MLflow) is shared.
+tables, MLflow) is shared (:mod:`lightsaft.evaluation.scores`).
 Tracks run in parallel worker processes because scoring is the slowest step of the pipeline;
 a track that fails (or whose worker dies) is reported by name and the others are still kept.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from concurrent.futures import Future, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .bsseval import bss_eval_v4
-from .data.audio import AudioError, read_audio
-from .devices import resolve_device
-from .errors import LightSAFTError
-from .paths import atomic_dir, atomic_path, write_text_atomic
-from .progress import Progress
-from .spectral import SAMPLE_RATE, TARGETS
-from .workers import running
-
-METRICS = ("SDR", "SIR", "ISR", "SAR")
-NOISE_DB = 150.0  # SIR/ISR/SAR above this are rounding noise: a residual at float precision, not a score
-KINDS = ("estimate", "baseline")  # scores.csv `kind`: the model's estimates / the mixture as estimate
-
-
-class EvaluationError(LightSAFTError, RuntimeError):
-    """Estimates are missing or do not match their references, or some tracks failed."""
-
-
-@dataclass
-class EvaluationResult:
-    """``scores``: long table, one row per track/target/metric/frame/kind. ``summary``: median
-    over frames then over tracks, per target and metric, with baseline and improvement (plus a
-    ``mean`` SDR row). ``metrics``: flat dict for ``metrics/sdr.json``. ``failed``: track -> why."""
-
-    scores: pd.DataFrame
-    summary: pd.DataFrame
-    metrics: dict[str, float]
-    failed: dict[str, str] = field(default_factory=dict)
-    museval_json: dict[str, str] = field(default_factory=dict)  # track -> museval's JSON of its estimates
-
-    def check(self) -> None:
-        """Raise EvaluationError naming the failed tracks (the others' scores are already written)."""
-        if self.failed:
-            total = self.scores["track"].nunique() + len(self.failed)
-            raise EvaluationError(failure_message(self.failed, total))
+from ..bsseval import bss_eval_v4
+from ..data.audio import AudioError, read_audio
+from ..devices import resolve_device
+from ..progress import Progress
+from ..spectral import SAMPLE_RATE, TARGETS
+from ..workers import running
+from .scores import KINDS, EvaluationError, EvaluationResult, failure_message, score_rows, summarize
 
 
 def score_sets(
@@ -225,38 +195,6 @@ def _score_all(
     return done, {t: error for t, (_, error) in outcomes.items() if error is not None}
 
 
-# ---------------------------------------------------------------------------------------
-# Tables
-def score_rows(track: str, museval_json: str, kind: str) -> list[tuple]:
-    """Long-format rows ``(track, target, metric, frame, value, kind)`` of one museval JSON."""
-    data = json.loads(museval_json)  # museval writes NaN for silent frames; json reads it back
-    return [
-        (track, target["name"], metric, i, float(frame["metrics"][metric]), kind)
-        for target in data["targets"]
-        for metric in METRICS
-        for i, frame in enumerate(target["frames"])
-    ]
-
-
-def summarize(scores: pd.DataFrame, targets: Sequence[str] = TARGETS) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Median over frames, then over tracks (NaN frames skipped, as museval aggregates), per
-    target and metric; baseline and improvement columns; a ``mean`` row: the mean target SDR."""
-    per_track = scores.groupby(["kind", "target", "metric", "track"])["value"].median()
-    table = per_track.groupby(level=["kind", "target", "metric"]).median().unstack("kind")
-    table = table.reindex(
-        index=pd.MultiIndex.from_product([list(targets), METRICS], names=["target", "metric"]), columns=list(KINDS)
-    )
-    table["improvement"] = table["estimate"] - table["baseline"]
-    table.loc[("mean", "SDR"), :] = table.xs("SDR", level="metric").mean(skipna=False)
-    summary = table.reset_index()
-    summary.columns.name = None
-    metrics = {"tracks": float(scores["track"].nunique())}
-    sdr = summary[summary["metric"] == "SDR"].set_index("target")
-    for column, prefix in (("estimate", "sdr"), ("baseline", "baseline_sdr"), ("improvement", "sdr_improvement")):
-        metrics.update({f"{prefix}_{target}": float(value) for target, value in sdr[column].items()})
-    return summary, metrics
-
-
 def evaluate_tracks(
     cache: Any,
     estimates_dir: str | Path,
@@ -290,54 +228,3 @@ def evaluate_tracks(
     summary, metrics = summarize(scores, targets)
     failures = {t: failed[t] for t in tracks if t in failed}
     return EvaluationResult(scores, summary, metrics, failures, {t: done[t][0] for t in scored})
-
-
-def write_scores(result: EvaluationResult, out_dir: str | Path) -> Path:
-    """``museval/test/<track>.json`` (museval's format and layout, so sigsep's
-    ``MethodStore.add_eval_dir(out_dir / "museval")`` reads it), ``scores.csv`` and ``summary.csv``,
-    replacing ``out_dir`` as a whole."""
-    with atomic_dir(out_dir) as tmp:
-        (tmp / "museval" / "test").mkdir(parents=True)
-        for track, text in result.museval_json.items():
-            (tmp / "museval" / "test" / f"{track}.json").write_text(text)
-        result.scores.to_csv(tmp / "scores.csv", index=False, float_format="%.5f")
-        result.summary.to_csv(tmp / "summary.csv", index=False, float_format="%.5f")
-    return Path(out_dir)
-
-
-def readable(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary as people read it: SIR/ISR/SAR above :data:`NOISE_DB` (typically the mixture
-    baseline, which lies in the span of the references, so its residuals are rounding noise) and
-    their improvements shown as ``-``; SDR and every stored value untouched."""
-    shown = summary.astype(object)
-    noise = summary[["estimate", "baseline"]].gt(NOISE_DB).mul(summary["metric"] != "SDR", axis=0)
-    for kind in ("estimate", "baseline"):
-        shown.loc[noise[kind], kind] = "-"
-    shown.loc[noise.any(axis=1), "improvement"] = "-"
-    return shown.map(lambda v: f"{v:.3f}" if isinstance(v, float) else v)
-
-
-def failure_message(failed: dict[str, str], total: int) -> str:
-    return f"evaluation failed for {len(failed)} of {total} track(s): " + "; ".join(
-        f"{track!r}: {why}" for track, why in failed.items()
-    )
-
-
-def write_metrics(path: str | Path, metrics: dict[str, float]) -> None:
-    """``metrics/sdr.json`` for DVC (NaN, e.g. a target silent in every frame, becomes null)."""
-    clean = {key: None if math.isnan(value) else round(value, 5) for key, value in metrics.items()}
-    write_text_atomic(path, json.dumps(clean, indent=2) + "\n")
-
-
-def per_track_sdr(scores: pd.DataFrame) -> pd.DataFrame:
-    """Median SDR over frames (NaN frames skipped) per track and target; one column per kind."""
-    sdr = scores[scores["metric"] == "SDR"]
-    return sdr.groupby(["track", "target", "kind"])["value"].median().unstack("kind")
-
-
-def write_sdr_plot(path: str | Path, summary: pd.DataFrame) -> None:
-    """``plots/sdr_per_target.csv`` for ``dvc plots``: target, sdr, baseline_sdr (median dB)."""
-    rows = summary[(summary["metric"] == "SDR") & (summary["target"] != "mean")]
-    table = rows.rename(columns={"estimate": "sdr", "baseline": "baseline_sdr"})[["target", "sdr", "baseline_sdr"]]
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.5f")

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import tracking
 from ..config import flatten
 from ..errors import Terminated
-from ..logged_model import log_model
+from . import records, store
+from .models import log_model
 
 RECORD = "run.json"
 
@@ -45,20 +45,20 @@ class TrainingRun:
         """Reopen the run of an interrupted training (``resume``) or create a new one with ``params``
         and ``dataset`` (:func:`lightsaft.tracking.dataset_of`) as its training input, named after the
         DVC experiment that runs it, else ``name``."""
-        client = tracking.client()
+        client = store.client()
         record = run_dir / RECORD
         if resume and record.exists():
-            run_id = tracking.read_run_file(record)["run_id"]
+            run_id = records.read_run_file(record)["run_id"]
             client.update_run(run_id, status="RUNNING")
             return cls(client, run_id, experiment, _system_metrics(run_id, resume=True))
-        exp_id = tracking.experiment_id(client, experiment)
+        exp_id = store.experiment_id(client, experiment)
         name = os.environ.get("DVC_EXP_NAME") or name
-        run_id = client.create_run(exp_id, run_name=name, tags={**tracking.source_tags(), **tags}).info.run_id
-        tracking.write_run_file(record, run_id, experiment)  # first: a kill from here on is found by abandon
-        tracking.log_params(client, run_id, flatten(params))
+        run_id = client.create_run(exp_id, run_name=name, tags={**store.source_tags(), **tags}).info.run_id
+        records.write_run_file(record, run_id, experiment)  # first: a kill from here on is found by abandon
+        store.log_params(client, run_id, flatten(params))
         if dataset is not None:
-            tracking.log_dataset(client, run_id, dataset, "training")
-        tracking.update_description(client, run_id)
+            store.log_dataset(client, run_id, dataset, "training")
+        store.update_description(client, run_id)
         return cls(client, run_id, experiment, _system_metrics(run_id, resume=False))
 
     @staticmethod
@@ -68,15 +68,15 @@ class TrainingRun:
         record = run_dir / RECORD
         if not record.exists():
             return
-        client = tracking.client()
-        run_id = tracking.read_run_file(record)["run_id"]
+        client = store.client()
+        run_id = records.read_run_file(record)["run_id"]
         if client.get_run(run_id).info.status == "RUNNING":
             client.set_terminated(run_id, "KILLED")
 
     def logger(self):
         from pytorch_lightning.loggers import MLFlowLogger
 
-        return MLFlowLogger(tracking_uri=tracking.tracking_uri(), run_id=self.run_id)
+        return MLFlowLogger(tracking_uri=store.tracking_uri(), run_id=self.run_id)
 
     def end_interrupted(self, error: BaseException) -> None:
         """Ctrl+C / SIGTERM (resumable): KILLED; any other exception: FAILED."""
@@ -90,8 +90,8 @@ class TrainingRun:
         self._stop_monitor()
         model_id = log_model(self.client, self.run_id, weights, model_params, step)
         numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        tracking.log_metrics(self.client, self.run_id, numbers, step=step, model_id=model_id)
-        tracking.update_description(self.client, self.run_id)
+        store.log_metrics(self.client, self.run_id, numbers, step=step, model_id=model_id)
+        store.update_description(self.client, self.run_id)
         self.client.set_terminated(self.run_id, "FINISHED")
         return model_id
 
@@ -107,6 +107,6 @@ def _system_metrics(run_id: str, resume: bool) -> Any:
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no "started"/"no GPU" chatter
-    monitor = SystemMetricsMonitor(run_id, resume_logging=resume, tracking_uri=tracking.tracking_uri())
+    monitor = SystemMetricsMonitor(run_id, resume_logging=resume, tracking_uri=store.tracking_uri())
     monitor.start()
     return monitor

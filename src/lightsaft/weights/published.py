@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import validate_section
-from .data.tracks import file_sha256
-from .errors import DataError, LightSAFTError
-from .fetch import fetch
-from .model import Separator, load_weights, save_weights
-from .model.checkpoint import OfficialModel, read_official
-from .paths import file_lock, in_project, project_root, write_text_atomic
+from ..config import validate_section
+from ..data.tracks import file_sha256
+from ..errors import DataError, LightSAFTError
+from ..fetch import fetch
+from ..model import Separator
+from ..paths import file_lock, in_project, project_root, write_text_atomic
+from .official import OfficialModel, read_official
+from .ours import load_weights, save_weights
 
 OFFICIAL_URL = "http://intelligence.korea.ac.kr/assets/"
 URL_ENV = "LIGHTSAFT_PRETRAINED_URL"  # base URL override (a mirror, or a test server)

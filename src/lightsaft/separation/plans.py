@@ -1,0 +1,129 @@
+"""Where the model windows of a track lie, and how much of each window's output counts.
+
+A model window holds ``hop * (num_frame - 1)`` samples, i.e. ``num_frame`` STFT frames. Its
+edges see less context (STFT reflect padding, the U-Net's zero padding), so, as in the official
+code, ``ceil(min_trim / hop) * hop`` samples are dropped at each side of every window. Two ways
+to put the kept middles together (``protocol``):
+
+- ``crossfade`` (default): a window whose shifted copies sum to exactly one, any overlap, and the
+  track padded so that its first and last samples are also covered at full weight: an identity
+  model gives back its input.
+- ``official``: the official ``separate_track``, for comparing with published figures: overlap 0
+  or up to 0.5, halves where two chunks overlap, and its quirks (the window before last may miss
+  its right context; without overlap, neighbouring chunks simply abut).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import LightSAFTError
+from ..spectral import EDGE_SAMPLES, edge_trim, window_samples
+
+PROTOCOLS = ("crossfade", "official")
+
+
+class SeparationError(LightSAFTError, RuntimeError):
+    """Separation cannot run as asked: bad targets/overlap/device, weights, output folder."""
+
+
+@dataclass
+class Chunk:
+    start: int  # the window's first sample, in track samples (negative: before the track starts)
+    weight: torch.Tensor  # [window]: weight of each output sample (0 on the dropped edges)
+    audible: tuple[int, int]  # the window samples read from the track; the rest is silence (official quirks)
+
+
+def crossfade(kept: int, overlap: float) -> tuple[np.ndarray, int]:
+    """A window of ``kept`` samples and the step at which its shifted copies sum to one.
+
+    The window is a rectangle one step long smoothed by a unit-sum Hann kernel as long as the
+    shared part: rectangles one step apart tile the line, and smoothing keeps the sum at one,
+    for any overlap (with overlap <= 0.5 it is a flat top with smooth S-shaped ramps).
+    """
+    shared = min(round(overlap * kept), kept - 1)  # at least one new sample per step
+    step = kept - shared
+    kernel = np.hanning(shared + 3)[1:-1]  # shared + 1 strictly positive taps
+    ramp = np.concatenate([np.zeros(step), np.cumsum(kernel / kernel.sum()), np.ones(step)])
+    n = np.arange(kept)
+    return ramp[n + step] - ramp[n], step
+
+
+def crossfade_plan(length: int, window: int, edge: int, overlap: float) -> list[Chunk]:
+    fade, step = crossfade(window - 2 * edge, overlap)
+    kept, shared = len(fade), len(fade) - step
+    weight = torch.zeros(window)
+    weight[edge : edge + kept] = torch.as_tensor(fade, dtype=torch.float32)
+    lead = edge + shared  # the first window starts this far before the track: dropped edge + fade-in
+    return [Chunk(c * step - lead, weight, (0, window)) for c in range(math.ceil((length + shared) / step))]
+
+
+def official_trim(hop_length: int, min_trim: int = EDGE_SAMPLES) -> int:
+    """The official ``get_trim_length``: whole hops, at least ``min_trim`` samples and two hops."""
+    per_hop = math.ceil(min_trim / hop_length)
+    if per_hop < 2:
+        raise SeparationError(f"min_trim {min_trim}: the official protocol trims at least two hops ({2 * hop_length})")
+    return per_hop * hop_length
+
+
+def official_plan(length: int, window: int, trim: int, overlap: float) -> list[Chunk]:
+    """The chunks of the official ``SingleTrackSet`` and the masks ``separate_track`` applies.
+
+    Chunk c keeps ``[c*step, c*step + kept)``; where two kept parts overlap each counts half.
+    Two quirks of the official code are kept: a chunk that starts less than ``trim`` samples into
+    the track reads silence instead of its left context, and one that ends within ``trim`` samples
+    of the track end, but is not the last one, reads silence instead of its right context and
+    halves nothing.
+    """
+    kept = window - 2 * trim
+    step = int(kept * (1 - overlap))
+    shared = kept - step
+    masks: dict[tuple[bool, bool], torch.Tensor] = {}
+
+    def mask(halve_start: bool, halve_end: bool) -> torch.Tensor:
+        if (halve_start, halve_end) not in masks:
+            m = torch.zeros(window)
+            m[trim : window - trim] = 1
+            if halve_start:
+                m[: trim + shared] *= 0.5
+            if halve_end:
+                m[window - trim - shared :] *= 0.5
+            masks[halve_start, halve_end] = m
+        return masks[halve_start, halve_end]
+
+    overlapping = overlap > 0
+    chunks = []
+    for c in range(max(1, math.ceil((length - kept) / step) + 1)):
+        start = c * step
+        first = trim if start < trim else 0
+        if start + kept > length:  # the last chunk
+            chunk = Chunk(start - trim, mask(overlapping and c > 0, False), (first, window))
+        elif start + kept + trim < length:
+            halve_end = overlapping and start + step < length
+            chunk = Chunk(start - trim, mask(overlapping and c > 0, halve_end), (first, window))
+        else:
+            chunk = Chunk(start - trim, mask(False, False), (first, window - trim))
+        chunks.append(chunk)
+    return chunks
+
+
+def plan_chunks(
+    params: dict[str, Any], length: int, protocol: str, overlap: float, min_trim: int
+) -> tuple[list[Chunk], int]:
+    """The chunks of a track of ``length`` samples for this model config, and the window length."""
+    hop, num_frame = params["hop_length"], params["num_frame"]
+    window = window_samples(num_frame, hop)
+    if protocol == "crossfade":
+        return crossfade_plan(length, window, edge_trim(hop, num_frame, min_trim), overlap), window
+    trim = official_trim(hop, min_trim)
+    if window - 2 * trim <= 0:
+        raise SeparationError(
+            f"the official protocol trims {trim} samples at each side of a {window}-sample window "
+            f"(hop_length * (num_frame - 1)), which leaves nothing; lower min_trim or use the crossfade protocol"
+        )
+    return official_plan(length, window, trim, overlap), window
