@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from ..paths import resolve
-
 from ..errors import DataError
+from ..paths import resolve
 from .tracks import SPLITS, STEMS
 
 CACHE_FORMAT = 1

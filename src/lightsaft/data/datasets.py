@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
-from ..spectral import TARGETS, window_samples
 from ..errors import DataError
+from ..spectral import TARGETS, window_samples
 from .cache import Cache
 
 SWAP_CHANNELS = [1, 0, 3, 2]  # Re L, Re R, Im L, Im R -> Re R, Re L, Im R, Im L

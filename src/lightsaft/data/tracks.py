@@ -20,17 +20,15 @@ import numpy as np
 import soundfile as sf
 import yaml
 
-from .sources import SOURCES
-from .audio import AudioError, probe, read_audio, read_stems
 from ..errors import DataError
 from ..paths import portable, resolve, write_text_atomic
 from ..spectral import SAMPLE_RATE, TARGETS
+from .audio import AudioError, probe, read_audio, read_stems
+from .sources import SOURCES
 
 STEMS = ("mixture",) + TARGETS
 SPLITS = ("train", "valid", "test")
 DATASET_FORMAT = 1
-
-
 
 
 # ---------------------------------------------------------------------------------------
