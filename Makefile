@@ -31,10 +31,12 @@ system-deps:
 setup: system-deps $(VENV)/.installed
 	@test -d .dvc || $(BIN)/dvc init -q
 
-# ruff: formatting, lint and import order (config in pyproject.toml); `make format` fixes what it can.
+# ruff: formatting, lint and import order; import-linter: the layers and the arrows that must never
+# exist (both configured in pyproject.toml). `make format` fixes what ruff can.
 lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 format: $(VENV)/.installed
 	$(BIN)/ruff format .

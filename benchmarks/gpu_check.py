@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from lightsaft.bsseval import bss_eval_v4
 from lightsaft.config import defaults
-from lightsaft.model import build_model, count_parameters
+from lightsaft.model.unet import build_model, count_parameters
 from lightsaft.separation.track import separate_track
 from lightsaft.spectral import SAMPLE_RATE
 

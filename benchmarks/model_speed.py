@@ -42,7 +42,7 @@ import torch
 from tabulate import tabulate
 
 from lightsaft.config import defaults
-from lightsaft.model import build_model, count_parameters
+from lightsaft.model.unet import build_model, count_parameters
 from lightsaft.weights.official_keys import load_official_state_dict
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lightsaft.config import defaults, validate, validate_section
+from lightsaft.config import defaults, validate
 from lightsaft.data.audio import write_audio
 from lightsaft.evaluation.engines import evaluate_tracks
-from lightsaft.model import build_model
+from lightsaft.model.params import MODEL
+from lightsaft.model.unet import build_model
 from lightsaft.separation.track import auto_batch_size, separate_track
 from lightsaft.spectral import SAMPLE_RATE, TARGETS
 from lightsaft.study.studies import load_study
@@ -111,7 +112,7 @@ def main() -> None:
     rtfs = {}
     for name, model_params in configs.items():
         rtfs[name] = rtf = bench_separation(args.seconds, model_params, separate, batches)
-        chosen = auto_batch_size(validate_section("model", model_params), torch.device("cpu"))
+        chosen = auto_batch_size(MODEL.validate(model_params), torch.device("cpu"))
         print(
             f"{name:8}" + "".join(f"{rtf[b]:12.3f}" for b in batches)
             + f"{chosen:8d}{TEST_SET_SECONDS / rtf['auto'] / 3600:12.1f}"

@@ -32,7 +32,7 @@ from model_speed import (
 )
 from tabulate import tabulate
 
-from lightsaft.model import build_model
+from lightsaft.model.unet import build_model
 from lightsaft.training.losses import Target, spec_mse
 
 GPU_WARMUP, GPU_STEPS = 3, 20

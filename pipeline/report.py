@@ -17,7 +17,7 @@ def main(params: dict, args) -> None:
         estimates_dir=layout.ESTIMATES,
         curves_csv=layout.TRAIN_CURVES,
         train_metrics=layout.TRAIN_METRICS,
-        weights=layout.WEIGHTS,
+        model_params=params["model"],
         dataset=cache.manifest["source"],
         **params["report"],
     )

@@ -117,7 +117,7 @@ def weights(tmp_path):
     """A weights file of the (untrained) tiny model."""
     import torch
 
-    from lightsaft.model import build_model
+    from lightsaft.model.unet import build_model
     from lightsaft.weights.ours import save_weights
 
     torch.manual_seed(0)

@@ -98,7 +98,7 @@ def tiny_params(**overrides) -> dict:
     """Validated params for the tiny model on a small synthetic set, CPU, short training.
     ``overrides`` are dotted keys, e.g. ``tiny_params(**{"trainer.max_epochs": 1})``."""
     from lightsaft.config import defaults, validate
-    from lightsaft.study.studies import set_dotted
+    from lightsaft.schema import set_dotted
 
     params = defaults()
     params["model"] = dict(TINY_MODEL)

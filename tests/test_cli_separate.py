@@ -14,6 +14,7 @@ from helpers import SpecModel, identity, require_ffmpeg, shared_path
 import lightsaft.songs
 from lightsaft.cli import main
 from lightsaft.spectral import TARGETS
+from lightsaft.weights.resolve import ResolvedModel
 
 
 def tone(rate: int, seconds: float, channels: int) -> np.ndarray:
@@ -25,7 +26,8 @@ def tone(rate: int, seconds: float, channels: int) -> np.ndarray:
 def test_rates_channels_and_lengths_are_kept(tmp_path, monkeypatch):
     """With an identity model the stems equal the input: resampling there and back, mono in and
     out, and the exact length are all checked, not just the file names."""
-    monkeypatch.setattr(lightsaft.songs, "load_separator", lambda path: SpecModel(identity))
+    resolved = ResolvedModel(SpecModel(identity), "stand-in", "stand-in", "0" * 64, "a test", Path("unused.pt"))
+    monkeypatch.setattr(lightsaft.songs, "resolve_model", lambda reference, base: resolved)
     songs = {"mono22k.wav": (tone(22050, 0.5, 1), 22050), "stereo48k.flac": (tone(48000, 0.3, 2), 48000)}
     for name, (audio, rate) in songs.items():
         sf.write(tmp_path / name, audio, rate)
@@ -136,8 +138,12 @@ def test_same_song_name_twice_is_refused(tmp_path, weights, capsys):
     [
         (["--out", "{tmp}/file.txt/sub"], "cannot write the output folder"),
         (["--targets", "vocals,guitar"], "guitar"),
-        (["--overlap", "0.95"], "overlap 0.95"),
-        (["--model", "{tmp}/none.pt"], "none.pt: weights file not found"),
+        (["--overlap", "0.95"], "--overlap = 0.95: must be <= 0.9"),
+        (["--protocol", "official", "--overlap", "0.8"], "--overlap = 0.8: the official protocol takes 0 to 0.5"),
+        (["--protocol", "official", "--min-trim", "50"], "--min-trim = 50: the official protocol trims whole hops"),
+        (["--batch-size", "0"], "--batch-size = 0: expected auto or a number"),
+        (["--page", "--audio-format", "flac"], "--audio-format = 'flac': must be one of 'mp3', 'ogg', 'wav'"),
+        (["--model", "{tmp}/none.pt"], "none.pt': no such file"),
     ],
 )
 def test_errors_that_stop_everything(tmp_path, weights, capsys, args, message):
@@ -146,8 +152,10 @@ def test_errors_that_stop_everything(tmp_path, weights, capsys, args, message):
     sf.write(song, tone(44100, 0.1, 2), 44100)
     base = {"--model": str(weights), "--out": str(tmp_path / "out")}
     extra = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    flags = [a for a in extra if a == "--page"]
+    extra = [a for a in extra if a != "--page"]
     base.update(dict(zip(extra[::2], extra[1::2])))
-    code = main(["separate", str(song), *[x for kv in base.items() for x in kv]])
+    code = main(["separate", str(song), *flags, *[x for kv in base.items() for x in kv]])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.startswith("error: ")
     assert not (tmp_path / "out" / "song").exists()

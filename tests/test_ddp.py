@@ -111,7 +111,7 @@ def test_sync_batchnorm_without_gpu_is_refused_before_anything_is_created(
     or when training starts on a machine without a GPU (auto), before any run, lock or folder."""
     cpu = tiny_params()
     cpu["trainer"]["sync_batchnorm"] = True
-    with pytest.raises(ConfigError, match=r"trainer.sync_batchnorm = true with trainer.accelerator = 'cpu'"):
+    with pytest.raises(ConfigError, match=r"trainer.sync_batchnorm = True: with trainer.accelerator = 'cpu'"):
         validate(cpu)
     root = make_project(tmp_path / "project")
     monkeypatch.setenv("DVC_ROOT", str(root))

@@ -11,9 +11,10 @@ from helpers import REPO, shared_path
 
 from lightsaft.config import defaults, validate
 from lightsaft.errors import ConfigError
-from lightsaft.model import build_model, count_parameters
+from lightsaft.model.unet import build_model, count_parameters
+from lightsaft.schema import set_dotted
 from lightsaft.study import experiments
-from lightsaft.study.studies import load_study, set_dotted
+from lightsaft.study.studies import load_study
 from lightsaft.weights.official import detect_variant, model_params, network_state
 from lightsaft.weights.official_keys import load_official_state_dict
 from lightsaft.weights.published import published_model

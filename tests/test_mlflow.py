@@ -26,8 +26,8 @@ from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
 from lightsaft.cli import main
-from lightsaft.config import flatten
-from lightsaft.model import build_model
+from lightsaft.model.unet import build_model
+from lightsaft.schema import flatten
 from lightsaft.spectral import TARGETS
 from lightsaft.study.compare import ensure_mlflow_runs
 from lightsaft.tracking import records, store

@@ -8,9 +8,10 @@ import yaml
 from helpers import TINY_MODEL, shared_path
 
 from lightsaft.cli import main
-from lightsaft.config import defaults, validate_section
+from lightsaft.config import defaults
 from lightsaft.errors import ConfigError
-from lightsaft.model import build_model, count_parameters
+from lightsaft.model.params import MODEL
+from lightsaft.model.unet import build_model, count_parameters
 from lightsaft.spectral import SAMPLE_RATE
 from lightsaft.weights.official_keys import load_official_state_dict
 from lightsaft.weights.ours import load_weights, save_weights
@@ -21,7 +22,7 @@ def _golden(name: str) -> dict:
 
 
 def _official_model(golden: dict):
-    model = build_model(golden["config"])
+    model = build_model(MODEL.validate(golden["config"]))
     load_official_state_dict(model, golden["state_dict"])
     return model
 
@@ -89,7 +90,7 @@ def test_the_tests_tiny_config_builds_the_golden_model():
     """The tiny config every other test uses is validated and built by our code into exactly the
     model of the golden tensors: the official weights load strictly and give the golden output."""
     golden = _golden("lightsaft_tiny")
-    model = build_model(validate_section("model", TINY_MODEL))
+    model = build_model(MODEL.validate(TINY_MODEL))
     load_official_state_dict(model, golden["state_dict"])
     assert count_parameters(model) == golden["param_count"] == 71_988
     with torch.no_grad():
@@ -215,16 +216,17 @@ def test_save_and_load_weights_roundtrip(tmp_path, tiny_model_params):
 
 
 def test_model_config_validation(tiny_model_params):
+    """The model section's own rules: they also check the model params a weights file carries."""
     with pytest.raises(ConfigError, match="model.dk = 0"):
-        build_model(dict(tiny_model_params, dk=0))
+        MODEL.validate(dict(tiny_model_params, dk=0))
     with pytest.raises(ConfigError, match="unknown key model.dkk"):
-        build_model(dict(tiny_model_params, dkk=3))
+        MODEL.validate(dict(tiny_model_params, dkk=3))
     with pytest.raises(ConfigError, match="num_frame = 18.*divisible by 2\\*\\*2"):
-        build_model(dict(tiny_model_params, num_frame=18))
+        MODEL.validate(dict(tiny_model_params, num_frame=18))
     with pytest.raises(ConfigError, match="n_fft = 250.*power of two"):
-        build_model(dict(tiny_model_params, n_fft=250))
+        MODEL.validate(dict(tiny_model_params, n_fft=250))
     with pytest.raises(ConfigError, match="variant = 'saft'"):
-        build_model(dict(tiny_model_params, variant="saft"))
+        MODEL.validate(dict(tiny_model_params, variant="saft"))
 
 
 @pytest.mark.parametrize("name", ["lightsaft_tiny", "lasaft_tiny"])
@@ -252,7 +254,7 @@ def test_channels_last_is_a_layout_switch_only(name, tmp_path):
         for channels_last in (False, True):
             torch.testing.assert_close(grads[channels_last][key], grad, rtol=1e-9, atol=1e-12, msg=key)
 
-    built = build_model(golden["config"], channels_last=True)
+    built = build_model(MODEL.validate(golden["config"]), channels_last=True)
     assert built.channels_last and "channels_last" not in built.params
     save_weights(tmp_path / "w.pt", built, golden["config"])
     assert load_weights(tmp_path / "w.pt").channels_last is None

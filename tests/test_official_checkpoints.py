@@ -13,8 +13,8 @@ import torch
 from helpers import make_project, shared_path
 
 from lightsaft.cli import main
-from lightsaft.data.tracks import file_sha256
-from lightsaft.model import build_model, count_parameters
+from lightsaft.model.unet import build_model, count_parameters
+from lightsaft.paths import file_sha256
 from lightsaft.weights.official import (
     WINDOW_KEY,
     CheckpointError,

@@ -11,8 +11,8 @@ from helpers import make_project, shared_path, tiny_params, train_into
 from mlflow.tracking import MlflowClient
 
 from lightsaft.data.cache import Cache
-from lightsaft.data.tracks import file_sha256
 from lightsaft.errors import ConfigError
+from lightsaft.paths import file_sha256
 from lightsaft.study.studies import load_study
 from lightsaft.train import TrainOutputs, train
 from lightsaft.training.lightning_module import LightSAFTModule
@@ -81,7 +81,7 @@ def test_the_official_checkpoints_study_matches_the_published_configs():
     from helpers import REPO
 
     from lightsaft.config import defaults
-    from lightsaft.study.studies import set_dotted
+    from lightsaft.schema import set_dotted
 
     study = load_study(REPO / "experiments" / "official_checkpoints.yaml")
     assert len(study.points()) == 5

@@ -19,11 +19,10 @@ from helpers import TINY_MODEL, MemoryCache
 
 from lightsaft.data.audio import write_audio
 from lightsaft.evaluation.scores import KINDS, METRICS, summarize
-from lightsaft.model import build_model, count_parameters
+from lightsaft.model.unet import build_model, count_parameters
 from lightsaft.report.results import ReportError, build_report, unique_slugs
 from lightsaft.spectral import SAMPLE_RATE, TARGETS
 from lightsaft.train import EpochCurves
-from lightsaft.weights.ours import save_weights
 
 TRACKS = ('Tom & Jerry - <Live> "Take 2"', "Zoë - Two Seconds")
 SECONDS = 3.0
@@ -52,7 +51,6 @@ def make_inputs(root: Path) -> SimpleNamespace:
     scores.to_csv(root / "scores" / "scores.csv", index=False, float_format="%.5f")
     summarize(scores)[0].to_csv(root / "scores" / "summary.csv", index=False, float_format="%.5f")
     model = build_model(TINY_MODEL)
-    save_weights(root / "weights.pt", model, TINY_MODEL)
     (root / "train.json").write_text(
         json.dumps(
             {
@@ -75,7 +73,7 @@ def make_inputs(root: Path) -> SimpleNamespace:
         estimates_dir=root / "est",
         curves_csv=root / "curves.csv",
         train_metrics=root / "train.json",
-        weights=root / "weights.pt",
+        model_params=dict(TINY_MODEL),
     )
 
 
@@ -176,7 +174,6 @@ def test_bad_input_names_the_problem_and_keeps_the_old_report(tmp_path, inputs, 
     os.remove(estimates / "test" / TRACKS[1] / "drums.wav")
     fails(r"drums\.wav: estimate not found; rerun the separate stage", estimates_dir=estimates)
     fails(r"report\.excerpt_offset = 3\.5: beyond the end of .*\(3\.0 s\)", excerpt_offset=3.5)
-    fails(r"report\.audio_format = 'flac'", audio_format="flac")
     table = pd.read_csv(scores / "scores.csv")
     table[table["track"] != TRACKS[0]].to_csv(scores / "scores.csv", index=False)
     fails(r"scores\.csv: scores are for \['Zoë - Two Seconds'\] but the test tracks are", scores_dir=scores)

@@ -18,8 +18,8 @@ from helpers import TINY_MODEL
 
 from lightsaft.cli import main
 from lightsaft.data.audio import resample
-from lightsaft.data.tracks import file_sha256
-from lightsaft.model import build_model, count_parameters
+from lightsaft.model.unet import build_model, count_parameters
+from lightsaft.paths import file_sha256
 from lightsaft.spectral import SAMPLE_RATE, TARGETS
 from lightsaft.weights.ours import save_weights
 
@@ -163,9 +163,9 @@ def test_same_model_adds_rows_another_model_gets_its_own_page(tmp_path, songs, m
 def test_bad_page_options_and_songs_name_the_problem(tmp_path, songs, models, capsys):
     out = tmp_path / "out"
     assert separate([songs["short.wav"]], models[0], out, "--excerpt-seconds", "0") == 2
-    assert "--excerpt-seconds 0, --excerpt-offset 0: the length must be > 0" in capsys.readouterr().err
+    assert "--excerpt-seconds = 0.0: must be > 0" in capsys.readouterr().err
     assert separate([songs["short.wav"]], models[0], out, "--audio-format", "aac") == 2
-    assert "--audio-format 'aac': use one of mp3, ogg, wav" in capsys.readouterr().err
+    assert "--audio-format = 'aac': must be one of 'mp3', 'ogg', 'wav'" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
     code = separate([songs["short.wav"], songs["Stereo Song.flac"]], models[0], out, "--excerpt-offset", "1")
     assert code == 1

@@ -15,7 +15,7 @@ import yaml
 from helpers import REPO, make_project, tiny_params, train_into, training_project
 from mlflow.tracking import MlflowClient
 
-from lightsaft.model import build_model
+from lightsaft.model.unet import build_model
 from lightsaft.tracking.training_run import TrainingRun
 from lightsaft.train import INTERRUPTED, _latest_checkpoint, resolve_precision
 from lightsaft.training.lightning_module import LightSAFTModule

@@ -104,23 +104,33 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _separate(args: argparse.Namespace) -> int:
+    from .devices import resolve_device
+    from .report.params import REPORT
     from .report.song_page import Excerpt
-    from .songs import separate_songs
+    from .separation.params import RUNTIME_SEPARATE, SEPARATE, check_protocol
+    from .songs import check_targets, open_model, separate_songs
+    from .weights.published import default_min_trim
 
-    page = Excerpt(args.excerpt_seconds, args.excerpt_offset, args.audio_format) if args.page else None
-    failures, index = separate_songs(
-        args.songs,
-        args.model,
-        args.out,
-        args.targets.split(","),
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        device=args.device,
-        protocol=args.protocol,
-        min_trim=args.min_trim,
-        precision=args.precision,
-        page=page,
-    )
+    where, label = "lightsaft separate", lambda key: "--" + key.replace("_", "-")
+    targets = check_targets(args.targets.split(","))
+    given = {"protocol": args.protocol, "overlap": args.overlap, "precision": args.precision}
+    options = SEPARATE.validate({**given, "min_trim": args.min_trim or 0}, where, label)
+    options.update(RUNTIME_SEPARATE.validate({"batch_size": args.batch_size, "device": args.device}, where, label))
+    page = None
+    if args.page:  # checked before the model is downloaded or imported
+        excerpt = {"excerpt_seconds": args.excerpt_seconds, "excerpt_offset": args.excerpt_offset}
+        excerpt = REPORT.validate({**excerpt, "audio_format": args.audio_format}, where, label)
+        page = Excerpt(excerpt["excerpt_seconds"], excerpt["excerpt_offset"], excerpt["audio_format"])
+    resolve_device(options["device"])
+    try:
+        check_protocol(options, None, label)
+        model = open_model(args.model)
+        if args.min_trim is None:  # the official amount for this model
+            options["min_trim"] = default_min_trim(model.published)
+        check_protocol(options, model.model.params, label)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    failures, index = separate_songs(args.songs, model, args.out, targets, options, page)
     if index is not None:
         print(f"page: {index}")
     if failures:
@@ -140,6 +150,9 @@ def _batch_size(text: str) -> int | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .report.params import REPORT
+    from .separation.params import RUNTIME_SEPARATE, SEPARATE
+
     parser = argparse.ArgumentParser(prog="lightsaft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -190,17 +203,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<song>/<target>.wav")
     p.add_argument("--targets", default="vocals,drums,bass,other", help="comma-separated (default: all four)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
-    p.add_argument("--overlap", type=float, default=0.5, help="fraction shared by neighbouring windows, 0-0.9")
+    # The defaults are the params' (the separate stage's, report's for the page): one set of defaults and checks.
+    sep, run, rep = SEPARATE.defaults(), RUNTIME_SEPARATE.defaults(), REPORT.defaults()
+    p.add_argument("--device", default=run["device"], help="auto (CUDA if available), cpu, cuda, cuda:N")
+    p.add_argument(
+        "--overlap",
+        type=float,
+        default=sep["overlap"],
+        help=f"fraction shared by neighbouring windows (default {sep['overlap']})",
+    )
     p.add_argument(
         "--batch-size",
         type=_batch_size,
-        default="auto",
+        default=run["batch_size"],
         help="(chunk, target) pairs per forward pass; auto (default): as many as a share of the free memory holds",
     )
     p.add_argument(
         "--protocol",
-        default="crossfade",
+        default=sep["protocol"],
         help="crossfade: seamless, any overlap (default); official: the authors' separate_track, overlap 0 to 0.5, "
         "for comparing with published scores",
     )
@@ -208,19 +228,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-trim",
         type=int,
         metavar="SAMPLES",
-        help="samples dropped at each window edge, rounded up to whole hops (default: 5000, "
-        "16384 for lightsaft_small_2020, as the official code)",
+        help=f"samples dropped at each window edge, rounded up to whole hops (default: the official amount for the "
+        f"model: {sep['min_trim']}, or what the MDX kit used for lightsaft_small_2020)",
     )
-    p.add_argument("--precision", default="float32", help="inference precision: float32 (default) or bf16")
+    p.add_argument("--precision", default=sep["precision"], help="inference precision: float32 (default) or bf16")
     p.add_argument(
         "--page",
         action="store_true",
         help="also write an offline demo page: songs and page go to DIR/<model>-<sha8>/ (one folder and "
         "page per model; more songs with the same model add rows); open its index.html",
     )
-    p.add_argument("--excerpt-seconds", type=float, default=15.0, help="length of the page's excerpts (default 15)")
-    p.add_argument("--excerpt-offset", type=float, default=0.0, help="where the excerpts start, seconds (default 0)")
-    p.add_argument("--audio-format", default="mp3", help="of the page's excerpts: mp3 (default), ogg or wav")
+    p.add_argument(
+        "--excerpt-seconds",
+        type=float,
+        default=rep["excerpt_seconds"],
+        help=f"length of the page's excerpts (default {rep['excerpt_seconds']:g})",
+    )
+    p.add_argument(
+        "--excerpt-offset",
+        type=float,
+        default=rep["excerpt_offset"],
+        help=f"where the excerpts start, seconds (default {rep['excerpt_offset']:g})",
+    )
+    p.add_argument(
+        "--audio-format", default=rep["audio_format"], help="of the page's excerpts: mp3 (default), ogg or wav"
+    )
     p.set_defaults(func=_separate)
 
     p = sub.add_parser(

@@ -23,7 +23,6 @@ from .data.synthetic import generate, track_names
 from .data.tracks import (
     STEMS,
     assign_splits,
-    file_sha256,
     find_tree,
     musdb_validation_tracks,
     scan_tree,
@@ -31,7 +30,7 @@ from .data.tracks import (
 )
 from .errors import DataError
 from .fetch import CHUNK, fetch
-from .paths import atomic_dir, file_lock, in_project
+from .paths import atomic_dir, file_lock, file_sha256, in_project
 
 EXPECTED_TRACKS = {"train": 100, "test": 50}  # every MUSDB18 release, previews included
 

@@ -36,26 +36,81 @@ REPORT = Path("results/report")
 class StageSpec:
     """``params``: the result-changing params the stage reads (whole sections or dotted keys);
     ``inputs``: the outputs of earlier stages it reads; ``outputs``: what it writes (outs, metrics
-    and plots)."""
+    and plots); ``records``: the recording sections it is handed (in no DVC ``params:``)."""
 
     params: tuple[str, ...]
     inputs: tuple[Path, ...] = ()
     outputs: tuple[Path, ...] = field(default=())
+    records: tuple[str, ...] = ()
 
 
 STAGES: dict[str, StageSpec] = {
     "download": StageSpec(("data",), (), (RAW,)),
     "prepare": StageSpec(("prepare", "model.n_fft", "model.hop_length", "train.pretrained"), (RAW,), (CACHE,)),
     "train": StageSpec(
-        ("model", "train", "trainer", "mlflow"),
+        ("model", "train", "trainer"),
         (CACHE,),
         (WEIGHTS, CHECKPOINT, TRAIN_METRICS, RUN_FILE, TRAIN_CURVES),
+        records=("mlflow",),
     ),
     "separate": StageSpec(("separate",), (WEIGHTS, CACHE), (ESTIMATES,)),
     "evaluate": StageSpec(("evaluate", "separate"), (ESTIMATES, CACHE, RUN_FILE), (SCORES, SDR_METRICS, SDR_PLOT)),
     "report": StageSpec(
-        ("report",),
-        (SCORES, ESTIMATES, CACHE, TRAIN_CURVES, TRAIN_METRICS, WEIGHTS, RUN_FILE),
+        ("report", "model"),
+        (SCORES, ESTIMATES, CACHE, TRAIN_CURVES, TRAIN_METRICS, RUN_FILE),
         (REPORT,),
     ),
 }
+
+# ---------------------------------------------------------------------------------------
+# The code: what each module of the package is to DVC (tests/test_layout.py checks that every
+# module is in exactly one class and that each stage's code deps in dvc.yaml are the modules its
+# entry point imports, less those that shape none of its outputs).
+#
+# - plumbing: reads and checks params, reports errors, names paths. It shapes no output (a
+#   params default that matters is spelled out in params.yaml, which DVC tracks), so no stage
+#   depends on it.
+# - recording: records or displays a run (MLflow runs and logged models, progress bars) or moves
+#   bytes whose checksum is verified (download transport): no stage depends on it, so editing a
+#   progress bar or the MLflow run description reruns nothing.
+# - result: everything else a stage imports; a stage depends on each such module it imports.
+# - face: what users run by hand (the command line, studies, the song page's command); no stage
+#   imports it.
+# Patterns: a module name, or ``package.*`` for every module in a package.
+CODE_CLASSES: dict[str, tuple[str, ...]] = {
+    "plumbing": ("config", "schema", "stage", "errors", "layout", "environment", "*.params"),
+    "recording": ("tracking.*", "progress", "fetch"),
+    "face": ("cli", "songs", "study.*"),
+    "result": (
+        "bsseval",
+        "devices",
+        "download",
+        "paths",
+        "prepare",
+        "spectral",
+        "train",
+        "workers",
+        "data.*",
+        "evaluation.*",
+        "model.*",
+        "report.*",
+        "separation.*",
+        "training.*",
+        "weights.*",
+    ),
+}
+
+
+def code_class(module: str) -> str | None:
+    """The class of ``lightsaft.<module>`` (e.g. ``tracking.store``), None when unclassified. An
+    exact name wins over a package pattern, and ``*.params`` over both."""
+    name = module.removeprefix("lightsaft.")
+    if name.rsplit(".", 1)[-1] == "params" and "." in name:
+        return "plumbing"
+    for kind, patterns in CODE_CLASSES.items():
+        if name in patterns:
+            return kind
+    for kind, patterns in CODE_CLASSES.items():
+        if any(p.endswith(".*") and name.startswith(p[:-1]) for p in patterns):
+            return kind
+    return None

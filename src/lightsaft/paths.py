@@ -9,6 +9,7 @@ the copy and are therefore recorded relative to the file that names them.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import uuid
@@ -107,3 +108,12 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write a small text file (metrics, run records) through a temporary file and a rename."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, read in 1 MB blocks (checkpoints are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

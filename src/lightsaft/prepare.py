@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from .data.cache import CACHE_FORMAT, SPEC_LAYOUT
-from .data.tracks import SPLITS, STEMS, file_sha256, load_track, read_dataset, source_files, track_samples
+from .data.tracks import SPLITS, STEMS, load_track, read_dataset, source_files, track_samples
 from .errors import DataError
-from .paths import portable, write_text_atomic
+from .paths import file_sha256, portable, write_text_atomic
 from .progress import Progress
 from .spectral import SAMPLE_RATE, TARGETS, SpectralFrontEnd, num_frames
 from .workers import cores, running

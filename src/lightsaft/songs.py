@@ -2,8 +2,8 @@
 
 Files of any rate, mono or stereo, wav/flac/mp3/... or a MUSDB ``.stem.mp4``; each song becomes
 ``<out>/<song>/<target>.wav`` at its own rate and length. Separation itself is
-:func:`lightsaft.separate.separate_track`. With a page (:mod:`lightsaft.song_page`) the songs go
-to the model's own folder ``<out>/<model>-<sha8>/``, beside its ``index.html``.
+:func:`lightsaft.separation.track.separate_track`. With a page (:mod:`lightsaft.report.song_page`)
+the songs go to the model's own folder ``<out>/<model>-<sha8>/``, beside its ``index.html``.
 """
 
 from __future__ import annotations
@@ -16,30 +16,20 @@ from typing import Any
 import numpy as np
 
 from .data.audio import AudioError, read_audio, resample, to_stereo, write_audio
-from .devices import inference_device, resolve_device
-from .model import Separator
+from .devices import inference_device
+from .model.unet import Separator
 from .progress import Progress
 from .report.song_page import Excerpt, SongPage
-from .separation.plans import SeparationError
-from .separation.track import AUTO, check_options, separate_track
+from .separation.track import SeparationError, separate_track
 from .spectral import SAMPLE_RATE, TARGETS
-from .weights.ours import load_weights
+from .weights.resolve import ResolvedModel, resolve_model
 
 
-def weights_file(model: str | Path) -> Path:
-    """Our weights file of ``model``: itself, or a published name / official checkpoint imported
-    once, then reused."""
-    from .weights.published import resolve_weights
-
+def open_model(reference: str | Path) -> ResolvedModel:
+    """``--model``: any reference :func:`lightsaft.weights.resolve.resolve_model` takes, paths
+    relative to the current folder."""
     try:
-        return resolve_weights(model)
-    except (FileNotFoundError, ValueError) as e:
-        raise SeparationError(str(e)) from None
-
-
-def load_separator(model: str | Path) -> Separator:
-    try:
-        return load_weights(weights_file(model))
+        return resolve_model(reference, base=Path.cwd())
     except (FileNotFoundError, ValueError) as e:
         raise SeparationError(str(e)) from None
 
@@ -89,54 +79,39 @@ def separate_song(model: Separator, song: str | Path, folder: Path, **options: A
         write_audio(folder / f"{target}.wav", estimate, rate)
 
 
+def check_targets(targets: Sequence[str]) -> tuple[str, ...]:
+    targets = tuple(targets)
+    if not targets or any(t not in TARGETS for t in targets):
+        raise SeparationError(f"--targets {','.join(targets) or '(none)'}: choose one or more of {', '.join(TARGETS)}")
+    return targets
+
+
 def separate_songs(
     songs: Sequence[str | Path],
-    model: str | Path,
+    model: ResolvedModel,
     out_dir: str | Path,
-    targets: Sequence[str] = TARGETS,
-    overlap: float = 0.5,
-    batch_size: int | str = AUTO,
-    device: str = "auto",
-    protocol: str = "crossfade",
-    min_trim: int | None = None,
-    precision: str = "float32",
+    targets: Sequence[str],
+    options: dict[str, Any],
     page: Excerpt | None = None,
 ) -> tuple[list[str], Path | None]:
     """``lightsaft separate``: each song -> ``out_dir/<song>/<target>.wav``; returns the failures
     and, with ``page`` (which part of each song its players play), the page.
 
-    ``model``: our weights file, a published name or an official checkpoint. ``min_trim`` None
-    is the official amount for that model. A song that cannot be read is reported (on stderr,
-    naming it) and skipped; the rest still run. Problems that stop everything (options, weights,
-    output folder) raise SeparationError. With ``page`` the songs go to the model's folder in
-    ``out_dir`` and onto its page (:class:`lightsaft.song_page.SongPage`).
+    ``options``: :func:`separate_track`'s, validated by the command (the ``separate`` section's
+    checks, batch size and device). A song that cannot be read is reported (on stderr, naming
+    it) and skipped; the rest still run. Problems that stop everything (the output folder)
+    raise SeparationError. With ``page`` the songs go to the model's folder in ``out_dir`` and
+    onto its page (:class:`lightsaft.report.song_page.SongPage`).
     """
-    from .weights.published import default_min_trim
-
-    min_trim = default_min_trim(model) if min_trim is None else min_trim
-    targets = check_options(targets, overlap, batch_size, protocol, min_trim, precision)
-    options = dict(
-        targets=targets,
-        overlap=overlap,
-        batch_size=batch_size,
-        device=device,
-        protocol=protocol,
-        min_trim=min_trim,
-        precision=precision,
-    )
-    resolve_device(device)
-    if page is not None:
-        page.check()  # before any download or import of the model
     out_dir = Path(out_dir)
     _writable_dir(out_dir)
-    weights = weights_file(model)
-    separator = load_separator(weights)
-    book = SongPage(out_dir, model, weights, separator, options, page) if page is not None else None
+    book = SongPage(out_dir, model, options, page) if page is not None else None
     if book is not None:
         out_dir = book.folder
         _writable_dir(out_dir)
-    with inference_device(device) as dev:
-        failures = _separate_each(separator, songs, out_dir, {**options, "device": dev}, book)
+    with inference_device(options["device"]) as dev:
+        options = {**options, "targets": tuple(targets), "device": dev}
+        failures = _separate_each(model.model, songs, out_dir, options, book)
     return failures, book.index if book is not None and book.index.exists() else None
 
 

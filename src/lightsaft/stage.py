@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .config import RUNTIME, load_params
+from .config import load_params
 from .errors import Terminated, reported
 from .layout import STAGES
 
@@ -28,15 +28,16 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def stage_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The params stage ``name`` may read: its declared sections and keys, and ``runtime.<name>``."""
+    """The params stage ``name`` may read: its declared sections and keys, the recording sections
+    it is handed, and ``runtime.<name>``."""
     view: dict[str, Any] = {}
-    for entry in STAGES[name].params:
+    for entry in (*STAGES[name].params, *STAGES[name].records):
         section, _, key = entry.partition(".")
         if key:
             view.setdefault(section, {})[key] = params[section][key]
         else:
             view[section] = params[section]
-    view[RUNTIME] = {name: params[RUNTIME][name]} if name in params[RUNTIME] else {}
+    view["runtime"] = {name: params["runtime"][name]} if name in params["runtime"] else {}
     return view
 
 

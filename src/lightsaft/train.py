@@ -29,13 +29,13 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException, SI
 from torch.utils.data import DataLoader
 
 from . import layout
-from .config import flatten
 from .data.cache import Cache
 from .data.datasets import TrainDataset, ValidDataset, train_batches
 from .devices import check_sync_batchnorm, claim_devices, visible_gpus
 from .errors import ConfigError, LightSAFTError, Terminated
-from .model import Separator, count_parameters
+from .model.unet import Separator, count_parameters
 from .paths import atomic_path, file_lock, project_root, write_text_atomic
+from .schema import flatten
 from .spectral import edge_trim
 from .tracking import records, store
 from .tracking.training_run import TrainingRun
@@ -43,9 +43,9 @@ from .training.callbacks import EpochCurves, InterruptCheckpoint, StopTogether
 from .training.lightning_module import LightSAFTModule
 from .training.ranks import devices_per_node, global_rank
 from .weights.ours import save_weights
-from .weights.published import load_pretrained
+from .weights.resolve import resolve_model
 
-SECTIONS = ("model", "train", "trainer", "mlflow")  # what defines a training (with its data)
+SECTIONS = ("model", "train", "trainer")  # what defines a training (with its data); not mlflow: where it is recorded
 INTERRUPTED = "interrupted.ckpt"  # where a stopped training saves its state (InterruptCheckpoint)
 
 
@@ -121,8 +121,8 @@ def _from_pretrained(params: dict[str, Any], cache: Cache, run_dir: Path) -> Tra
     weights, a Lightning checkpoint to fine-tune from, figures that say where it came from, curves
     with their header only) and one MLflow run, so everything downstream works unchanged."""
     started = time.time()
-    given = load_pretrained(params["train"]["pretrained"])
-    check_same_model(params["model"], given.model.params, given.source)
+    given = resolve_model(params["train"]["pretrained"], base=project_root(), what="train.pretrained")
+    check_same_model(params["model"], given.model.params, given.reference)
     module = LightSAFTModule(params["model"], params["train"])
     module.model.load_state_dict(given.model.state_dict())
     if run_dir.exists():
@@ -140,14 +140,14 @@ def _from_pretrained(params: dict[str, Any], cache: Cache, run_dir: Path) -> Tra
         run_dir,
         False,
         params["mlflow"]["experiment"],
-        f"pretrained-{Path(given.source).stem}",
+        f"pretrained-{given.name}",
         {**flatten({s: params[s] for s in SECTIONS}), **_data_params(cache)},
-        {**_tags(params, cache), "stage": "train (pretrained)", "pretrained": given.source,
+        {**_tags(params, cache), "stage": "train (pretrained)", "pretrained": given.reference,
          "pretrained_sha256": given.sha256},
         store.dataset_of(cache),
     )  # fmt: skip
     metrics = {
-        "pretrained": given.source,
+        "pretrained": given.reference,
         "pretrained_sha256": given.sha256,
         "pretrained_verified": given.verified,
         "best_val_loss": None,

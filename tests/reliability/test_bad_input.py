@@ -22,7 +22,7 @@ from helpers import REPO, TINY_MODEL, make_project, require_ffmpeg, tiny_params
 from lightsaft.cli import main
 from lightsaft.download import download
 from lightsaft.errors import ConfigError, DataError, WeightsError
-from lightsaft.model import build_model
+from lightsaft.model.unet import build_model
 from lightsaft.stage import run_stage
 from lightsaft.tracking import records
 from lightsaft.train import train
@@ -61,6 +61,21 @@ BAD_PARAMS = [
     ("evaluate", "evaluate: {engine: museval2}\n", "evaluate.engine = 'museval2': must be one of 'fast', 'museval'"),
     ("prepare", "model: {dk: 32\n", "not valid YAML at line 2, column 1: expected ',' or '}'"),
     ("separate", "- model\n", "the file must be a mapping of keys, got list"),
+    # rules between keys run at validation too, before any stage works (they named the keys too late before)
+    (
+        "download",
+        "separate: {protocol: official, overlap: 0.8}\n",
+        "separate.overlap = 0.8: the official protocol takes 0 to 0.5",
+    ),
+    ("prepare", "separate: {protocol: official, min_trim: 100}\n", "separate.min_trim = 100: the official protocol"),
+    (
+        "train",
+        "model: {hop_length: 64, num_frame: 16, n_fft: 256, n_blocks: 5}\nseparate: {protocol: official}\n",
+        "separate.min_trim = 5000: the official protocol trims 5056 samples at each side of a 960-sample window",
+    ),
+    ("evaluate", "separate: {precision: fp8}\n", "separate.precision = 'fp8': must be one of 'float32', 'bf16'"),
+    ("report", "report: {excerpt_seconds: 0}\n", "report.excerpt_seconds = 0: must be > 0"),
+    ("train", "trainer: {accelerator: cpu, sync_batchnorm: true}\n", "trainer.sync_batchnorm = True: with trainer"),
 ]
 
 

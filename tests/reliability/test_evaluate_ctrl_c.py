@@ -72,7 +72,7 @@ def test_ctrl_c_mid_evaluation_stops_the_stage_and_its_workers_at_once(project, 
     """``terminal``: SIGINT to the whole foreground process group, as a terminal's Ctrl+C;
     ``stage``: to the stage's process alone (``kill -INT``, or a tool forwarding it)."""
     before = files(project)
-    proc = start_paused(project, "evaluate", "lightsaft.evaluate:_outcome", new_session=True)
+    proc = start_paused(project, "evaluate", "lightsaft.evaluation.engines:_outcome", new_session=True)
     processes = psutil.Process(proc.pid).children(recursive=True)
     workers = [p for p in processes if "--multiprocessing-fork" in p.cmdline()]
     assert len(workers) == 2, [p.cmdline() for p in processes]  # each on a long track (minutes of work)

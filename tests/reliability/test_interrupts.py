@@ -184,7 +184,7 @@ def test_killed_separate(project, tmp_path):
             evaluate_tracks(Cache(project / "data" / "cache"), project / "results" / "estimates")
 
     _kill_three_times_then_finish(
-        project, "separate", "lightsaft.separate:_write_estimates", ["results/estimates"], refused
+        project, "separate", "lightsaft.separation.estimates:_write_estimates", ["results/estimates"], refused
     )
     _same_tree(project / "results" / "estimates", reference, _same_audio_or_bytes)
 
@@ -208,7 +208,7 @@ def test_killed_evaluate(project, tmp_path):
     _kill_three_times_then_finish(
         project,
         "evaluate",
-        "lightsaft.evaluate:_outcome",
+        "lightsaft.evaluation.engines:_outcome",
         ["results/scores", "metrics/sdr.json", "plots/sdr_per_target.csv"],
         refused,
     )
@@ -224,7 +224,9 @@ def test_killed_report(project, tmp_path):
     def refused():
         assert not client.list_artifacts(run_id, "report")
 
-    _kill_three_times_then_finish(project, "report", "lightsaft.report:write_excerpts", ["results/report"], refused)
+    _kill_three_times_then_finish(
+        project, "report", "lightsaft.report.results:write_excerpts", ["results/report"], refused
+    )
     _same_tree(project / "results" / "report", reference, _same_bytes)
     assert client.list_artifacts(run_id, "report")
 

@@ -18,7 +18,7 @@ from helpers import kill_while_working, mlflow_runs, run_stage, training_project
 # The first training step has run (the first epoch checkpoint is 8 steps away).
 FIRST_STEP = "lightsaft.training.lightning_module:LightSAFTModule.training_step"
 # The MLflow run is open and recorded; Lightning has not started.
-RUN_OPENED = "lightsaft.training.run:TrainingRun.logger"
+RUN_OPENED = "lightsaft.tracking.training_run:TrainingRun.logger"
 
 
 def epoch_checkpoints(root: Path) -> list[str]:

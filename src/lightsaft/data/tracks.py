@@ -8,7 +8,6 @@ every track through :func:`load_track`, which refuses audio the model cannot tra
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -181,14 +180,6 @@ def _map_paths(track: dict[str, Any], convert) -> dict[str, Any]:
     if "stem_file" in track:
         return dict(track, stem_file=convert(track["stem_file"]))
     return dict(track, files={stem: convert(p) for stem, p in track["files"].items()})
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def source_files(track: dict[str, Any]) -> list[Path]:

@@ -25,8 +25,10 @@ from ..bsseval import bss_eval_v4
 from ..data.audio import AudioError, read_audio
 from ..devices import resolve_device
 from ..progress import Progress
+from ..schema import registry
 from ..spectral import SAMPLE_RATE, TARGETS
 from ..workers import running
+from . import params
 from .scores import KINDS, EvaluationError, EvaluationResult, failure_message, score_rows, summarize
 
 
@@ -44,7 +46,6 @@ def score_sets(
     ``engine``: ``museval`` (the reference implementation) or ``fast`` (``bsseval``: the same
     numbers, sharing the reference correlations between the sets, on ``device``).
     """
-    _check_engine(engine)
     names = list(estimate_sets[0])
     if (
         len(names) < 2
@@ -96,12 +97,7 @@ def _museval(refs: list[np.ndarray], sets: list[list[np.ndarray]], rate: int, de
 
 # evaluate.engine: each turns references [targets] and estimate sets [sets][targets] (float [L, 2]) into,
 # per set, [SDR, ISR, SIR, SAR] x [targets, windows].
-ENGINES = {"fast": _fast, "museval": _museval}
-
-
-def _check_engine(engine: str) -> None:
-    if engine not in ENGINES:
-        raise EvaluationError(f"evaluate.engine {engine!r}: choose one of {', '.join(ENGINES)}")
+ENGINES = registry(params.ENGINES, fast=_fast, museval=_museval)
 
 
 def score_track(
@@ -217,7 +213,6 @@ def evaluate_tracks(
         raise EvaluationError("the cache holds no test tracks; rerun the prepare stage")
     if not (estimates_dir / "test").is_dir():
         raise EvaluationError(f"{estimates_dir / 'test'}: not found; run the separate stage first")
-    _check_engine(engine)
     scorer = Engine(engine, str(resolve_device(device)) if engine == "fast" else "cpu")
     done, failed = _score_all(cache, scorer, tracks, estimates_dir, targets, jobs)
     if not done:

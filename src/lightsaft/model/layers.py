@@ -12,16 +12,20 @@ import math
 import torch
 from torch import nn
 
-ACTIVATIONS = {
-    "relu": nn.ReLU,
-    "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU,
-    "selu": nn.SELU,
-    "gelu": nn.GELU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "identity": nn.Identity,
-}
+from ..schema import registry
+from . import params
+
+ACTIVATIONS = registry(
+    params.ACTIVATIONS,
+    relu=nn.ReLU,
+    leaky_relu=nn.LeakyReLU,
+    elu=nn.ELU,
+    selu=nn.SELU,
+    gelu=nn.GELU,
+    tanh=nn.Tanh,
+    sigmoid=nn.Sigmoid,
+    identity=nn.Identity,
+)
 
 
 def activation(name: str) -> nn.Module:
@@ -175,4 +179,4 @@ class LaSAFT(nn.Module):
         return torch.einsum("bctfk,bk->bctf", transforms, self.attention(embedding))
 
 
-FREQUENCY_TRANSFORMS = {"lightsaft": LightSAFT, "lasaft": LaSAFT}
+FREQUENCY_TRANSFORMS = registry(params.VARIANTS, lightsaft=LightSAFT, lasaft=LaSAFT)

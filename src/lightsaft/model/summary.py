@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import build_model, count_parameters
+from .unet import build_model, count_parameters
 
 
 def model_summary(model_params: dict, batch: int = 1) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -171,3 +173,25 @@ class Separator(nn.Module):
                 f"({', '.join(f'{i} {t}' for i, t in enumerate(TARGETS))}), "
                 f"got {condition.tolist()}"
             )
+
+
+def build_model(model_params: dict[str, Any], channels_last: bool | None = None) -> Separator:
+    """Build the separator from a validated ``model`` section (official argument names + ``variant``;
+    :data:`lightsaft.model.params.MODEL` validates one).
+
+    ``channels_last`` is an execution setting: None (auto), True or False; same results (see
+    :class:`Separator`).
+    """
+    return Separator(dict(model_params), channels_last=channels_last)
+
+
+def init_official(model: torch.nn.Module) -> None:
+    """The official initialisation: Xavier-normal on every parameter with two or more dimensions
+    (embedding and attention keys included); PyTorch's defaults elsewhere."""
+    for parameter in model.parameters():
+        if parameter.dim() >= 2:
+            torch.nn.init.xavier_normal_(parameter)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

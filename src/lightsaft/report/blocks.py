@@ -18,7 +18,6 @@ import pandas as pd
 
 from ..data.audio import write_audio
 
-FORMATS = ("mp3", "ogg", "wav")
 VARIANTS = {"lightsaft": "LightSAFT", "lasaft": "LaSAFT"}
 LABELS = {"mixture": "Original"}  # a source's caption: its name, capitalized, unless named here
 

@@ -21,8 +21,7 @@ from ..evaluation.scores import METRICS, NOISE_DB, per_track_sdr
 from ..paths import atomic_dir
 from ..progress import progress
 from ..spectral import SAMPLE_RATE, TARGETS
-from ..weights.ours import load_weights
-from .blocks import FORMATS, document, encode_excerpts, facts_list, model_facts, source_figure, track_row, unique_slugs
+from .blocks import document, encode_excerpts, facts_list, model_facts, source_figure, track_row, unique_slugs
 from .blocks import number as _number
 
 CURVE_COLUMNS = ("epoch", "train_loss", "val_loss", "lr")  # of the train stage's plots/train_curves.csv
@@ -40,7 +39,7 @@ def build_report(
     estimates_dir: str | Path,
     curves_csv: str | Path,
     train_metrics: str | Path,
-    weights: str | Path,
+    model_params: dict[str, Any],
     excerpt_seconds: float = 15.0,
     excerpt_offset: float = 0.0,
     audio_format: str = "mp3",
@@ -53,19 +52,12 @@ def build_report(
     ``summary.csv``. Excerpts start ``excerpt_offset`` seconds in and end after
     ``excerpt_seconds`` or at the end of the track. ``dataset`` names the data on the page.
     """
-    if audio_format not in FORMATS:
-        raise ReportError(f"report.audio_format = {audio_format!r}: use one of {', '.join(FORMATS)}")
-    if not excerpt_seconds > 0 or not excerpt_offset >= 0:
-        raise ReportError(
-            f"report.excerpt_seconds = {excerpt_seconds!r}, report.excerpt_offset = "
-            f"{excerpt_offset!r}: the length must be > 0 and the offset >= 0"
-        )
     tracks = list(cache.tracks("test"))
     scores = _read_csv(Path(scores_dir) / "scores.csv", ("track", "target", "metric", "frame", "value", "kind"))
     summary = _read_csv(Path(scores_dir) / "summary.csv", ("target", "metric", "estimate", "baseline", "improvement"))
     per_track = track_sdr(scores, tracks, Path(scores_dir) / "scores.csv")
     curves = _read_csv(Path(curves_csv), CURVE_COLUMNS, rows=False)  # no rows: a model given, not trained
-    facts = run_facts(train_metrics, weights, len(tracks), dataset)
+    facts = run_facts(train_metrics, model_params, len(tracks), dataset)
     slugs = unique_slugs(tracks)
     with atomic_dir(out_dir) as tmp:
         if not curves.empty:
@@ -112,8 +104,11 @@ def track_sdr(scores: pd.DataFrame, tracks: list[str], path: Path) -> pd.DataFra
     return per_track_sdr(scores)
 
 
-def run_facts(train_metrics: str | Path, weights: str | Path, tracks: int, dataset: str | None) -> dict[str, str]:
-    """The header: the model's config (from the weights file) and how its training went."""
+def run_facts(
+    train_metrics: str | Path, model_params: dict[str, Any], tracks: int, dataset: str | None
+) -> dict[str, str]:
+    """The header: the model's config (the ``model`` params) and how its training went (``train.json``,
+    which also holds the parameter count)."""
     path = Path(train_metrics)
     try:
         metrics = json.loads(path.read_text())
@@ -124,7 +119,7 @@ def run_facts(train_metrics: str | Path, weights: str | Path, tracks: int, datas
     for key in ("param_count", "steps", "epochs", "best_val_loss"):
         if key not in metrics:
             raise ReportError(f"{path}: no {key!r}; rerun the train stage")
-    facts = model_facts(load_weights(weights).params, metrics["param_count"])
+    facts = model_facts(model_params, metrics["param_count"])
     if metrics.get("pretrained"):  # train.pretrained: imported, not trained here
         facts["Weights"] = f"{metrics['pretrained']} (sha256 {metrics.get('pretrained_sha256', '?')[:12]}…)"
     else:

@@ -3,7 +3,7 @@
 Like the LightSAFT demo page: the model's name and config above, then a numbered row per song
 with players for the original and each estimate (compressed excerpts), and links to the full
 files. A model's separations and page live in a folder of their own, ``<out>/<model>-<sha8>/``
-(named after the weights file and its content): separating more songs with the same model adds
+(named after the model and its content): separating more songs with the same model adds
 rows to its page; another model gets its own folder and page, so pages never mix models (nor do
 the full files they link to). ``page.json`` keeps the rows; ``index.html`` is rebuilt from it.
 """
@@ -20,13 +20,12 @@ from typing import Any
 import numpy as np
 
 from ..data.audio import AudioError, resample
-from ..data.tracks import file_sha256
 from ..errors import LightSAFTError
-from ..model import Separator, count_parameters
+from ..model.unet import count_parameters
 from ..paths import file_lock, write_text_atomic
 from ..spectral import SAMPLE_RATE
+from ..weights.resolve import ResolvedModel
 from .blocks import (
-    FORMATS,
     document,
     encode_excerpts,
     facts_list,
@@ -53,15 +52,6 @@ class Excerpt:
     offset: float = 0.0
     audio_format: str = "mp3"
 
-    def check(self) -> None:
-        if self.audio_format not in FORMATS:
-            raise SongPageError(f"--audio-format {self.audio_format!r}: use one of {', '.join(FORMATS)}")
-        if not self.seconds > 0 or not self.offset >= 0:
-            raise SongPageError(
-                f"--excerpt-seconds {self.seconds:g}, --excerpt-offset {self.offset:g}: the length must be > 0 "
-                f"and the offset >= 0"
-            )
-
     def span(self, song: str | Path, samples: int, rate: int) -> tuple[int, int]:
         """Sample range of the excerpt in a song of ``samples`` at ``rate``."""
         start = round(self.offset * rate)
@@ -75,24 +65,14 @@ class Excerpt:
 class SongPage:
     """The page of one model in ``<out>/<model>-<sha8>/``; :meth:`add` puts a separated song on it."""
 
-    def __init__(
-        self,
-        out_dir: str | Path,
-        model: str | Path,
-        weights: Path,
-        separator: Separator,
-        options: dict,
-        excerpt: Excerpt,
-    ):
-        """``model`` as the user named it, ``weights`` its weights file, ``options`` the separation's."""
-        excerpt.check()
+    def __init__(self, out_dir: str | Path, model: ResolvedModel, options: dict, excerpt: Excerpt):
+        """``model`` as :func:`lightsaft.weights.resolve.resolve_model` found it, ``options`` the separation's."""
         self.excerpt = excerpt
-        sha256 = file_sha256(weights)
-        self.folder = Path(out_dir) / f"{weights.stem}-{sha256[:8]}"
+        self.folder = Path(out_dir) / f"{model.name}-{model.sha256[:8]}"
         self.facts = {
-            "Name": str(model),
-            **model_facts(separator.params, count_parameters(separator)),
-            "Weights sha256": sha256[:16],
+            "Name": model.reference,
+            **model_facts(model.model.params, count_parameters(model.model)),
+            "Weights sha256": model.sha256[:16],
             "Separation": f"{options['protocol']}, overlap {options['overlap']:g}, {options['precision']}",
         }
 

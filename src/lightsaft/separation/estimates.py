@@ -11,13 +11,13 @@ import numpy as np
 
 from ..data.audio import write_audio
 from ..devices import inference_device
-from ..model import Separator
+from ..model.unet import Separator
 from ..paths import atomic_dir
 from ..progress import progress
-from ..spectral import EDGE_SAMPLES, SAMPLE_RATE, TARGETS
+from ..spectral import EDGE_SAMPLES, SAMPLE_RATE
 from ..weights.ours import load_weights
-from .plans import SeparationError
-from .track import AUTO, check_options, separate_track
+from .params import AUTO
+from .track import SeparationError, separate_track
 
 
 def load_model(weights_path: str | Path) -> Separator:
@@ -50,7 +50,6 @@ def separate_tracks(
     The layout is MUSDB's estimates layout, which museval reads. The options are :func:`separate_track`'s.
     """
     options = dict(overlap=overlap, batch_size=batch_size, protocol=protocol, min_trim=min_trim, precision=precision)
-    check_options(TARGETS, **options)
     model = load_model(weights_path)
     tracks = cache.tracks("test")
     if not tracks:

@@ -22,14 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import LightSAFTError
 from ..spectral import EDGE_SAMPLES, edge_trim, window_samples
-
-PROTOCOLS = ("crossfade", "official")
-
-
-class SeparationError(LightSAFTError, RuntimeError):
-    """Separation cannot run as asked: bad targets/overlap/device, weights, output folder."""
 
 
 @dataclass
@@ -64,11 +57,9 @@ def crossfade_plan(length: int, window: int, edge: int, overlap: float) -> list[
 
 
 def official_trim(hop_length: int, min_trim: int = EDGE_SAMPLES) -> int:
-    """The official ``get_trim_length``: whole hops, at least ``min_trim`` samples and two hops."""
-    per_hop = math.ceil(min_trim / hop_length)
-    if per_hop < 2:
-        raise SeparationError(f"min_trim {min_trim}: the official protocol trims at least two hops ({2 * hop_length})")
-    return per_hop * hop_length
+    """The official ``get_trim_length``: whole hops, at least ``min_trim`` samples (at least two hops:
+    :func:`lightsaft.separation.params.check_protocol` refuses less)."""
+    return math.ceil(min_trim / hop_length) * hop_length
 
 
 def official_plan(length: int, window: int, trim: int, overlap: float) -> list[Chunk]:
@@ -115,15 +106,10 @@ def official_plan(length: int, window: int, trim: int, overlap: float) -> list[C
 def plan_chunks(
     params: dict[str, Any], length: int, protocol: str, overlap: float, min_trim: int
 ) -> tuple[list[Chunk], int]:
-    """The chunks of a track of ``length`` samples for this model config, and the window length."""
+    """The chunks of a track of ``length`` samples for this model config, and the window length
+    (the options as :data:`lightsaft.separation.params.SEPARATE` validates them)."""
     hop, num_frame = params["hop_length"], params["num_frame"]
     window = window_samples(num_frame, hop)
     if protocol == "crossfade":
         return crossfade_plan(length, window, edge_trim(hop, num_frame, min_trim), overlap), window
-    trim = official_trim(hop, min_trim)
-    if window - 2 * trim <= 0:
-        raise SeparationError(
-            f"the official protocol trims {trim} samples at each side of a {window}-sample window "
-            f"(hop_length * (num_frame - 1)), which leaves nothing; lower min_trim or use the crossfade protocol"
-        )
-    return official_plan(length, window, trim, overlap), window
+    return official_plan(length, window, official_trim(hop, min_trim), overlap), window

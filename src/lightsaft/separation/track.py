@@ -4,50 +4,28 @@ batched over chunks and targets, overlap-added.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..devices import resolve_device
-from ..model import Separator
+from ..errors import LightSAFTError
+from ..model.unet import Separator
 from ..progress import Progress
 from ..spectral import EDGE_SAMPLES, TARGETS
-from .plans import PROTOCOLS, Chunk, SeparationError, plan_chunks
+from .params import AUTO
+from .plans import Chunk, plan_chunks
 
-AUTO = "auto"  # batch size from the memory budget (the default of the stage and the CLI alike)
 # Beyond these a device gains nothing more: a GPU at 64; a CPU is no faster above ~8 (measured,
 # benchmarks/separate_eval.py on 2 cores: demo config 0.60 s of audio per s at 8, 0.38 at 64).
 MAX_AUTO_BATCH = {"cuda": 64, "cpu": 8}
 MEMORY_SHARE = {"cuda": 0.5, "cpu": 0.25}  # of the free memory a separation may take
-PRECISIONS = ("float32", "bf16")
 
 
-def check_options(
-    targets: Iterable[str],
-    overlap: float,
-    batch_size: int | str,
-    protocol: str = "crossfade",
-    min_trim: int = EDGE_SAMPLES,
-    precision: str = "float32",
-) -> tuple[str, ...]:
-    """Validate the separation options (before any work starts); returns the targets as a tuple."""
-    targets = tuple(targets)
-    if not targets or any(t not in TARGETS for t in targets):
-        raise SeparationError(f"targets {','.join(targets) or '(none)'}: choose one or more of {', '.join(TARGETS)}")
-    if protocol not in PROTOCOLS:
-        raise SeparationError(f"protocol {protocol!r}: choose {' or '.join(PROTOCOLS)}")
-    top = 0.5 if protocol == "official" else 0.9
-    if not 0 <= overlap <= top:
-        raise SeparationError(f"overlap {overlap}: must be between 0 and {top} with the {protocol} protocol")
-    if batch_size != AUTO and not (isinstance(batch_size, int) and batch_size >= 1):
-        raise SeparationError(f"batch size {batch_size!r}: must be {AUTO!r} or at least 1")
-    if min_trim < 0:
-        raise SeparationError(f"min_trim {min_trim}: must be at least 0 samples")
-    if precision not in PRECISIONS:
-        raise SeparationError(f"precision {precision!r}: choose {' or '.join(PRECISIONS)}")
-    return targets
+class SeparationError(LightSAFTError, RuntimeError):
+    """Separation cannot run as asked: a mixture that is not stereo, a device without bf16, the output folder."""
 
 
 def item_bytes(model_params: dict[str, Any]) -> int:
@@ -92,7 +70,7 @@ def separate_track(
     Runs batches of (chunk, target) pairs through the model in eval mode, in float32 or, with
     ``precision="bf16"``, under bf16 autocast. Moves the model to ``device``.
     """
-    targets = check_options(targets, overlap, batch_size, protocol, min_trim, precision)
+    targets = tuple(targets)
     if mixture.ndim != 2 or mixture.shape[1] != 2 or len(mixture) == 0:
         raise SeparationError(f"expected a stereo mixture [samples, 2], got shape {mixture.shape}")
     dev = resolve_device(device)

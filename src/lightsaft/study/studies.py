@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import defaults, read_yaml, validate
+from ..config import defaults, validate
 from ..errors import ConfigError
+from ..schema import read_yaml, set_dotted
 
 
 @dataclass(frozen=True)
@@ -62,18 +63,6 @@ class Study:
 
 def _short(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "", str(value)).lower() or "x"
-
-
-def set_dotted(params: dict[str, Any], key: str, value: Any) -> None:
-    node = params
-    *parents, last = key.split(".")
-    for part in parents:
-        if not isinstance(node.get(part), dict):
-            raise ConfigError(f"unknown key {key}: {part!r} is not a section")
-        node = node[part]
-    if last not in node:
-        raise ConfigError(f"unknown key {key}; valid keys there: {', '.join(node)}")
-    node[last] = value
 
 
 def load_study(path: str | Path, extra: dict[str, Any] | None = None) -> Study:

@@ -17,9 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..config import flatten
 from ..errors import redact
-from . import store
+from ..schema import flatten
+from . import records, store
 from .store import TrackingError
 
 WEIGHTS_NAME = "weights.pt"
@@ -55,7 +55,7 @@ def model_of(mlflow_client, ref: str) -> str:
     from mlflow.exceptions import MlflowException
 
     if Path(ref).is_file():
-        record = store.read_run_file(ref)
+        record = records.read_run_file(ref)
         ref = record.get("model_id") or record["run_id"]
     ref = ref.removeprefix("models:/")
     if ref.startswith("m-"):

@@ -61,7 +61,7 @@ def log_evaluation(
     child's input). The parent gets ``test_<metric>`` copies of the latest scores, so the runs
     table shows one sortable row per trained model, and its description the SDRs. Returns the
     child run id."""
-    from ..config import flatten
+    from ..schema import flatten
 
     record = read_run_file(run_file)
     parent_id = record["run_id"]

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import flatten
 from ..errors import Terminated
+from ..schema import flatten
 from . import records, store
 from .models import log_model
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from ..model import build_model, init_official
+from ..model.unet import build_model, init_official
 from .losses import LOSSES, Target
 from .optimizers import OPTIMIZERS
 

@@ -1,7 +1,8 @@
 """Training and validation losses, by name (``train.train_loss`` / ``train.val_loss``).
 
 A loss gets the estimated spectrogram and a :class:`Target` that yields the reference as a
-spectrogram or a waveform, whichever the loss needs. Add one by writing a two-line function.
+spectrogram or a waveform, whichever the loss needs. Add one by writing a two-line function and
+naming it in training/params.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..schema import registry
 from ..spectral import SpectralFrontEnd
+from .params import LOSSES as NAMES
 
 
 @dataclass
@@ -45,8 +48,6 @@ def raw_l1(estimate: torch.Tensor, target: Target) -> torch.Tensor:
     return F.l1_loss(target.front.istft(estimate, length=reference.shape[1]), reference.float())
 
 
-LOSSES: dict[str, Callable[[torch.Tensor, Target], torch.Tensor]] = {
-    "spec_mse": spec_mse,
-    "spec_l1": spec_l1,
-    "raw_l1": raw_l1,
-}
+LOSSES: dict[str, Callable[[torch.Tensor, Target], torch.Tensor]] = registry(
+    NAMES, spec_mse=spec_mse, spec_l1=spec_l1, raw_l1=raw_l1
+)

@@ -1,10 +1,10 @@
-"""Optimizers by name (``train.optimizer``); add one by adding a line."""
+"""Optimizers by name (``train.optimizer``); add one here and its name in training/params.py."""
 
 from __future__ import annotations
 
 import torch
 
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-}
+from ..schema import registry
+from .params import OPTIMIZERS as NAMES
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = registry(NAMES, adam=torch.optim.Adam, adamw=torch.optim.AdamW)

@@ -24,15 +24,15 @@ from typing import Any
 
 import torch
 
-from ..config import SCHEMA
 from ..errors import ConfigError, WeightsError
-from ..model import Separator, build_model, count_parameters
+from ..model.params import MODEL
+from ..model.unet import Separator, build_model, count_parameters
 from .official_keys import load_official_state_dict
 
 PREFIXES = ("spec2spec.", "conditional_spec2spec.")
 WINDOW_KEY = "stft.stft.window"
 TRAINING_KEYS = ("optimizer", "lr", "auto_lr_schedule", "train_loss", "val_loss")
-MODEL_KEYS = tuple(key for key in SCHEMA["model"] if key != "variant")
+MODEL_KEYS = tuple(key for key in MODEL.keys if key != "variant")
 WINDOW_TOLERANCE = 5e-3  # of a window whose peak is 1
 
 OURS = "a models/best.ckpt of our own training is used through models/weights.pt instead"

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import validate_section
 from ..errors import ConfigError, WeightsError
-from ..model import Separator, build_model
+from ..model.params import MODEL
+from ..model.unet import Separator, build_model
 from ..paths import atomic_path
 
 WEIGHTS_FORMAT = 1
@@ -28,7 +28,7 @@ def save_weights(path: str | Path, model: Separator, model_params: dict[str, Any
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": WEIGHTS_FORMAT,
-        "model_params": validate_section("model", model_params),
+        "model_params": dict(model_params),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     with atomic_path(path) as tmp:
@@ -59,9 +59,10 @@ def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> 
             f"{WEIGHTS_FORMAT}; re-export it with this version"
         )
     try:
-        model = build_model(payload["model_params"])
+        params = MODEL.validate(payload["model_params"], where="model params")
     except ConfigError as e:
         raise WeightsError(f"{path}: invalid model params in weights file: {e}") from None
+    model = build_model(params)
     load_state_dict_checked(model, payload["state_dict"], source=str(path), source_params=payload["model_params"])
     return model.eval()
 

@@ -16,14 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import validate_section
-from ..data.tracks import file_sha256
 from ..errors import DataError, LightSAFTError
 from ..fetch import fetch
-from ..model import Separator
-from ..paths import file_lock, in_project, project_root, write_text_atomic
+from ..model.params import MODEL
+from ..paths import file_lock, file_sha256, project_root, write_text_atomic
 from .official import OfficialModel, read_official
-from .ours import load_weights, save_weights
+from .ours import save_weights
 
 OFFICIAL_URL = "http://intelligence.korea.ac.kr/assets/"
 URL_ENV = "LIGHTSAFT_PRETRAINED_URL"  # base URL override (a mirror, or a test server)
@@ -98,7 +96,7 @@ PUBLISHED = {  # LaSAFT-Net-v1 large (ICASSP 2021, Table 2), one checkpoint per 
 
 def published_model(name: str) -> dict[str, Any]:
     """The model section of a published checkpoint, validated (every key spelled out above)."""
-    return validate_section("model", PUBLISHED[name].model)
+    return MODEL.validate(PUBLISHED[name].model, where=name)
 
 
 class PretrainedError(LightSAFTError, RuntimeError):
@@ -109,9 +107,9 @@ def cache_dir() -> Path:
     return project_root() / ".lightsaft" / "pretrained"
 
 
-def default_min_trim(model: str | Path) -> int:
-    """Samples the official separation trims per window side for this model (name or path)."""
-    return MIN_TRIM.get(str(model), OFFICIAL_MIN_TRIM)
+def default_min_trim(published: str | None) -> int:
+    """Samples the official separation trims per window side for a published model (or any other)."""
+    return MIN_TRIM.get(published, OFFICIAL_MIN_TRIM)
 
 
 def url_of(name: str) -> str:
@@ -246,57 +244,13 @@ def import_official(
         if sha256 is not None and actual != sha256.lower():
             raise PretrainedError(f"{path}: sha256 {actual} does not match --sha256 {sha256}; nothing imported")
         verified = "verified: pinned with --sha256" if sha256 else "a local file: not verified"
-    official = read_official(path, trust=trust)
     out = Path(out) if out is not None else default_out(source, actual)
+    return write_import(path, out, str(source), actual, verified, trust)
+
+
+def write_import(path: Path, out: Path, source: str, sha256: str, verified: str, trust: bool = False) -> Imported:
+    """Read the official checkpoint at ``path`` (whose hash the caller has taken) and write it to ``out``
+    as our weights file."""
+    official = read_official(path, trust=trust)
     save_weights(out, official.model, official.params)
-    return Imported(str(source), actual, verified, out, official, trust)
-
-
-def is_official(model: str | Path) -> bool:
-    """A published name or an official checkpoint file (``.ckpt``), as opposed to our weights file."""
-    return str(model) in PUBLISHED or Path(model).suffix == ".ckpt"
-
-
-def resolve_weights(model: str | Path) -> Path:
-    """Our weights file for ``separate --model``: a name or an official file is imported once, then reused."""
-    if not is_official(model):
-        return Path(model)
-    if str(model) in PUBLISHED:
-        cached = default_out(model, "")
-    else:
-        if not Path(model).is_file():
-            raise FileNotFoundError(f"{model}: checkpoint not found (published names: {', '.join(PUBLISHED)})")
-        cached = default_out(model, file_sha256(model))
-    if not cached.is_file():
-        print(import_official(model, cached).summary())
-    return cached
-
-
-@dataclass
-class Pretrained:
-    """A model given rather than trained (``train.pretrained``), with where it came from."""
-
-    model: Separator
-    source: str
-    sha256: str  # of the file it came from (the official checkpoint, or our weights file)
-    verified: str
-
-
-def load_pretrained(source: str | Path) -> Pretrained:
-    """A published name, an official checkpoint or our weights file as our model (official ones
-    are imported once into the pretrained cache). Relative paths are relative to the project."""
-    name = str(source)
-    if name in PUBLISHED:
-        weights = resolve_weights(name)
-        sha256 = (
-            PUBLISHED[name].sha256 or recorded_sha256(name) or file_sha256(cache_dir() / "downloads" / f"{name}.ckpt")
-        )
-        how = "published sha256" if PUBLISHED[name].sha256 else "sha256 recorded on first download"
-        return Pretrained(load_weights(weights), name, sha256, how)
-    path = in_project(source)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"train.pretrained = {name!r}: no such file, and not a published name ({', '.join(PUBLISHED)})"
-        )
-    weights = resolve_weights(path) if is_official(path) else path
-    return Pretrained(load_weights(weights), name, file_sha256(path), "a local file")
+    return Imported(source, sha256, verified, out, official, trust)

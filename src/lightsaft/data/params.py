@@ -1,0 +1,36 @@
+"""The ``data`` and ``prepare`` sections (download and prepare), and ``runtime.prepare``."""
+
+from __future__ import annotations
+
+from ..schema import RUNTIME, Section, boolean, choice, integer, list_of, number, one_of, sha256, text
+from .sources import SOURCES
+
+MUSDB_SAMPLE_URL = "https://github.com/sigsep/sigsep-mus-db/releases/download/v0.4.0/MUSDB18-7-STEMS.zip"
+
+DATA = Section(
+    "data",
+    {
+        "source": ("musdb18", choice(*SOURCES)),
+        "root": ("data/musdb18", text()),
+        "archive": (None, text(nullable=True)),
+        "sha256": (None, sha256()),
+        "sample_url": (MUSDB_SAMPLE_URL, text()),
+        "allow_insecure_http": (False, boolean()),
+        "valid_tracks": (None, list_of(text())),
+        "synthetic": {
+            "train_tracks": (6, integer(1)),
+            "valid_tracks": (2, integer(1)),
+            "test_tracks": (2, integer(1)),
+            "seconds": (8.0, number(0.5)),
+            "seed": (0, integer(0)),
+        },
+    },
+)
+
+PREPARE = Section("prepare", {"dtype": ("float16", choice("float16", "float32"))})
+
+RUNTIME_PREPARE = Section(
+    "runtime.prepare",
+    {"jobs": ("auto", one_of(choice("auto"), integer(1), hint="expected auto or a number of worker processes"))},
+    kind=RUNTIME,
+)

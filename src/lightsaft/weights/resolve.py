@@ -1,0 +1,81 @@
+"""One path from a model reference to a loaded model, for every place that takes one.
+
+``train.pretrained``, ``lightsaft separate --model`` and the song page all name a model the same
+ways: a published name (``lasaft_large_2021``), an official checkpoint (``.ckpt``) or our weights
+file (``models/weights.pt``). :func:`resolve_model` turns any of them into the model, together
+with its identity (the sha256 of the file it came from, hashed once) and how that was verified.
+Official checkpoints are imported once into ``.lightsaft/pretrained/`` and reused from there.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import WeightsError
+from ..model.unet import Separator
+from ..paths import file_sha256
+from .ours import load_weights
+from .published import PUBLISHED, default_out, fetch_published, recorded_sha256, write_import
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model and where it came from."""
+
+    model: Separator
+    reference: str  # as the user gave it
+    name: str  # short and file-system safe: the published name, or the file's stem
+    sha256: str  # of the file the model comes from (the official checkpoint, or our weights file)
+    verified: str  # how that hash was checked (or why it was not)
+    weights: Path  # our weights file of it (an official checkpoint's imported copy)
+    published: str | None = None  # the published model it is, when known
+
+
+def resolve_model(
+    reference: str | Path, base: str | Path = ".", sha256: str | None = None, what: str = "--model"
+) -> ResolvedModel:
+    """The model ``reference`` names; relative paths are relative to ``base``. ``sha256`` pins the
+    file's hash (a mismatch is refused, nothing imported). ``what`` names where the reference was
+    given, in errors (``train.pretrained``, ``--model``)."""
+    if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise WeightsError(f"sha256 {sha256!r}: expected 64 lowercase hexadecimal digits")
+    text = str(reference)
+    if text in PUBLISHED:
+        return _published(text, sha256)
+    path = Path(reference).expanduser()
+    path = path if path.is_absolute() else Path(base) / path
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{what} = {text!r}: no such file, and not a published name ({', '.join(PUBLISHED)}); give our "
+            f"weights file (models/weights.pt), an official .ckpt or a published name"
+        )
+    actual = file_sha256(path)
+    if sha256 is not None and actual != sha256:
+        raise WeightsError(f"{path}: sha256 {actual} differs from the pinned {sha256}; nothing loaded")
+    verified = "pinned sha256 verified" if sha256 else "a local file: not verified"
+    published = next((name for name, p in PUBLISHED.items() if p.sha256 == actual), None)
+    weights = path
+    if path.suffix == ".ckpt":  # official: imported once per content
+        weights = default_out(path, actual)
+        if not weights.is_file():
+            print(write_import(path, weights, text, actual, verified).summary())
+    return ResolvedModel(load_weights(weights), text, _safe_name(path.stem), actual, verified, weights, published)
+
+
+def _published(name: str, sha256: str | None) -> ResolvedModel:
+    """A published model: downloaded, verified and imported on first use; afterwards its imported
+    copy, whose source was verified when it was made."""
+    weights = default_out(name, "")
+    known = PUBLISHED[name].sha256 or recorded_sha256(name)
+    if weights.is_file() and known is not None and sha256 in (None, known):
+        how = "published sha256" if PUBLISHED[name].sha256 else "sha256 recorded on first download"
+        return ResolvedModel(load_weights(weights), name, name, known, f"verified when imported ({how})", weights, name)
+    path, actual, verified = fetch_published(name, sha256)
+    print(write_import(path, weights, name, actual, verified).summary())
+    return ResolvedModel(load_weights(weights), name, name, actual, verified, weights, name)
+
+
+def _safe_name(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "model"
