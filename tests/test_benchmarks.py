@@ -21,6 +21,7 @@ BENCHMARKS = [
     pytest.param("prepare_speed.py", "audio s per s", id="prepare_speed"),
     pytest.param("separate_eval.py", "s per audio s", id="separate_eval", marks=pytest.mark.slow),
     pytest.param("bsseval.py", "max |diff| dB", id="bsseval", marks=pytest.mark.slow),
+    pytest.param("stats_calibration.py", "false-positive rate", id="stats_calibration"),
 ]
 
 
