@@ -125,6 +125,51 @@ def test_mdx_study_trains_the_published_lightsaft_small_model():
     assert params["data"]["source"] == "musdb18hq" and params["separate"]["min_trim"] == 16384
 
 
+def test_points_carry_their_label_and_seed(tmp_path):
+    study = load_study(_study(tmp_path, study="s", grid={"model.dk": [4, 16], "train.lr": [1e-3]}, seeds=[1, 2]))
+    assert [(p.label, p.seed) for p in study.points()] == [
+        ("dk=4, lr=0.001", 1),
+        ("dk=4, lr=0.001", 2),
+        ("dk=16, lr=0.001", 1),
+        ("dk=16, lr=0.001", 2),
+    ]  # fmt: skip  (grid values as the file gives them: 0.001, not 1e-03 or 0.001000)
+    assert study.labels() == ["dk=4, lr=0.001", "dk=16, lr=0.001"] and study.reference is None
+    assert study.grid_values("dk=16, lr=0.001") == {"model.dk": 16, "train.lr": 0.001}
+
+
+@pytest.mark.parametrize(
+    "reference, label",
+    [
+        ({"model.dk": 16, "model.num_tdfs": 2}, "dk=16, num_tdfs=2"),  # grid values
+        ({"model.num_tdfs": 4}, "dk=4, num_tdfs=4"),  # fewer keys, where they pick one point (one dk below)
+        ("dk=4, num_tdfs=2", "dk=4, num_tdfs=2"),  # a label
+        ("wide", "wide"),  # an explicit point
+    ],
+)
+def test_the_reference_point_names_one_point(tmp_path, reference, label):
+    body = {"study": "s", "grid": {"model.dk": [4, 16], "model.num_tdfs": [2, 4]}, "reference": reference,
+            "points": [{"name": "wide", "set": {"model.internal_channels": 32}}]}  # fmt: skip
+    if reference == {"model.num_tdfs": 4}:
+        body["grid"]["model.dk"] = [4]  # one dk: num_tdfs alone picks one point
+    assert load_study(_study(tmp_path, **body)).reference == label
+
+
+@pytest.mark.parametrize(
+    "reference, message",
+    [
+        ({"model.dk": 32}, "reference {'model.dk': 32} matches no point; the points are: dk=4, num_tdfs=2; "),
+        ({"model.dk": 4}, "matches 2 points (give every grid key)"),
+        ({"model.dkk": 4}, "name grid keys with their values (grid keys: model.dk, model.num_tdfs)"),
+        ("narrow", "reference 'narrow' matches no point"),
+        (["dk=4"], "matches no point"),
+    ],
+)
+def test_a_reference_that_names_no_single_point_is_refused(tmp_path, reference, message):
+    body = {"grid": {"model.dk": [4, 16], "model.num_tdfs": [2, 4]}, "reference": reference}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_study(_study(tmp_path, **body))
+
+
 def test_set_values_keep_their_yaml_types():
     args = experiments.set_args({"trainer.precision": "32", "model.dk": 16, "data.valid_tracks": None})
     assert args == ["-S", 'trainer.precision="32"', "-S", "model.dk=16", "-S", "data.valid_tracks=null"]
