@@ -7,7 +7,7 @@ from lightsaft import layout
 from lightsaft.data.cache import Cache
 from lightsaft.evaluation.engines import evaluate_tracks
 from lightsaft.evaluation.scores import (
-    DEFINITIONS,
+    CLIPPED_CSV,
     readable,
     track_table,
     write_metrics,
@@ -32,8 +32,8 @@ def main(params: dict, args) -> None:
     )
     write_scores(result, layout.SCORES)
     print(readable(result.summary).to_string(index=False))
-    for metric in dict.fromkeys(result.summary["metric"]):
-        print(f"  {metric}: {DEFINITIONS[metric]}")
+    for definition, metrics in result.summary.groupby("definition", sort=False)["metric"]:
+        print(f"  {', '.join(dict.fromkeys(metrics))}: {definition}")
     result.check()  # failed tracks: the others' scores are written, metrics and plots are not
     write_metrics(layout.SDR_METRICS, result.metrics)
     write_track_table(layout.PER_TRACK_SDR, result.scores)
@@ -42,7 +42,8 @@ def main(params: dict, args) -> None:
         layout.RUN_FILE,
         params,
         result.metrics,
-        [layout.SCORES / "summary.csv", layout.SCORES / "scores.csv", layout.PER_TRACK_SDR],
+        [layout.SCORES / "summary.csv", layout.SCORES / "scores.csv", layout.PER_TRACK_SDR]
+        + [layout.SCORES / CLIPPED_CSV] * (result.clipped is not None),
         per_track=track_table(result.scores),
         dataset=store.dataset_of(cache),
     )

@@ -75,6 +75,10 @@ def test_shipped_studies_are_valid(path):
     assert points
     expected = {"dk_num_tdfs.yaml": 4 * 4 * 3, "demo_grid.yaml": 4, "official_checkpoints.yaml": 5}.get(path.name, 1)
     assert len(points) == expected
+    if path.name == "dk_num_tdfs.yaml":  # compared with the seed configuration
+        assert (
+            load_study(path).reference == f"dk={defaults()['model']['dk']}, num_tdfs={defaults()['model']['num_tdfs']}"
+        )
 
 
 def study_params(name: str) -> dict:
