@@ -109,7 +109,12 @@ def cells(line: str) -> list[str]:
 
 
 def rows_by_first_cell(markdown: str, pattern: str) -> dict[str, list[str]]:
-    return {cells(line)[0]: cells(line) for line in markdown.splitlines() if re.match(rf"\| *({pattern}) *\|", line)}
+    """The first table's rows whose first cell matches ``pattern``, by that cell."""
+    rows: dict[str, list[str]] = {}
+    for line in markdown.splitlines():
+        if re.match(rf"\| *({pattern}) *\|", line):
+            rows.setdefault(cells(line)[0], cells(line))
+    return rows
 
 
 def exact_wilcoxon_p(differences: list[float]) -> float:
@@ -256,6 +261,29 @@ def test_points_without_per_track_scores_are_compared_without_statistics(study_r
         "tracks.png",
     ]
     assert collect(repo, study)["status"].tolist() == ["done", "done"]
+
+
+def test_grid_and_explicit_points_together(study_repo, monkeypatch):
+    """A grid beside an explicit point: the point column names the explicit one, the grid column
+    keeps its values as given (an explicit point's empty cell must not turn 8 into 8.0), and the
+    reference is the explicit point by its name."""
+    for dk, seed in itertools.product((8, 16), SEED):
+        commit_experiment(study_repo, f"mixed-dk{dk}-s{seed}", dk, seed)
+    for seed in SEED:
+        commit_experiment(study_repo, f"mixed-wide-s{seed}", 32, seed)
+    in_repo(monkeypatch, study_repo)
+    path = study_repo / "mixed.yaml"
+    path.write_text(
+        "study: mixed\ngrid: {model.dk: [8, 16]}\nseeds: [1, 2]\nreference: wide\n"
+        "points: [{name: wide, set: {model.dk: 32, model.internal_channels: 32}}]\n"
+    )
+    paths = compare_study(study_repo, load_study(path), study_repo / "mixed", "ci-mixed")
+    markdown = paths["markdown"].read_text()
+    rows = rows_by_first_cell(markdown, "dk=8|dk=16|wide")
+    assert [cells[:2] for cells in rows.values()] == [["dk=8", "8"], ["dk=16", "16"], ["wide", ""]]
+    assert rows["wide"][4] == "reference" and "reference point **wide**" in markdown
+    differences = pd.read_csv(paths["differences"]).set_index(["target", "point"])
+    assert differences.loc[("mean", "dk=8"), "median_difference"] == pytest.approx(-np.median(DIFFERENCE[32]), abs=1e-4)
 
 
 # ---------------------------------------------------------------------------------------

@@ -126,7 +126,6 @@ def compare_study(repo: Path, study: Study, out_dir: Path, experiment: str) -> d
     paths["markdown"] = out_dir / "summary.md"
     files = sorted(p.name for p in paths.values() if p != paths["markdown"])
     write_text_atomic(paths["markdown"], tables.markdown(study, table, summary, stats, why, files))
-    files = [paths[k] for k in sorted(paths)]
     recorded = {
         "points": table,
         "summary": pd.read_csv(paths["summary"]),
@@ -138,7 +137,7 @@ def compare_study(repo: Path, study: Study, out_dir: Path, experiment: str) -> d
         study.name,
         description=paths["markdown"].read_text(),
         tables=recorded,
-        files=files,
+        files=[paths[k] for k in sorted(paths)],
         tags={"reference": stats.reference if stats is not None else "", "study_file": str(study.path)},
         metrics={"points_done": float(len(summary)), **{k: v for k, v in friedman.items() if pd.notna(v)}},
     )

@@ -12,6 +12,7 @@ standard deviations, and the paired statistics per target), ``per_track.csv``,
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -76,9 +77,9 @@ def point_columns(study: Study, summary: pd.DataFrame) -> pd.DataFrame:
     if len(grid_points) < len(summary) or not study.grid:
         out["point"] = summary["point"]
     short = [key.split(".")[-1] for key in study.grid]
+    values = [study.grid_values(label) for label in summary["point"]]  # as given: not through a float column
     for key, name in zip(study.grid, short):
-        values = zip(summary["point"], summary[key])
-        out[name if short.count(name) == 1 else key] = [display(v) if study.grid_values(p) else "" for p, v in values]
+        out[name if short.count(name) == 1 else key] = [display(v[key]) if v else "" for v in values]
     return out
 
 
@@ -151,7 +152,7 @@ def experiments_markdown(table: pd.DataFrame) -> str:
     """One row per experiment: its point, seed, status and SDRs (mean over targets)."""
     shown = table[["experiment", "point"]].copy()
     if "train.seed" in table:
-        shown["seed"] = [display(v) if not pd.isna(v) else "" for v in table["train.seed"]]
+        shown["seed"] = ["" if pd.isna(v) else str(int(v)) for v in table["train.seed"]]  # integers (validated)
     shown["status"] = table["status"]
     for kind, label in SDR_LABELS.items():
         if f"{kind}_mean" in table and table[f"{kind}_mean"].notna().any():
@@ -165,7 +166,7 @@ def markdown(
     summary: pd.DataFrame,
     stats: StudyStatistics | None,
     why: str,
-    files: list[str] = (),
+    files: Sequence[str] = (),
 ) -> str:
     """``summary.md``: legend, points, per target, the Friedman test (3 points or more), experiments."""
     spread = not summary.empty and (summary["seeds"] > 1).any()
@@ -174,7 +175,7 @@ def markdown(
         parts.append(PAIRED.format(reference=stats.reference, difference=DIFFERENCE_COLUMN, p=P_COLUMN))
         if min(stats.seeds.values()) == 1:
             parts.append(
-                f"Some points have one training seed: their p-values carry the flag *{ONE_SEED}*. They see the "
+                f"Points with one training seed: their p-values carry the flag *{ONE_SEED}*. They see the "
                 "noise between tracks only; nothing here shows how much another training of the same configuration "
                 "would move the point."
             )
