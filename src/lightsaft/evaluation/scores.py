@@ -44,9 +44,10 @@ class EvaluationError(LightSAFTError, RuntimeError):
 
 @dataclass
 class EvaluationResult:
-    """``scores``: long table, one row per track/target/metric/frame/kind. ``summary``: median
-    over frames then over tracks, per target and metric, with baseline and improvement (plus a
-    ``mean`` SDR row). ``metrics``: flat dict for ``metrics/sdr.json``. ``failed``: track -> why."""
+    """``scores``: long table, one row per track/target/metric/frame/kind. ``summary``: per target
+    and metric (:func:`summarize`: museval's median over frames then tracks, the variants' mean
+    over tracks), with baseline, improvement and definition (plus ``mean`` rows). ``metrics``: flat
+    dict for ``metrics/sdr.json``. ``failed``: track -> why."""
 
     scores: pd.DataFrame
     summary: pd.DataFrame
