@@ -42,11 +42,14 @@ format: $(VENV)/.installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Two lanes, the same behaviours: `test` (CI) runs everything, fixtures required; `test-fast` leaves
+# out what needs real processes (stages, DVC, DDP, SLURM, signals) and may start no Python process
+# that imports torch (tests/conftest.py enforces it). --durations shows the slowest tests of each run.
 test: setup lint
-	LIGHTSAFT_REQUIRE_FIXTURES=1 $(BIN)/pytest -q --durations=15
+	LIGHTSAFT_REQUIRE_FIXTURES=1 $(BIN)/pytest -q --durations=20
 
 test-fast: setup
-	$(BIN)/pytest -q -m "not slow"
+	LIGHTSAFT_LANE=fast $(BIN)/pytest -q -m "not slow" --durations=10
 
 demo: setup
 	$(BIN)/lightsaft demo
