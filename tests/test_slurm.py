@@ -265,9 +265,8 @@ def point_log(study: SimpleNamespace, name: str) -> str:
 
 def training_runs(study: SimpleNamespace) -> dict[str, list]:
     exp = study.client.get_experiment_by_name(STUDY)
-    runs = study.client.search_runs([exp.experiment_id], "tags.stage = 'train' or tags.stage = 'train (pretrained)'")
     by_point: dict[str, list] = {}
-    for run in runs:
+    for run in study.client.search_runs([exp.experiment_id], "tags.stage LIKE 'train%'"):
         by_point.setdefault(run.data.tags.get("dvc_experiment"), []).append(run)
     return by_point
 
