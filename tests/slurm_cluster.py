@@ -8,7 +8,7 @@ this machine; its configuration declares 8 CPUs (``SlurmdParameters=config_overr
 prepare job, a DVC step and two training ranks fit on a 2-core machine. ``SLURM_CONF`` points at
 it for the session. At the end every job is cancelled and each daemon is stopped by its PID, also
 when tests failed; then a last hook flags (and kills) any daemon of a test cluster still alive,
-this session's or one an interrupted session left behind.
+this session's or one that an interrupted session left behind.
 """
 
 from __future__ import annotations
@@ -46,14 +46,20 @@ def _tool(name: str) -> str | None:
     return shutil.which(name, path=SEARCH)
 
 
-def _leftovers(exclude: set[int] = frozenset()) -> list[psutil.Process]:
-    """Daemons of a test cluster (their command line names a file of one) other than ``exclude``."""
+def _leftovers() -> list[psutil.Process]:
+    """Daemons of a test cluster whose session is gone (their command line names a file of a test
+    cluster; their parent, the session's pytest, is no longer there). Another session's running
+    cluster is left alone: it has ports and files of its own."""
     found = []
-    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
+    for proc in psutil.process_iter(["pid", "name", "cmdline", "ppid"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if proc.info["name"] in DAEMONS and MARK in cmdline and proc.pid not in exclude:
+        if proc.info["name"] in DAEMONS and MARK in cmdline and not _alive(proc.info["ppid"]):
             found.append(proc)
     return found
+
+
+def _alive(pid: int) -> bool:
+    return pid > 1 and psutil.pid_exists(pid)
 
 
 SLURM_CONF = """\

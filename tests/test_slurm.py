@@ -374,3 +374,24 @@ def test_the_ddp_point_trained_with_two_ranks(cluster_study):
     assert metrics["steps"] == EPOCHS * ITEMS // (BATCH * 2)  # the plain point: EPOCHS * ITEMS // BATCH
     assert experiment_metrics(cluster_study.repo, f"{STUDY}-plain", "metrics/train.json")["steps"] == EPOCHS * 6
     print(f"\nSLURM study: first round {cluster_study.first_round_s:.0f} s, in all {cluster_study.total_s:.0f} s")
+
+
+def test_lightning_leaves_requeueing_to_the_study_under_slurm(tmp_path, monkeypatch):
+    """Lightning's SLURM environment (ranks from SLURM_PROCID) without its own requeue on SIGUSR1:
+    exactly one component requeues a job, the study's (submitit)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.plugins.environments import SLURMEnvironment
+
+    from lightsaft.train import _trainer
+
+    monkeypatch.setattr(pl.utilities.rank_zero.rank_zero_only, "rank", 0)
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+                       "SLURM_JOB_NAME": "study", "SLURM_JOB_ID": "7", "SLURM_NODELIST": "node0"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    trainer_params = {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto", "sync_batchnorm": False,
+                      "max_epochs": 1, "max_steps": -1, "limit_train_batches": 1.0, "limit_val_batches": 1.0,
+                      "gradient_clip_val": None, "accumulate_grad_batches": 1, "deterministic": False,
+                      "log_every_n_steps": 1, "check_val_every_n_epoch": 1}  # fmt: skip
+    trainer = _trainer(trainer_params, 1, "32-true", [], tmp_path, 60)
+    environment = trainer._accelerator_connector.cluster_environment
+    assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue is False

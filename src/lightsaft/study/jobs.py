@@ -132,6 +132,8 @@ class PointJob(submitit.helpers.Checkpointable):
         Path(self.note).unlink(missing_ok=True)
         try:
             env = stage_env() | job_step.environment(submitit.JobEnvironment.USR_SIG, self.note)
+            if not restarts():  # a new submission starts from a clean clone; a requeued job goes on in its own
+                shutil.rmtree(self.clone, ignore_errors=True)
             clone = make_clone(self.repo, self.commit, self.clone, self.cache)
             overrides = dict(self.overrides)
             if restarts():
@@ -143,7 +145,8 @@ class PointJob(submitit.helpers.Checkpointable):
             if code != 0 and Path(self.note).exists():
                 self._requeue()
             if code != 0:
-                raise JobFailed(f"dvc exp run failed (exit {code}); its output is above")
+                how = f"was stopped by signal {-code}" if code < 0 else f"failed (exit {code})"
+                raise JobFailed(f"dvc exp run {how}; its output is above")
             push_experiment(clone, self.name)
         except Exception as e:
             write_result(self.result, "failed", str(e))
