@@ -31,6 +31,7 @@ from lightsaft.cli import main
 from lightsaft.compare import METRIC_COLUMNS
 from lightsaft.config import ConfigError
 from lightsaft.paths import project_root
+from lightsaft.study import slurm
 from lightsaft.study.cluster import ClusterOptions, Resources, parse_mem, parse_sbatch, parse_time, resources
 from lightsaft.training import job_step
 
@@ -179,6 +180,51 @@ def test_user_paths_resolve_against_the_repository_that_holds_a_cluster_clone(tm
     clone = make_project(repo / ".lightsaft" / "slurm" / "clones" / "study" / "point")
     monkeypatch.setenv("DVC_ROOT", str(clone))  # what dvc exp run sets in the clone
     assert project_root() == repo
+
+
+def test_a_points_state_from_its_record_its_result_its_log_and_squeue(tmp_path):
+    """Done from the repository's refs; queued and running from squeue; failed from the job's
+    report or, for a job that ended without one, from squeue and the log; missing otherwise."""
+    place = slurm.Place(tmp_path, "s")
+    log, prep_log = tmp_path / "7_0_log.out", tmp_path / "6_0_log.out"
+
+    def record(name: str, job: str, **extra) -> None:
+        place.point(name, "json").parent.mkdir(parents=True, exist_ok=True)
+        data = {"job": job, "log": str(log), "prepare": "6", "prepare_key": "k", **extra}
+        place.point(name, "json").write_text(json.dumps(data))
+
+    def state(name: str, queue: dict, refs: dict | None = None) -> tuple:
+        s = slurm.point_status(place, name, refs or {}, queue)
+        return s.state, s.job, s.detail
+
+    assert state("a", {}) == ("missing", None, "not submitted")
+    record("a", "7")
+    assert state("a", {}, {"a": "refs/exps/x/y/a"})[0] == "done"
+    assert state("a", {"7": ("PENDING", "Dependency")}) == ("queued", "7", "waiting for its prepare job 6")
+    assert state("a", {"7": ("PENDING", "BeginTime")}) == ("queued", "7", "BeginTime")
+    assert state("a", {"7": ("RUNNING", "None")}) == ("running", "7", "")
+    assert state("a", {"7": ("TIMEOUT", "TimeLimit")}) == (
+        "failed",
+        "7",
+        "the job ended without a result (TIMEOUT, TimeLimit)",
+    )
+    log.write_text("Running stage 'train':\nslurmstepd: error: *** JOB 7 ON n1 CANCELLED DUE TO TIME LIMIT ***\n")
+    assert state("a", {})[2] == "slurmstepd: error: *** JOB 7 ON n1 CANCELLED DUE TO TIME LIMIT ***"
+    place.point("a", "result.json").write_text(json.dumps({"job": "7", "status": "failed", "message": "dvc failed"}))
+    log.write_text("ERROR: failed to reproduce 'train'\nerror: train: trainer.batch_size = 64 is larger\n")
+    assert state("a", {"7": ("FAILED", "NonZeroExitCode")}) == (
+        "failed",
+        "7",
+        "error: train: trainer.batch_size = 64 is larger",
+    )
+    record("a", "8")  # submitted again: the old job's report is not this job's
+    assert state("a", {"8": ("PENDING", "Priority")})[0] == "queued"
+    log.unlink()  # it never started: its prepare job failed
+    place.prepare("k", "json").parent.mkdir(parents=True)
+    place.prepare("k", "json").write_text(json.dumps({"job": "6", "log": str(prep_log)}))
+    place.prepare("k", "result.json").write_text(json.dumps({"job": "6", "status": "failed", "message": "no data"}))
+    found = slurm.point_status(place, "a", {}, {"8": ("CANCELLED", "DependencyNeverSatisfied")})
+    assert (found.state, found.log, found.detail) == ("failed", prep_log, "its prepare job 6 failed: no data")
 
 
 def test_the_train_stage_starts_one_task_per_training_process(monkeypatch):

@@ -116,13 +116,14 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def last_error(log: Path | None) -> str:
-    """The last error line of a job's log: our one-line errors (``error: ...``), else DVC's."""
+    """The last error line of a job's log: our one-line errors (``error: ...``), else DVC's or SLURM's
+    (``ERROR: ...``, ``slurmstepd: error: *** JOB ... DUE TO TIME LIMIT ***``)."""
     try:
         lines = log.read_text(errors="replace").splitlines() if log else []
     except FileNotFoundError:
         return ""
     ours = [line.strip() for line in lines if line.startswith("error:")]
-    theirs = [line.strip() for line in lines if line.startswith(("ERROR:", "Traceback", "slurmstepd"))]
+    theirs = [line.strip() for line in lines if line.startswith(("ERROR:", "slurmstepd"))]
     return (ours or theirs or [""])[-1]
 
 
