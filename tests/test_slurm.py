@@ -332,6 +332,25 @@ def test_submission_returns_with_the_commands_to_follow_the_study(cluster_study)
     assert re.search(r"^\s+(queued|running)\s", cluster_study.first_status, re.M)  # it did not wait
 
 
+def job_script(study: SimpleNamespace, name: str) -> set[str]:
+    """The #SBATCH lines of a point's job (one script per job array)."""
+    record = json.loads((study.repo / ".lightsaft/slurm/studies" / STUDY / f"{STUDY}-{name}.json").read_text())
+    script = study.jobs / f"{record['job'].split('_')[0]}_submission.sh"
+    return {line.removeprefix("#SBATCH ") for line in script.read_text().splitlines() if line.startswith("#SBATCH")}
+
+
+@pytest.mark.slow
+def test_the_jobs_ask_slurm_for_what_the_options_and_params_say(cluster_study):
+    """--time 20, --cpus-per-point 2 and --max-running 2 as sbatch options; the signal 5 minutes
+    before the limit, requeueing, the wait for the prepare job; the DDP point's two tasks."""
+    signalled, ddp = job_script(cluster_study, "signalled"), job_script(cluster_study, "ddp")
+    common = {"--time=20", "--signal=USR2@300", "--requeue", "--kill-on-invalid-dep=yes", "--nodes=1"}
+    assert common <= signalled and common <= ddp
+    assert {"--array=0-1%2", "--ntasks-per-node=1", "--cpus-per-task=2"} <= signalled, signalled  # plain, signalled
+    assert {"--ntasks-per-node=2", "--cpus-per-task=1"} <= ddp and not any("--gpus" in o for o in ddp), ddp
+    assert any(o.startswith("--dependency=afterok:") for o in signalled)
+
+
 @pytest.mark.slow
 def test_every_point_is_an_experiment_of_the_repository_with_one_mlflow_run(cluster_study):
     """(a) Every point is a DVC experiment of the user's repository, with its metrics and one MLflow

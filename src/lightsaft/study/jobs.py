@@ -130,15 +130,15 @@ class PointJob(submitit.helpers.Checkpointable):
     def __call__(self) -> str:
         Path(self.result).unlink(missing_ok=True)
         Path(self.note).unlink(missing_ok=True)
+        restart = restarts()
         try:
             env = stage_env() | job_step.environment(submitit.JobEnvironment.USR_SIG, self.note)
-            if not restarts():  # a new submission starts from a clean clone; a requeued job goes on in its own
+            if not restart:  # a new submission starts from a clean clone; a requeued job goes on in its own
                 shutil.rmtree(self.clone, ignore_errors=True)
             clone = make_clone(self.repo, self.commit, self.clone, self.cache)
-            overrides = dict(self.overrides)
-            if restarts():
-                overrides["runtime.train.resume"] = True
-                print(f"restart {restarts()} of this job: the training continues from its checkpoint", flush=True)
+            overrides = {**self.overrides, **({"runtime.train.resume": True} if restart else {})}
+            if restart:
+                print(f"restart {restart} of this job: the training continues from its checkpoint", flush=True)
             args = ["exp", "run", "-n", self.name, *set_args(overrides)]
             print(f"$ dvc {' '.join(args)}", flush=True)
             code = subprocess.call([sys.executable, "-m", "dvc", *args], cwd=clone, env=env)
