@@ -149,7 +149,8 @@ def slurm_cluster(tmp_path_factory):
         procs.append(_start(munge, folder / "munged.out", env))
         deadline = time.monotonic() + 30
         while not (folder / "munge.socket").exists():
-            assert procs[0].poll() is None and time.monotonic() < deadline, (folder / "munged.out").read_text()
+            if procs[0].poll() is not None or time.monotonic() > deadline:
+                require(False, f"munged that starts\n{(folder / 'munged.out').read_text()[-2000:]}")
             time.sleep(0.1)
         procs.append(_start([_tool("slurmctld"), "-D", "-i", "-f", str(conf)], folder / "slurmctld.out", env))
         procs.append(_start([_tool("slurmd"), "-D", "-f", str(conf)], folder / "slurmd.out", env))
@@ -161,7 +162,7 @@ def slurm_cluster(tmp_path_factory):
                 break
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 logs = "".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(folder.glob("*.log")))
-                pytest.fail(f"the test cluster did not start (sinfo: {state.strip()!r})\n{logs}")
+                require(False, f"a SLURM test cluster that starts (sinfo: {state.strip()!r})\n{logs}")
             time.sleep(0.5)
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("SLURM_CONF", str(conf))
