@@ -293,7 +293,7 @@ def cluster_study(slurm_cluster, mlflow_server, tmp_path_factory) -> SimpleNames
     first_round_s = time.monotonic() - started
 
     torch.manual_seed(0)  # the weights the failing point asked for
-    from lightsaft.model import build_model
+    from lightsaft.model.unet import build_model
     from lightsaft.weights.ours import save_weights
 
     save_weights(repo / "weights" / "tiny.pt", build_model(TINY_MODEL), TINY_MODEL)
