@@ -62,8 +62,15 @@ def _ablate(args: argparse.Namespace) -> int:
     study = load_study(args.grid, _parse_sets(args.set))
     out_dir = repo / "results" / "ablations" / study.name
     points = study.points()
-    # --- the SLURM executor (lightsaft.study.slurm); the local DVC queue below is the default
     cluster = _cluster_options(args)
+    if not (args.status or args.compare_only):  # what the points not done yet will take, before any runs
+        from .study import disk
+        from .study.experiments import experiment_refs
+
+        projection = disk.project(repo, points, done=set(experiment_refs(repo)))
+        print(projection.table())
+        print(disk.check_space(repo, projection, args.force))
+    # --- the SLURM executor (lightsaft.study.slurm); the local DVC queue below is the default
     if args.status or (cluster and not args.compare_only):
         from .study import slurm
 
@@ -232,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override")
     p.add_argument("--compare-only", action="store_true", help="only rebuild the comparison tables")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="run even when the projected disk exceeds what is free where the DVC cache is (it says so)",
+    )
     p.add_argument(
         "--executor",
         choices=("local", "slurm"),
