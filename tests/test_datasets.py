@@ -10,7 +10,15 @@ from pytorch_lightning import seed_everything
 from torch.utils.data import DataLoader
 
 from lightsaft.data.audio import read_stems
-from lightsaft.data.datasets import Draw, TrainDataset, ValidDataset, collate, epoch_length, train_batches
+from lightsaft.data.datasets import (
+    Draw,
+    TrainDataset,
+    ValidDataset,
+    collate,
+    epoch_length,
+    seed_draws,
+    train_batches,
+)
 from lightsaft.errors import DataError
 from lightsaft.spectral import edge_trim
 
@@ -83,6 +91,39 @@ def test_randomness_is_seeded_and_differs_between_items_and_workers(small_cache)
     # With 2 workers, batches 0 and 1 come from different workers: they must not repeat each other.
     batches = _epoch(dataset, 7, 2)
     assert not torch.equal(batches[0], batches[1])
+
+
+def _items(loader) -> torch.Tensor:
+    return torch.cat(
+        [torch.cat([mixture.flatten(1), condition[:, None].float()], 1) for mixture, _, condition in loader]
+    )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_rank_sampling_same_gives_every_rank_the_draws_of_rank_zero(small_cache, workers):
+    """``train.rank_sampling`` on two DDP ranks, in one process: each rank seeded as the train stage
+    seeds it, its loader then given the worker seeding that Lightning's Trainer adds to every loader
+    (``_auto_add_worker_init_fn`` with the rank), which mixes the rank in unless a seeding is set."""
+    from lightning_fabric.utilities.data import _auto_add_worker_init_fn
+
+    dataset = TrainDataset(small_cache, NUM_FRAME, items_per_epoch=16, augment_gain=True)
+
+    def epoch(rank: int, rank_sampling: str | None) -> torch.Tensor:
+        if rank_sampling is None:  # the seed of 'same' without its worker seeding
+            seed_everything(7, workers=True, verbose=False)
+            loader = train_batches(dataset, 4, num_workers=workers)
+        else:
+            loader = train_batches(dataset, 4, num_workers=workers, worker_init_fn=seed_draws(7, rank, rank_sampling))
+        _auto_add_worker_init_fn(loader, rank)
+        return _items(loader)
+
+    same = [epoch(rank, "same") for rank in (0, 1)]
+    distinct = [epoch(rank, "distinct") for rank in (0, 1)]
+    assert torch.equal(same[0], same[1]) and len(same[0]) == 16
+    assert torch.equal(distinct[0], same[0])  # rank zero draws alike either way (and one GPU is rank zero)
+    assert not torch.equal(distinct[1], distinct[0])
+    if workers:  # Lightning's own worker seeding would tell the ranks apart: 'same' has to set its own
+        assert not torch.equal(epoch(1, None), same[0])
 
 
 class _ItemByItem(torch.utils.data.Dataset):
