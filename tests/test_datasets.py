@@ -20,7 +20,7 @@ from lightsaft.data.datasets import (
     train_batches,
 )
 from lightsaft.errors import DataError
-from lightsaft.spectral import edge_trim
+from lightsaft.spectral import TARGETS, edge_trim
 
 NUM_FRAME = 16
 WINDOW = 64 * (NUM_FRAME - 1)  # 960 samples of the small cache (hop 64)
@@ -238,3 +238,22 @@ def test_spectral_mixing_is_exact_on_a_real_track(real_cache):
         assert error < 2e-3  # float16 cache: relative precision 2**-11 per stem
         if offset > 0:  # and the comparison can tell a one-frame shift
             assert np.abs(mixture.numpy() - reference[:, offset - 1 : offset + 127]).max() / scale > 100 * error
+
+
+def test_cached_windows_differ_from_the_official_per_window_stft_in_two_frames_a_side(real_cache):
+    """The official code takes the STFT of each training window (reflect padding at its edges); we
+    slice the cached whole-track STFT, whose edge frames see the neighbouring audio instead. With
+    n_fft = 4 hops that changes frames 0, 1, 126 and 127 of 128 and nothing else (README, "Training")."""
+    stems, _ = read_stems(shared_path("musdb", "musdb18-7", "train", f"{ROCK}.stem.mp4"))
+    dataset = TrainDataset(real_cache, 128)
+    window = 1024 * 127
+    last = (len(stems["mixture"]) - window) // 1024  # the last offset whose window is all inside the track
+    for condition, offset in ((0, 10), (1, last // 3), (2, 2 * last // 3), (3, last - 10)):  # not at the track's edges
+        draw = Draw(condition, [ROCK] * 4, [offset] * 4, [1.0] * 4, [False] * 4)
+        _, target, _ = dataset.assemble(draw)
+        official = stft(stems[TARGETS[condition]][offset * 1024 : offset * 1024 + window], 4096, 1024)
+        # each frame's difference against that frame's own energy
+        error = np.linalg.norm(target.numpy() - official, axis=(0, 2)) / np.linalg.norm(official, axis=(0, 2))
+        print(f"{TARGETS[condition]} at frame {offset}: frames 0, 1, 126, 127 off by {error[[0, 1, 126, 127]]}")
+        assert error[2:126].max() < 2e-3  # the float16 cache's precision
+        assert error[[0, 1, 126, 127]].min() > 0.1
