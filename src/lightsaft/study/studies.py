@@ -1,7 +1,8 @@
 """Studies: a YAML grid of params, run as DVC experiments (the demo is a one-point study).
 
 A study file holds ``set`` (overrides for every point), an optional ``base`` (another study file
-whose ``set`` comes first), a ``grid`` (key -> list of values), ``seeds`` (-> ``train.seed``),
+whose ``set`` comes first, and whose grid, seeds, points and reference it takes when it lists no
+grid, seeds or points of its own), a ``grid`` (key -> list of values), ``seeds`` (-> ``train.seed``),
 ``points`` (explicit points, each ``{name, set}`` with overrides of its own; beside a grid, or
 instead of it) and ``reference`` (the point the comparison measures the others against: grid
 values such as ``{model.dk: 32}``, an explicit point's name, or a point's label such as
@@ -108,17 +109,22 @@ def load_study(path: str | Path, extra: dict[str, Any] | None = None) -> Study:
             "points, reference"
         )
     overrides: dict[str, Any] = {}
-    if raw.get("base"):
-        overrides.update(load_study(path.parent / raw["base"]).overrides)
+    base = load_study(path.parent / raw["base"]) if raw.get("base") else None
+    if base is not None:
+        overrides.update(base.overrides)
+    inherit = base is not None and not any(raw.get(key) for key in ("grid", "seeds", "points"))
     overrides.update(raw.get("set") or {})
     overrides.update(extra or {})
     name = raw.get("study") or path.stem
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
         raise ConfigError(f"{path}: study name {name!r} must be letters, digits, '-' or '_'")
-    grid = raw.get("grid") or {}
+    grid = base.grid if inherit else raw.get("grid") or {}
     if not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError(f"{path}: every grid entry must be a non-empty list of values")
-    study = Study(name, path, overrides, grid, list(raw.get("seeds") or []), _explicit(path, raw.get("points")))
+    if inherit:  # the base's points, with this file's settings
+        study = Study(name, path, overrides, grid, base.seeds, base.explicit)
+    else:
+        study = Study(name, path, overrides, grid, list(raw.get("seeds") or []), _explicit(path, raw.get("points")))
     for point in study.points():
         params = defaults()
         try:
@@ -127,7 +133,8 @@ def load_study(path: str | Path, extra: dict[str, Any] | None = None) -> Study:
             validate(params, where=f"{path} (point {point.name})")
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
-    study.reference = _reference(path, raw.get("reference"), study)
+    given = raw.get("reference")
+    study.reference = base.reference if given is None and inherit else _reference(path, given, study)
     return study
 
 
