@@ -159,6 +159,7 @@ def _register(args: argparse.Namespace) -> int:
 
     version = register(args.model, args.name)
     print(f"registered {version.source} as version {version.version} of {version.name!r} (see `lightsaft ui`, Models)")
+    print(f"songs: lightsaft separate SONG... --model models:/{version.name}/{version.version} --out separated --page")
     return 0
 
 
@@ -292,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "model",
         metavar="RUN_OR_MODEL",
-        help="a training or evaluation run id, a logged model id (m-...), or a run record (models/mlflow_run.json)",
+        help="a training or evaluation run id (or runs:/<run id>), a logged model id (m-..., models:/m-...), a "
+        "registered version (models:/<name>/<version>, models:/<name>@<alias>) or a run record "
+        "(models/mlflow_run.json)",
     )
     p.add_argument("--name", required=True, help="registered model name (created if new; else a new version)")
     p.set_defaults(func=_register)
@@ -303,8 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         required=True,
         metavar="MODEL",
-        help="our weights file (models/weights.pt), an official .ckpt or a published name such as "
-        "lasaft_large_2021 (imported once into .lightsaft/pretrained/)",
+        help="a DVC experiment's name (dvc exp show: its models/weights.pt), an MLflow run id or runs:/<run id> (its "
+        "logged model), a logged model models:/<model id>, a registered model models:/<name>/<version> or "
+        "models:/<name>@<alias>, our weights file (models/weights.pt), an official .ckpt or a published name "
+        "such as lasaft_large_2021 (imported once into .lightsaft/pretrained/); a name that means two of "
+        "these is refused, listing them",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<song>/<target>.wav")
     p.add_argument("--targets", default="vocals,drums,bass,other", help="comma-separated (default: all four)")
@@ -340,8 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--page",
         action="store_true",
-        help="also write an offline demo page: songs and page go to DIR/<model>-<sha8>/ (one folder and "
-        "page per model; more songs with the same model add rows); open its index.html",
+        help="also write an offline demo page: songs and page go to DIR/<model>-<sha8>/, <model> being the "
+        "experiment or model name given (or the weights file's name); one folder and page per model, more songs "
+        "with the same model add rows; open its index.html",
     )
     p.add_argument(
         "--excerpt-seconds",

@@ -88,6 +88,7 @@ CODE_CLASSES: dict[str, tuple[str, ...]] = {
         "bsseval",
         "devices",
         "download",
+        "dvc_experiments",
         "paths",
         "prepare",
         "spectral",

@@ -202,20 +202,20 @@ def experiment_summary(repo: Path, name: str) -> str:
             f"  whole-track SDRs, mean over tracks and targets: MDX 2021 SDR {sdr['sdr_mdx_mean']:.2f}, "
             f"SI-SDR {sdr['si_sdr_mean']:.2f} (computed differently: not comparable with museval's)"
         )
-    report, weights = None, None
+    report = None
     if run.get("run_id"):
         artifact_uri = store.client().get_run(run["run_id"]).info.artifact_uri
         if artifact_uri.startswith("file://"):
-            artifacts = Path(artifact_uri[len("file://") :])
-            report, weights = artifacts / "report" / "index.html", artifacts / "model" / "weights.pt"
+            report = Path(artifact_uri[len("file://") :]) / "report" / "index.html"
     lines += [
         "",
         f"report:   {report or 'in the MLflow run ' + str(run.get('run_id'))}",
         f"          (or `dvc exp apply {name}` puts results/report/index.html in the workspace)",
-        "MLflow:   make ui   (it prints the link to each experiment's training runs; experiment "
+        "MLflow:   lightsaft ui   (it prints the link to each experiment's training runs; experiment "
         f"{run.get('experiment', '?')!r}, sort by test_sdr_vocals)",
         "DVC:      dvc exp show",
-        f"songs:    lightsaft separate SONG... --model {weights or 'models/weights.pt'} --out separated --page",
-        "          (stems of your own songs, and a page like the LightSAFT demo page to listen to them)",
+        f"songs:    lightsaft separate SONG... --model {name} --out separated --page",
+        "          (stems of your own songs, and a page like the LightSAFT demo page to listen to them;",
+        "          --model takes this experiment's name, an MLflow run or model: lightsaft separate --help)",
     ]
     return "\n".join(lines)
