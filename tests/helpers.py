@@ -513,6 +513,20 @@ def lightsaft_ui(cmd: list[str], cwd: Path, env: dict[str, str], log: Path, port
         server.wait()
 
 
+def api(base: str, path: str, body: dict | None = None) -> dict:
+    """A call of the MLflow REST API that a served UI answers (GET, or POST with ``body``)."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{base}/api/2.0/mlflow/{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
 def ui_links(printed: list[str]) -> dict[str, str]:
     """Experiment name -> the training-runs link `lightsaft ui` printed for it."""
     found = (re.match(r"\s*training runs of '(.+)': (\S+)$", line) for line in printed)

@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 import torch
 from browser import chromium, wait_for
-from helpers import REPO, TINY_MODEL, free_port, lightsaft_ui, make_project, tiny_params, ui_links
+from helpers import REPO, TINY_MODEL, api, free_port, lightsaft_ui, make_project, tiny_params, ui_links
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
@@ -214,16 +214,6 @@ def test_runs_restored_from_the_run_cache_carry_the_records(recorded, in_project
 
 # ---------------------------------------------------------------------------------------
 # The UI
-def api(base: str, path: str, body: dict | None = None) -> dict:
-    request = urllib.request.Request(
-        f"{base}/api/2.0/mlflow/{path}",
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
-
-
 @pytest.fixture(scope="module")
 def ui(recorded, tmp_path_factory):
     """``lightsaft ui`` on a free loopback port; yields its base URL and the lines it printed before serving."""

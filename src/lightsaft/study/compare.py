@@ -216,6 +216,6 @@ def experiment_summary(repo: Path, name: str) -> str:
         "DVC:      dvc exp show",
         f"songs:    lightsaft separate SONG... --model {name} --out separated --page",
         "          (stems of your own songs, and a page like the LightSAFT demo page to listen to them;",
-        "          --model takes this experiment's name, an MLflow run or model: lightsaft separate --help)",
+        "          --model also takes an MLflow run or model: see `lightsaft separate --help`)",
     ]
     return "\n".join(lines)
