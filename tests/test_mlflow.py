@@ -31,10 +31,11 @@ from lightsaft.paths import file_sha256
 from lightsaft.schema import flatten
 from lightsaft.spectral import TARGETS
 from lightsaft.study.compare import ensure_mlflow_runs
-from lightsaft.tracking import records, store
+from lightsaft.tracking import models, records, store
 from lightsaft.tracking.models import download_weights
 from lightsaft.tracking.training_run import TrainingRun
 from lightsaft.weights.ours import load_weights, save_weights
+from lightsaft.weights.resolve import resolve_model
 
 EXPERIMENT = "ui-test"
 RUNS = {"ui-a": 3.0, "ui-b": 6.0}  # name -> vocals SDR of its evaluation
@@ -295,3 +296,23 @@ def test_chromium_opens_the_training_runs_view_and_the_models_tab(recorded, ui, 
             driver.save_screenshot(keep)
     finally:
         driver.quit()
+
+
+@pytest.mark.slow
+def test_a_model_on_a_tracking_server_is_downloaded_once(ui, tmp_path, monkeypatch):
+    """With MLFLOW_TRACKING_URI at a server (this UI: artifacts behind mlflow-artifacts:/), `--model`
+    downloads the logged model's weights into .lightsaft/models/<model id>/, once."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", ui.base)
+    client = store.client()
+    run_id = client.create_run(store.experiment_id(client, "served"), run_name="served-a").info.run_id
+    (tmp_path / "trained").mkdir()
+    torch.manual_seed(7)
+    save_weights(tmp_path / "trained" / "weights.pt", build_model(TINY_MODEL), TINY_MODEL)
+    model_id = models.log_model(client, run_id, tmp_path / "trained" / "weights.pt", TINY_MODEL, step=1)
+    assert not client.get_logged_model(model_id).artifact_location.startswith("file:")
+    project = make_project(tmp_path / "project")
+    found = resolve_model(f"runs:/{run_id}", base=project)
+    assert found.weights == project / ".lightsaft" / "models" / model_id / "weights.pt" and found.name == "served-a"
+    assert found.sha256 == file_sha256(tmp_path / "trained" / "weights.pt")
+    stamp = found.weights.stat().st_mtime_ns
+    assert resolve_model(f"models:/{model_id}", base=project).weights.stat().st_mtime_ns == stamp  # not again

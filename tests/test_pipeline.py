@@ -319,7 +319,7 @@ def test_every_command_the_demo_prints_works(demo, tmp_path):
     commands = printed_commands(text)
     assert f"--model {name} " in text  # the shortest form that works
     song = tmp_path / "My Song.wav"
-    sound = np.random.default_rng(0).normal(0, 0.1, (2 * 44100, 2)).astype(np.float32)
+    sound = np.random.default_rng(0).normal(0, 0.1, (44100, 2)).astype(np.float32)
     sf.write(song, sound, 44100)
     for command in commands:
         args = shlex.split(command)

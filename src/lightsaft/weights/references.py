@@ -102,6 +102,8 @@ def _in_mlflow(text: str) -> bool:
 
 def _mlflow(text: str, base: Path, what: str) -> Located:
     """An MLflow run's, logged model's or registered model's weights file."""
+    from mlflow.exceptions import MlflowException
+
     from ..tracking import models, store
 
     if not models.store_exists():
@@ -114,7 +116,7 @@ def _mlflow(text: str, base: Path, what: str) -> Located:
         model_id = models.model_of(client, text)
         weights = models.weights_file(model_id, project_root(base) / ".lightsaft" / "models")
         model = client.get_logged_model(model_id)
-    except (models.TrackingError, FileNotFoundError) as e:
+    except (models.TrackingError, MlflowException, FileNotFoundError) as e:  # a download that failed, too
         raise WeightsError(f"{what} = {text!r}: {e}") from None
     name = models.registered_name(text) or model.name or model_id
     return Located(weights, _safe(name), f"MLflow logged model {model_id} (run {model.source_run_id}): not verified")
