@@ -359,13 +359,17 @@ def check_ui(repo: Path, args: list[str], experiment: str, name: str, log: Path)
 
 
 def test_every_path_the_ablation_prints_exists(demo):
-    """`make ablate` (lightsaft ablate) prints each point's log and where the tables are; it asks
-    the user to type no command (one it printed would need a check here)."""
+    """`make ablate` (lightsaft ablate) prints each point's log, where the tables are and where its
+    disk projection comes from; it asks the user to type no command (one it printed would need a
+    check here)."""
     log = demo.ablate_log
     logs = re.findall(r"log: (\S+)", log)
     assert logs and all(Path(path).is_file() for path in logs), logs
     tables = re.search(r"tables and plot: (\S+)/\s+\(([^)]+)\)", log)
     for file in tables.group(2).split(", "):
         assert (Path(tables.group(1)) / file).is_file(), file
+    printed = {path.rstrip(".,;:)") for path in re.findall(r"(?<![\w.~-])(/[^\s(:]+)", log)}
+    missing = [path for path in printed if not Path(path).exists()]
+    assert printed and not missing, f"lightsaft ablate printed paths that do not exist: {missing}"
     commands = re.findall(r"`((?:lightsaft|dvc|make|mlflow|python|git) [^`]*)`", log)
     assert not commands, f"lightsaft ablate prints {commands}: run them in this step"
