@@ -505,8 +505,12 @@ def lightsaft_ui(cmd: list[str], cwd: Path, env: dict[str, str], log: Path, port
                 time.sleep(0.5)
         yield SimpleNamespace(base=base, printed=log.read_text().splitlines())
     finally:
-        group = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
-        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            group = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:  # it exited: the failure above says why
+            group = []
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
         _, alive = psutil.wait_procs(group, timeout=10)
         for process in alive:  # MLflow's job runners do not always stop on SIGTERM
             process.kill()
