@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .data.cache import CACHE_FORMAT, SPEC_LAYOUT
+from .data.extra import RECORD as EXTRA_RECORD
 from .data.tracks import SPLITS, STEMS, load_track, read_dataset, source_files, track_samples
 from .errors import DataError
 from .paths import file_sha256, portable, write_text_atomic
@@ -90,6 +91,10 @@ def prepare(
         "splits": list(splits), "spec_layout": SPEC_LAYOUT, "stems": list(STEMS), "file_hash": "sha256",
         "tracks": [entries[i] for i in range(len(tracks))],
     }  # fmt: skip
+    extra = dataset.get("extra_train", []) if "train" in splits else []
+    if extra:  # data.extra_train: each root in the digest; what download listed, for train to compare
+        manifest["extra_train"] = [{"root": r["root"], "tracks": r["tracks"]} for r in extra]
+        (tmp / EXTRA_RECORD).write_text(json.dumps(extra, indent=1) + "\n")
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     shutil.rmtree(tmp / "done")
     if out_dir.exists():
@@ -169,6 +174,7 @@ def prepare_track(
             {"path": portable(p, out_dir, raw_dir), "size": p.stat().st_size, "sha256": file_sha256(p)}
             for p in source_files(track)
         ],
+        **({"extra": track["extra"]} if "extra" in track else {}),  # which data.extra_train root
     }
     if track["split"] == "train":
         entry["spec"] = f"spec/{index:04d}.npy"

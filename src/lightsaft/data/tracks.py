@@ -23,6 +23,7 @@ from ..errors import DataError
 from ..paths import portable, resolve, write_text_atomic
 from ..spectral import SAMPLE_RATE, TARGETS
 from .audio import AudioError, probe, read_audio, read_stems
+from .extra import extra_samples, load_extra_track
 from .sources import SOURCES
 
 STEMS = ("mixture",) + TARGETS
@@ -130,11 +131,17 @@ def assign_splits(
 # ---------------------------------------------------------------------------------------
 # dataset.json
 def write_dataset(
-    path: str | Path, source: str, root: str | Path, sha256: str | None, tracks: list[dict[str, Any]]
+    path: str | Path,
+    source: str,
+    root: str | Path,
+    sha256: str | None,
+    tracks: list[dict[str, Any]],
+    extra_train: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write the track list atomically. Paths inside the stage output (generated or extracted
     data) are recorded relative to the file, so they move with DVC experiment copies; others
-    (the user's data set) absolute."""
+    (the user's data set) absolute. ``extra_train``: the records of the ``data.extra_train``
+    roots (:func:`lightsaft.data.extra.scan_extra_roots`), whose tracks are among ``tracks``."""
     path = Path(path)
     base = path.parent
     payload = {
@@ -144,6 +151,8 @@ def write_dataset(
         "sha256": sha256,
         "tracks": [_map_paths(t, lambda p: portable(p, base, base)) for t in tracks],
     }
+    if extra_train:
+        payload["extra_train"] = extra_train
     write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
     return path
 
@@ -190,6 +199,8 @@ def source_files(track: dict[str, Any]) -> list[Path]:
 # Reading and checking audio
 def track_samples(track: dict[str, Any]) -> int:
     """Length in samples from the headers (exact for wav, from the container duration for mp4)."""
+    if "extra" in track:  # data.extra_train: checked at download, resampled at prepare
+        return extra_samples(track)
     if "files" in track:
         return _wav_info(Path(track["files"]["mixture"])).frames
     duration = probe(track["stem_file"]).get("format", {}).get("duration")
@@ -203,8 +214,11 @@ def load_track(track: dict[str, Any]) -> dict[str, np.ndarray]:
     """Decode a track's mixture and stems, each float32 ``[samples, 2]`` at 44.1 kHz, checked.
 
     Refused, naming the file: a missing or unreadable file, a wrong sample rate, a channel count
-    other than 2, non-finite samples, a truncated file, stems of unequal length.
+    other than 2, non-finite samples, a truncated file, stems of unequal length. Tracks of
+    ``data.extra_train`` come at any rate, mono or stereo, and leave as the others.
     """
+    if "extra" in track:
+        return load_extra_track(track)
     if "stem_file" in track:
         path = _existing(track["stem_file"])
         streams = probe(path)["audio"]
