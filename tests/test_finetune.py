@@ -48,12 +48,13 @@ def validation_loss(model, cache, params) -> float:
 
 
 def training_loss(model, cache, params, items: int = 64) -> float:
-    """``train.train_loss`` of ``model`` (eval mode) on fixed training items of ``cache``."""
+    """``train.train_loss`` of ``model`` on fixed training items of ``cache``, as training measures
+    it (train mode: BatchNorm on the batch's statistics)."""
     dataset = TrainDataset(Cache(cache), params["model"]["num_frame"], items)
     torch.manual_seed(0)
     mixture, target, condition = (torch.stack(x) for x in zip(*(dataset[i] for i in range(items))))
     with torch.no_grad():
-        estimate = model.eval()(mixture, condition)
+        estimate = model.train()(mixture, condition)
     return float(LOSSES[params["train"]["train_loss"]](estimate, Target(model.front, spec=target)))
 
 
@@ -74,8 +75,8 @@ def test_finetuning_the_official_fixture_starts_where_it_is_and_improves(project
 
     fixture = resolve_model(ckpt).model
     own = validation_loss(fixture, synthetic_cache, params)
-    before = training_loss(fixture, synthetic_cache, params)
     after = training_loss(load_weights(TrainOutputs.under(project).weights), synthetic_cache, params)
+    before = training_loss(fixture, synthetic_cache, params)  # (last: train mode moves its BatchNorm statistics)
     print(f"the fixture's validation loss {own:.6f}, before the first step {metrics['init_val_loss']:.6f}; "
           f"training loss on the data given {before:.4f} -> {after:.4f} in {metrics['steps']} steps")  # fmt: skip
     assert metrics["init_val_loss"] == pytest.approx(own, abs=1e-5)
@@ -165,8 +166,9 @@ def test_finetuning_our_weights_links_the_source_run(trained_by_sdr, synthetic_c
     record = read_run_file(outputs.run_file)
     [run] = mlflow_runs(root, "finetune-ours")
     assert run.data.tags["init_from_run"] == record["run_id"] and run.data.tags["init_from_model"] == record["model_id"]
-    assert [i.model_id for i in run.inputs.model_inputs] == [record["model_id"]]
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    inputs = client.get_run(run.info.run_id).inputs.model_inputs  # (search_runs leaves them out)
+    assert [i.model_id for i in inputs] == [record["model_id"]]
     assert client.get_run(record["run_id"]).data.tags["weights_sha256"] == sha256
     # starts where the source is: its validation loss at the epoch whose weights were kept
     kept = metrics["selected_epoch"]

@@ -23,7 +23,6 @@ from ..errors import DataError
 from ..paths import portable, resolve, write_text_atomic
 from ..spectral import SAMPLE_RATE, TARGETS
 from .audio import AudioError, probe, read_audio, read_stems
-from .extra import extra_samples, load_extra_track
 from .sources import SOURCES
 
 STEMS = ("mixture",) + TARGETS
@@ -199,8 +198,6 @@ def source_files(track: dict[str, Any]) -> list[Path]:
 # Reading and checking audio
 def track_samples(track: dict[str, Any]) -> int:
     """Length in samples from the headers (exact for wav, from the container duration for mp4)."""
-    if "extra" in track:  # data.extra_train: checked at download, resampled at prepare
-        return extra_samples(track)
     if "files" in track:
         return _wav_info(Path(track["files"]["mixture"])).frames
     duration = probe(track["stem_file"]).get("format", {}).get("duration")
@@ -214,11 +211,9 @@ def load_track(track: dict[str, Any]) -> dict[str, np.ndarray]:
     """Decode a track's mixture and stems, each float32 ``[samples, 2]`` at 44.1 kHz, checked.
 
     Refused, naming the file: a missing or unreadable file, a wrong sample rate, a channel count
-    other than 2, non-finite samples, a truncated file, stems of unequal length. Tracks of
-    ``data.extra_train`` come at any rate, mono or stereo, and leave as the others.
+    other than 2, non-finite samples, a truncated file, stems of unequal length. (Tracks of
+    ``data.extra_train``, at any rate: :func:`lightsaft.data.extra.load_extra_track`.)
     """
-    if "extra" in track:
-        return load_extra_track(track)
     if "stem_file" in track:
         path = _existing(track["stem_file"])
         streams = probe(path)["audio"]
