@@ -199,3 +199,20 @@ def test_under_ddp_the_score_is_reduced_across_ranks(tmp_path):
         for item in items[rank::2]:
             half.add(*item)
     assert all(abs(h.sdr() - alone.sdr()) > 0.01 for h in halves)  # without the reduction, it differs
+
+
+@pytest.mark.parametrize("study", ["paper_lasaft_large.yaml", "mdx_lightsaft_small.yaml"])
+def test_the_official_recipes_choose_by_val_loss_without_averaging(study):
+    """The published runs chose by the validation loss and kept no average: their study files too."""
+    from helpers import REPO
+
+    from lightsaft.config import defaults, validate
+    from lightsaft.schema import set_dotted
+    from lightsaft.study.studies import load_study
+
+    [point] = load_study(REPO / "experiments" / study).points()
+    params = defaults()
+    for key, value in point.overrides.items():
+        set_dotted(params, key, value)
+    t = validate(params)["train"]
+    assert (t["select_by"], t["ema_decay"], t["init_from"]) == ("val_loss", None, None)
