@@ -109,6 +109,7 @@ def test_own_stems_join_the_training_split_resampled_and_counted(project, own_st
     assert extra_datasets_of(cache)[0].digest != digest
 
 
+@pytest.mark.slow  # trains
 def test_training_on_own_stems_records_each_root(project, own_stems):
     cache = download_and_prepare(project, [own_stems])
     params = tiny_params(

@@ -58,6 +58,7 @@ def training_loss(model, cache, params, items: int = 64) -> float:
     return float(LOSSES[params["train"]["train_loss"]](estimate, Target(model.front, spec=target)))
 
 
+@pytest.mark.slow  # trains
 def test_finetuning_the_official_fixture_starts_where_it_is_and_improves(project, synthetic_cache):
     ckpt = shared_path(*FIXTURE)
     sha256 = file_sha256(ckpt)
@@ -139,6 +140,7 @@ def test_pretrained_and_init_from_together_are_refused():
         tiny_params(**{"train.init_from_sha256": "a" * 64})
 
 
+@pytest.mark.slow  # trains
 def test_finetuning_our_weights_links_the_source_run(trained_by_sdr, synthetic_cache, monkeypatch):
     """Our weights file (models/weights.pt with models/mlflow_run.json beside it): the run of the
     fine-tuning links the source run and its logged model; a copy of the file without its record

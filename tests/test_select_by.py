@@ -65,6 +65,7 @@ def test_val_sdr_is_the_mdx_sdr_of_the_whole_tracks(synthetic_cache):
     assert abs(tally.sdr() - 10 * math.log10(1 / 0.5**2)) > 0.1  # the padding and the offset count: not a gain's SDR
 
 
+@pytest.mark.slow  # trains
 def test_val_sdr_chooses_the_checkpoint_and_the_average_is_the_model(trained_by_sdr, synthetic_cache):
     out, metrics, params = trained_by_sdr.outputs, trained_by_sdr.metrics, trained_by_sdr.params
     rows = [line.split(",") for line in out.curves.read_text().splitlines()]
