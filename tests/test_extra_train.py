@@ -128,6 +128,7 @@ def test_training_on_own_stems_records_each_root(project, own_stems):
     assert {t.value for i in inputs.values() for t in i.tags} == {"training"}
     assert json.loads(inputs["extra_train:stems"].dataset.source)["uri"] == str(own_stems)
     assert run.data.tags["data_manifest_sha256"] == cache.digest()
+    assert run.data.params["data.extra_train"] == str([str(own_stems)])
 
 
 @pytest.mark.parametrize(

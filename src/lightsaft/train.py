@@ -199,14 +199,14 @@ def _train(params: dict[str, Any], cache: Cache, run_dir: Path, devices: Any, ra
         module.model.load_state_dict(source.model.state_dict())
     best, last = _checkpoints(t, ckpt_dir)
     by_sdr = t["select_by"] == "val_sdr"
-    # kept up to date while training runs
-    curves = EpochCurves(run_dir / "train_curves.csv", ("val_sdr",) if by_sdr else ())
+    curves = EpochCurves(run_dir / "train_curves.csv", ("val_sdr",) if by_sdr else ())  # kept up to date
     ema = EMA(t["ema_decay"]) if t["ema_decay"] is not None else None
     start = StartingPoint() if source is not None else None
-    callbacks = [best, last, curves, StopTogether(), ema, InterruptCheckpoint(ckpt_dir / INTERRUPTED), start]
-    if by_sdr:
-        callbacks.append(ValSdr(len(valid_loader.dataset.names), t["val_sdr_every"]))
-    callbacks = list({id(c): c for c in callbacks if c is not None}.values())  # last is best when by val_loss
+    sdr = ValSdr(len(valid_loader.dataset.names), t["val_sdr_every"]) if by_sdr else None
+    # in this order: on an exception the average gives the trained weights back before InterruptCheckpoint saves
+    callbacks = [best, last if last is not best else None, curves, StopTogether(), ema,
+                 InterruptCheckpoint(ckpt_dir / INTERRUPTED), start, sdr]  # fmt: skip
+    callbacks = [c for c in callbacks if c is not None]
     if t["early_stop_patience"] is not None:
         callbacks.append(
             EarlyStopping(
@@ -401,7 +401,9 @@ def write_outputs(result: TrainResult, outputs: TrainOutputs = TrainOutputs()) -
 
 def _data_params(cache: Cache) -> dict[str, Any]:
     """What the training data was, as MLflow params (read from the cache, which records it)."""
-    return {"data.source": cache.manifest["source"], "prepare.dtype": cache.manifest["dtype"]}
+    extra = [root["root"] for root in cache.manifest.get("extra_train", [])]  # data.extra_train, as prepared
+    return {"data.source": cache.manifest["source"], "prepare.dtype": cache.manifest["dtype"],
+            **({"data.extra_train": extra} if extra else {})}  # fmt: skip
 
 
 def _tags(params: dict[str, Any], cache: Cache) -> dict[str, str]:
