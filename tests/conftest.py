@@ -3,10 +3,13 @@ session, a loopback HTTP server. Plain helpers (and the fixture policy) live in 
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
+import tempfile
 import threading
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from helpers import (
@@ -23,11 +26,43 @@ from helpers import (
     train_into,
 )
 
+pytest_plugins = ["slurm_cluster"]  # a one-node SLURM cluster and an MLflow server (tests/slurm_cluster.py)
+
 # A shell's background job (`make test &`, nohup, some CI runners) starts with SIGINT ignored, and
 # an ignored signal is inherited by every process the tests start: their stages would then not
 # see the Ctrl+C the interrupt tests send. Handle it, so the children start as from a terminal.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# The fast lane (`make test-fast`: LIGHTSAFT_LANE=fast, the tests not marked slow) starts no Python
+# process that imports torch: tests/lane/sitecustomize.py, first on every child's PYTHONPATH, refuses
+# the import and logs the command; the autouse fixture below fails the test that started it.
+FAST_LANE = os.environ.get("LIGHTSAFT_LANE") == "fast"
+
+
+def pytest_configure(config):
+    if FAST_LANE:
+        log = Path(tempfile.mkstemp(prefix="lightsaft-torch-imports-", suffix=".log")[1])
+        os.environ.update(
+            LIGHTSAFT_FAST_LANE="1",
+            LIGHTSAFT_TORCH_LOG=str(log),
+            PYTHONPATH=os.pathsep.join(
+                filter(None, [str(Path(__file__).parent / "lane"), os.environ.get("PYTHONPATH")])
+            ),
+        )
+
+
+@pytest.fixture(autouse=True)
+def no_torch_in_child_processes():
+    yield
+    log = os.environ.get("LIGHTSAFT_TORCH_LOG")
+    if FAST_LANE and log and Path(log).stat().st_size:
+        commands = Path(log).read_text()
+        Path(log).write_text("")
+        pytest.fail(
+            f"the fast lane starts no Python process that imports torch, but this test did: {commands}"
+            "mark the test @pytest.mark.slow, or test the behaviour in this process"
+        )
 
 
 @pytest.fixture

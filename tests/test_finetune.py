@@ -18,7 +18,7 @@ from lightsaft.spectral import edge_trim
 from lightsaft.train import TrainOutputs, fingerprint, train
 from lightsaft.training.losses import LOSSES, Target
 from lightsaft.weights.ours import load_weights
-from lightsaft.weights.published import URL_ENV
+from lightsaft.weights.published import PUBLISHED, URL_ENV, Published
 from lightsaft.weights.resolve import resolve_model
 
 FIXTURE = ("reference", "official_ckpt", "lightsaft_tiny_2020_prefix.ckpt")  # the tiny model, official format
@@ -123,12 +123,14 @@ def test_a_model_section_that_differs_is_refused_naming_the_key(project, synthet
 
 
 def test_a_published_name_needs_no_sha256(project, synthetic_cache, monkeypatch):
-    """A published name pins its own hash (the authors', or the one recorded on first download):
-    resolving it asks for none, and the model section is then checked against it."""
+    """A published name pins its own hash (the authors'): resolving it asks for none, and the
+    model section is then checked against it. (The fixture stands in for the published file.)"""
     monkeypatch.setenv(URL_ENV, "http://127.0.0.1:9/assets")  # nothing listens: the copy below is used
     downloaded = project / ".lightsaft" / "pretrained" / "downloads" / "lasaft_large_2019.ckpt"
     downloaded.parent.mkdir(parents=True)
     shutil.copy(shared_path(*FIXTURE), downloaded)
+    published = PUBLISHED["lasaft_large_2019"]
+    monkeypatch.setitem(PUBLISHED, "lasaft_large_2019", Published(file_sha256(downloaded), "1 MB", published.model))
     with pytest.raises(ConfigError, match="train.init_from = lasaft_large_2019: .* model.dk is 16, the model has 8"):
         train(tiny_params(**{"train.init_from": "lasaft_large_2019", "model.dk": 16}), synthetic_cache)
 

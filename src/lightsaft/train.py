@@ -24,13 +24,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 from torch.utils.data import DataLoader
 
 from . import layout
 from .data.cache import Cache
-from .data.datasets import TrainDataset, ValidDataset, train_batches
+from .data.datasets import TrainDataset, ValidDataset, seed_draws, train_batches
 from .data.extra import check_extra_roots
 from .devices import check_sync_batchnorm, claim_devices, visible_gpus
 from .errors import ConfigError, LightSAFTError, Terminated
@@ -190,9 +191,9 @@ def _train(params: dict[str, Any], cache: Cache, run_dir: Path, devices: Any, ra
     m, t, tr, rt = params["model"], params["train"], params["trainer"], params["runtime"]["train"]
     ckpt_dir = run_dir / "checkpoints"
     resume_from = _latest_checkpoint(ckpt_dir) if rt["resume"] else None
-    # Per rank: items are drawn from the global generator; DDP copies rank zero's initial weights.
-    pl.seed_everything(t["seed"] + rank, workers=True)
-    train_loader, valid_loader = _loaders(params, cache)
+    # Per rank (train.rank_sampling): items are drawn from the global generator; DDP copies rank zero's weights.
+    worker_init = seed_draws(t["seed"], rank, t["rank_sampling"])
+    train_loader, valid_loader = _loaders(params, cache, worker_init)
     module = LightSAFTModule(m, t)
     source = _source(params, "init_from") if t["init_from"] else None  # checked on resume too: its identity
     if source is not None and resume_from is None:  # fine-tuning: its weights, a fresh optimizer and schedule
@@ -329,6 +330,8 @@ def _trainer(
             logger=False,
             default_root_dir=run_dir,
             enable_model_summary=False,
+            # Under SLURM one component requeues a job, the study's (submitit): not Lightning too.
+            plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
         )
     except MisconfigurationException as e:
         raise ConfigError(
@@ -436,7 +439,7 @@ def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(found, key=found.get) if found else None
 
 
-def _loaders(params: dict[str, Any], cache: Cache) -> tuple[DataLoader, DataLoader]:
+def _loaders(params: dict[str, Any], cache: Cache, worker_init: Any = None) -> tuple[DataLoader, DataLoader]:
     m, t, tr = params["model"], params["train"], params["trainer"]
     workers = params["runtime"]["train"]["num_workers"]
     train_set = TrainDataset(
@@ -458,7 +461,8 @@ def _loaders(params: dict[str, Any], cache: Cache) -> tuple[DataLoader, DataLoad
         )
     common = {"num_workers": workers, "pin_memory": torch.cuda.is_available(), "persistent_workers": workers > 0}
     batch = tr["batch_size"]
-    return train_batches(train_set, batch, **common), DataLoader(valid_set, batch, shuffle=False, **common)
+    train_loader = train_batches(train_set, batch, worker_init_fn=worker_init, **common)
+    return train_loader, DataLoader(valid_set, batch, shuffle=False, **common)
 
 
 @contextmanager

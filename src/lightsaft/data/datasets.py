@@ -2,9 +2,9 @@
 
 Training mixes in the STFT domain: the STFT is linear, so the sum of four cached stem
 windows (hop-aligned frame offsets) is the spectrogram of their time-domain sum, and no item
-ever runs an STFT. Randomness comes from torch's global generator, which
-``pytorch_lightning.seed_everything(seed, workers=True)`` seeds in the main process and
-DataLoader seeds differently in each worker: reproducible, and different across workers.
+ever runs an STFT. Randomness comes from torch's global generator, which :func:`seed_draws`
+seeds in the main process and DataLoader seeds differently in each worker: reproducible, and
+different across workers; under DDP, different across ranks or (``same``) alike on every rank.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ import ctypes.util
 import math
 import platform
 import warnings
+from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from lightning_fabric.utilities.seed import pl_worker_init_function, seed_everything
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from ..errors import DataError
@@ -31,6 +34,21 @@ def epoch_length(samples: list[int], window: int) -> int:
     """The official epoch (``MusdbTrainSet.__len__``): one item per target for every whole
     window of ``window`` samples that fits in a train track."""
     return len(TARGETS) * sum(s // window for s in samples)
+
+
+def seed_draws(seed: int, rank: int, rank_sampling: str) -> Callable[[int], None] | None:
+    """Seed the item draws of DDP rank ``rank`` (``train.rank_sampling``); returns the DataLoader's
+    ``worker_init_fn``.
+
+    ``distinct``: the main process takes ``seed + rank``, and Lightning seeds the workers (it mixes
+    the global rank in): every rank draws its own items. ``same``: every rank takes ``seed`` and
+    seeds its workers as rank zero's, so every rank draws the items rank zero draws, whatever
+    ``num_workers``: the official DDP, where each rank called ``seed_everything(seed)`` and
+    ``MusdbTrainSet`` ignored the index its sampler gave it. A single process is rank zero either way.
+    """
+    same = rank_sampling == "same"
+    seed_everything(seed if same else seed + rank, workers=True, verbose=False)
+    return partial(pl_worker_init_function, rank=0) if same else None  # Lightning keeps one that is set
 
 
 class Draw(NamedTuple):

@@ -1,9 +1,9 @@
 """Studies: a YAML grid of params, run as DVC experiments (the demo is a one-point study).
 
 A study file holds ``set`` (overrides for every point), an optional ``base`` (another study file
-whose ``set`` comes first), a ``grid`` (key -> list of values), ``seeds`` (-> ``train.seed``) and
-``points`` (explicit points, each ``{name, set}`` with overrides of its own; beside a grid, or
-instead of it).
+whose ``set`` comes first, and whose grid, seeds and points it takes when it lists none of its
+own), a ``grid`` (key -> list of values), ``seeds`` (-> ``train.seed``) and ``points`` (explicit
+points, each ``{name, set}`` with overrides of its own; beside a grid, or instead of it).
 Each point becomes one ``dvc exp run`` with ``-S key=value`` overrides, so it reuses whatever
 DVC already has cached (download, prepare) and lands in ``dvc exp show`` and MLflow.
 """
@@ -75,17 +75,22 @@ def load_study(path: str | Path, extra: dict[str, Any] | None = None) -> Study:
             f"{path}: unknown key(s) {sorted(unknown)}; a study has study, description, base, set, grid, seeds, points"
         )
     overrides: dict[str, Any] = {}
-    if raw.get("base"):
-        overrides.update(load_study(path.parent / raw["base"]).overrides)
+    base = load_study(path.parent / raw["base"]) if raw.get("base") else None
+    if base is not None:
+        overrides.update(base.overrides)
+    inherit = base is not None and not any(raw.get(key) for key in ("grid", "seeds", "points"))
     overrides.update(raw.get("set") or {})
     overrides.update(extra or {})
     name = raw.get("study") or path.stem
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
         raise ConfigError(f"{path}: study name {name!r} must be letters, digits, '-' or '_'")
-    grid = raw.get("grid") or {}
+    grid = base.grid if inherit else raw.get("grid") or {}
     if not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError(f"{path}: every grid entry must be a non-empty list of values")
-    study = Study(name, path, overrides, grid, list(raw.get("seeds") or []), _explicit(path, raw.get("points")))
+    if inherit:  # the base's points, with this file's settings
+        study = Study(name, path, overrides, grid, base.seeds, base.explicit)
+    else:
+        study = Study(name, path, overrides, grid, list(raw.get("seeds") or []), _explicit(path, raw.get("points")))
     for point in study.points():
         params = defaults()
         try:

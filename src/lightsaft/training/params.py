@@ -9,6 +9,7 @@ from ..schema import RUNTIME, Section, boolean, choice, fail, integer, list_of, 
 
 LOSSES = ("spec_mse", "spec_l1", "raw_l1")
 OPTIMIZERS = ("adam", "adamw")
+RANK_SAMPLING = ("distinct", "same")  # DDP: each rank its own items, or every rank the same ones (official)
 SELECT_BY = ("val_loss", "val_sdr")  # what picks the kept checkpoints and weights.pt
 
 
@@ -50,6 +51,7 @@ TRAIN = Section(
     "train",
     {
         "seed": (2020, integer(0)),
+        "rank_sampling": ("distinct", choice(*RANK_SAMPLING)),
         "init": ("official", choice("official", "pytorch")),
         "optimizer": ("adam", choice(*OPTIMIZERS)),
         "lr": (0.001, number(0, lo_open=True)),
@@ -59,7 +61,7 @@ TRAIN = Section(
         "lr_factor": (0.5, number(0, 1, lo_open=True)),
         "lr_patience": (50, integer(0)),
         "early_stop_patience": (300, integer(1, nullable=True)),  # null: no early stopping
-        "early_stop_min_delta": (0.05, number(0)),
+        "early_stop_min_delta": (0.0, number(0)),
         "save_top_k": (5, integer(1)),
         "items_per_epoch": (None, integer(1, nullable=True)),
         "mix_across_tracks": (True, boolean()),

@@ -16,8 +16,8 @@ from pathlib import Path
 from ..errors import ConfigError, WeightsError
 from ..model.unet import Separator
 from ..paths import file_sha256
-from .ours import load_weights
-from .published import PUBLISHED, default_out, fetch_published, recorded_sha256, write_import
+from .ours import load_weights, source_sha256
+from .published import PUBLISHED, default_out, fetch_published, identified, published_name, write_import
 
 
 @dataclass(frozen=True)
@@ -54,21 +54,22 @@ def resolve_model(
     actual = file_sha256(path)
     if sha256 is not None and actual != sha256:
         raise WeightsError(f"{path}: sha256 {actual} differs from the pinned {sha256}; nothing loaded")
-    verified = "pinned sha256 verified" if sha256 else "a local file: not verified"
-    published = next((name for name, p in PUBLISHED.items() if p.sha256 == actual), None)
+    verified = "pinned sha256 verified" if sha256 else identified(actual)
     weights = path
     if path.suffix == ".ckpt":  # official: imported once per content
         weights = default_out(path, actual)
         if not weights.is_file():
             print(write_import(path, weights, text, actual, verified).summary())
-    return ResolvedModel(load_weights(weights), text, _safe_name(path.stem), actual, verified, weights, published)
+    model = load_weights(weights)
+    published = published_name(actual) or published_name(source_sha256(weights))  # the .ckpt, or an import of it
+    return ResolvedModel(model, text, _safe_name(path.stem), actual, verified, weights, published)
 
 
 # --- issue 23: sources whose identity the params must fix (train.pretrained, train.init_from) ---
 def resolve_pinned(reference: str, sha256: str | None, base: str | Path, what: str) -> ResolvedModel:
     """:func:`resolve_model` for a model that is part of a result's identity: DVC sees only the
     reference, so a file's content must be pinned in params (``<what>_sha256``). A published name
-    pins its own (the authors' hash, or the one recorded on first download)."""
+    pins its own (the authors' hash, :data:`~lightsaft.weights.published.PUBLISHED`)."""
     if sha256 is None and reference not in PUBLISHED:
         path = Path(reference).expanduser()
         path = path if path.is_absolute() else Path(base) / path
@@ -85,12 +86,11 @@ def resolve_pinned(reference: str, sha256: str | None, base: str | Path, what: s
 
 def _published(name: str, sha256: str | None) -> ResolvedModel:
     """A published model: downloaded, verified and imported on first use; afterwards its imported
-    copy, whose source was verified when it was made."""
+    copy, whose source was verified when it was made (and which names that source's hash)."""
     weights = default_out(name, "")
-    known = PUBLISHED[name].sha256 or recorded_sha256(name)
-    if weights.is_file() and known is not None and sha256 in (None, known):
-        how = "published sha256" if PUBLISHED[name].sha256 else "sha256 recorded on first download"
-        return ResolvedModel(load_weights(weights), name, name, known, f"verified when imported ({how})", weights, name)
+    known = PUBLISHED[name].sha256
+    if weights.is_file() and sha256 in (None, known) and source_sha256(weights) == known:
+        return ResolvedModel(load_weights(weights), name, name, known, "verified when imported", weights, name)
     path, actual, verified = fetch_published(name, sha256)
     print(write_import(path, weights, name, actual, verified).summary())
     return ResolvedModel(load_weights(weights), name, name, actual, verified, weights, name)
