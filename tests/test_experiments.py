@@ -76,6 +76,10 @@ def test_shipped_studies_are_valid(path):
     counts = {"dk_num_tdfs.yaml": 4 * 4 * 3, "demo_grid.yaml": 4}
     expected = {**counts, "official_checkpoints.yaml": 5, "official_checkpoints_hq.yaml": 5}.get(path.name, 1)
     assert len(points) == expected
+    if path.name == "dk_num_tdfs.yaml":  # compared with the seed configuration
+        assert (
+            load_study(path).reference == f"dk={defaults()['model']['dk']}, num_tdfs={defaults()['model']['num_tdfs']}"
+        )
 
 
 def test_a_study_with_a_base_and_no_points_of_its_own_runs_the_bases_points(tmp_path):
@@ -196,6 +200,51 @@ def test_published_checkpoints_are_scored_on_both_releases_with_the_authors_sepa
                 assert separate["protocol"] == "official" and separate["min_trim"] == 5000, point
                 assert params["model"] == published_model(params["train"]["pretrained"])
     assert releases["musdb18"] == releases["musdb18hq"] and len(releases["musdb18"]) == 5
+
+
+def test_points_carry_their_label_and_seed(tmp_path):
+    study = load_study(_study(tmp_path, study="s", grid={"model.dk": [4, 16], "train.lr": [1e-3]}, seeds=[1, 2]))
+    assert [(p.label, p.seed) for p in study.points()] == [
+        ("dk=4, lr=0.001", 1),
+        ("dk=4, lr=0.001", 2),
+        ("dk=16, lr=0.001", 1),
+        ("dk=16, lr=0.001", 2),
+    ]  # fmt: skip  (grid values as the file gives them: 0.001, not 1e-03 or 0.001000)
+    assert study.labels() == ["dk=4, lr=0.001", "dk=16, lr=0.001"] and study.reference is None
+    assert study.grid_values("dk=16, lr=0.001") == {"model.dk": 16, "train.lr": 0.001}
+
+
+@pytest.mark.parametrize(
+    "reference, label",
+    [
+        ({"model.dk": 16, "model.num_tdfs": 2}, "dk=16, num_tdfs=2"),  # grid values
+        ({"model.num_tdfs": 4}, "dk=4, num_tdfs=4"),  # fewer keys, where they pick one point (one dk below)
+        ("dk=4, num_tdfs=2", "dk=4, num_tdfs=2"),  # a label
+        ("wide", "wide"),  # an explicit point
+    ],
+)
+def test_the_reference_point_names_one_point(tmp_path, reference, label):
+    body = {"study": "s", "grid": {"model.dk": [4, 16], "model.num_tdfs": [2, 4]}, "reference": reference,
+            "points": [{"name": "wide", "set": {"model.internal_channels": 32}}]}  # fmt: skip
+    if reference == {"model.num_tdfs": 4}:
+        body["grid"]["model.dk"] = [4]  # one dk: num_tdfs alone picks one point
+    assert load_study(_study(tmp_path, **body)).reference == label
+
+
+@pytest.mark.parametrize(
+    "reference, message",
+    [
+        ({"model.dk": 32}, "reference {'model.dk': 32} matches no point; the points are: dk=4, num_tdfs=2; "),
+        ({"model.dk": 4}, "matches 2 points (give every grid key)"),
+        ({"model.dkk": 4}, "name grid keys with their values (grid keys: model.dk, model.num_tdfs)"),
+        ("narrow", "reference 'narrow' matches no point"),
+        (["dk=4"], "matches no point"),
+    ],
+)
+def test_a_reference_that_names_no_single_point_is_refused(tmp_path, reference, message):
+    body = {"grid": {"model.dk": [4, 16], "model.num_tdfs": [2, 4]}, "reference": reference}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_study(_study(tmp_path, **body))
 
 
 def test_set_values_keep_their_yaml_types():

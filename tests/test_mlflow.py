@@ -65,6 +65,7 @@ def record_training(root: Path, cache, name: str, vocals_sdr: float) -> SimpleNa
         records.write_run_file(run_file, run.run_id, EXPERIMENT, model_id)
         sdr = {f"sdr_{t}": vocals_sdr + i for i, t in enumerate(TARGETS)}
         sdr["sdr_mean"] = sum(sdr.values()) / 4
+        sdr.update(sdr_mdx_mean=vocals_sdr + 1.25, si_sdr_mean=vocals_sdr - 0.5)  # the whole-track SDRs
         child = records.log_evaluation(run_file, params, sdr, [], dataset=store.dataset_of(cache))
     finally:
         del os.environ["DVC_EXP_NAME"]
@@ -110,8 +111,11 @@ def test_runs_carry_kind_source_dataset_description_and_system_metrics(recorded,
         assert json.loads(data.dataset.profile)["tracks"] == {"train": 3, "valid": 1, "test": 1}
         sdr = " · ".join(f"{t} {rec.sdr[f'sdr_{t}']:.2f}" for t in (*TARGETS, "mean"))
         assert tags["mlflow.note.content"] == (
-            f"LightSAFT · dk 8 · 4 TDFs · 71,988 parameters · 300 steps\n\nTest SDR (dB): {sdr}"
+            f"LightSAFT · dk 8 · 4 TDFs · 71,988 parameters · 300 steps\n\nTest SDR (museval, dB): {sdr}\n\n"
+            "Whole-track SDRs, mean over tracks and targets (dB): "
+            f"MDX 2021 SDR {rec.sdr['sdr_mdx_mean']:.2f} · SI-SDR {rec.sdr['si_sdr_mean']:.2f}"
         )
+        assert run.data.metrics["test_sdr_mdx_mean"] == rec.sdr["sdr_mdx_mean"]  # beside museval's, on the run
         system = {k for k in run.data.metrics if k.startswith("system/")}
         assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
         child = client.get_run(rec.child)

@@ -125,6 +125,7 @@ def test_demo_outputs_of_every_stage(demo):
         "results/scores/summary.csv",
         f"results/scores/museval/test/{test_tracks[0]}.json",
         "metrics/sdr.json",
+        "metrics/per_track_sdr.csv",
         "plots/sdr_per_target.csv",
         "results/report/index.html",
         *[f"results/estimates/test/{test_tracks[0]}/{t}.wav" for t in ("vocals", "drums", "bass", "other")],
@@ -132,6 +133,7 @@ def test_demo_outputs_of_every_stage(demo):
         assert (repo / path).is_file(), path
     sdr = json.loads((repo / "metrics/sdr.json").read_text())
     assert {"sdr_vocals", "baseline_sdr_vocals", "sdr_improvement_vocals", "sdr_mean"} <= set(sdr)
+    assert {"sdr_mdx_vocals", "si_sdr_vocals", "sdr_mdx_mean", "si_sdr_mean"} <= set(sdr)  # the whole-track SDRs
 
 
 def test_a_second_repro_does_nothing(demo):
@@ -205,9 +207,11 @@ def test_queued_ablation_gets_every_point_its_mlflow_run(demo):
         assert "test_sdr_vocals" in runs[n].data.metrics
     assert runs[names[0]].data.tags.get("restored_from_run_cache")
     points = (repo / "results/ablations/ci-grid/points.csv").read_text().splitlines()
-    assert points[0].startswith("experiment,status,model.dk") and len(points) == 3
+    assert points[0].startswith("experiment,point,status,model.dk") and len(points) == 3
     assert all(",done," in line for line in points[1:])
     assert (repo / "results/ablations/ci-grid/sdr.png").stat().st_size > 1000
+    summary = (repo / "results/ablations/ci-grid/summary.md").read_text()  # paired on the demo's test tracks
+    assert "difference vs reference [95% CI]" in summary and f"reference point **dk={demo_dk}**" in summary
 
 
 def test_a_pretrained_model_runs_through_the_pipeline_without_training(demo):

@@ -54,7 +54,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from .study.compare import collect, ensure_mlflow_runs, write_comparison
+    from .study.compare import compare_study
     from .study.queue import run_queue
     from .study.studies import load_study
 
@@ -93,10 +93,8 @@ def _ablate(args: argparse.Namespace) -> int:
         print(f"study {study.name}: {len(points)} experiments, {args.jobs} at a time")
         results = {} if args.compare_only else run_queue(repo, points, args.jobs, out_dir / "logs")
         logs = {name: out_dir / "logs" / f"{name}.log" for name in results}
-    table = collect(repo, study)
     experiment = study.overrides.get("mlflow.experiment") or load_params(repo / "params.yaml")["mlflow"]["experiment"]
-    ensure_mlflow_runs(repo, table, experiment)
-    paths = write_comparison(table, study, out_dir)
+    paths = compare_study(repo, study, out_dir, experiment)  # tables, figures, the study's MLflow run
     print("\n" + paths["markdown"].read_text())
     failed = [name for name, status in results.items() if status.startswith("Failed")]
     for name, status in results.items():

@@ -36,6 +36,12 @@ DATA = Section(
     rules=(check_extra_train,),
 )
 
+
+def synthetic_track_names(split: str, count: int) -> list[str]:
+    """Names of the synthetic tracks of a split (here, not in ``synthetic``: params checks use them)."""
+    return [f"synthetic {split} {i:03d}" for i in range(count)]
+
+
 PREPARE = Section("prepare", {"dtype": ("float16", choice("float16", "float32"))})
 
 RUNTIME_PREPARE = Section(

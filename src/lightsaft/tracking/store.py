@@ -35,6 +35,7 @@ NOTE = "mlflow.note.content"  # the run's description in the UI
 DATA_CONTEXT = "mlflow.data.context"
 DIGEST_CHARS = 12  # of a dataset's digest, as shown in the runs table
 VARIANTS = {"lightsaft": "LightSAFT", "lasaft": "LaSAFT"}
+WHOLE_TRACK = {"test_sdr_mdx_mean": "MDX 2021 SDR", "test_si_sdr_mean": "SI-SDR"}  # beside museval's, not comparable
 
 
 def tracking_uri() -> str:
@@ -220,7 +221,10 @@ def describe(params: dict[str, str], metrics: dict[str, float]) -> str:
     lines = [" · ".join(parts)]
     sdr = [f"{t} {metrics[f'test_sdr_{t}']:.2f}" for t in (*TARGETS, "mean") if f"test_sdr_{t}" in metrics]
     if sdr:
-        lines.append("Test SDR (dB): " + " · ".join(sdr))
+        lines.append("Test SDR (museval, dB): " + " · ".join(sdr))
+    others = [f"{label} {metrics[key]:.2f}" for key, label in WHOLE_TRACK.items() if key in metrics]
+    if others:
+        lines.append("Whole-track SDRs, mean over tracks and targets (dB): " + " · ".join(others))
     return "\n\n".join(lines)
 
 
