@@ -253,7 +253,8 @@ def test_a_pretrained_model_runs_through_the_pipeline_without_training(demo):
     model = {f"model.{key}": value for key, value in TINY_MODEL.items()}
     data = {k: v for k, v in CI.items() if k.startswith("data.")}
     set_params(repo, {"data.source": "synthetic", **data, **model, "train.pretrained": str(ckpt),
-                      "mlflow.experiment": "ci-pretrained", "report.excerpt_seconds": 2.0})  # fmt: skip
+                      "train.pretrained_sha256": file_sha256(ckpt), "mlflow.experiment": "ci-pretrained",
+                      "report.excerpt_seconds": 2.0})  # fmt: skip
     log = run(repo, "dvc", "repro")
     assert ran_stages(log) >= set(STAGES) - {"download"}, log[-3000:]  # download: its data.* unchanged
     cache = Cache(repo / "data/cache")

@@ -34,7 +34,13 @@ def project(tmp_path, monkeypatch):
 
 def test_pretrained_official_checkpoint_replaces_training(project, synthetic_cache):
     ckpt = fixture("lightsaft_tiny_2020_prefix.ckpt")
-    params = tiny_params(**{"train.pretrained": str(ckpt), "mlflow.experiment": "pretrained"})
+    params = tiny_params(
+        **{
+            "train.pretrained": str(ckpt),
+            "train.pretrained_sha256": file_sha256(ckpt),
+            "mlflow.experiment": "pretrained",
+        }
+    )
     metrics = train_into(project, params, synthetic_cache)
     out = TrainOutputs.under(project)
 
@@ -60,8 +66,14 @@ def test_pretrained_official_checkpoint_replaces_training(project, synthetic_cac
 
 
 def test_a_model_section_that_differs_is_refused_with_every_difference(project, synthetic_cache):
+    ckpt = fixture("lightsaft_tiny_2020_prefix.ckpt")
     params = tiny_params(
-        **{"train.pretrained": str(fixture("lightsaft_tiny_2020_prefix.ckpt")), "model.dk": 16, "model.num_tdfs": 2}
+        **{
+            "train.pretrained": str(ckpt),
+            "train.pretrained_sha256": file_sha256(ckpt),
+            "model.dk": 16,
+            "model.num_tdfs": 2,
+        }
     )
     with pytest.raises(ConfigError) as error:
         train(params, synthetic_cache)
@@ -107,5 +119,6 @@ def test_cache_without_training_tracks_is_enough(project, tmp_path_factory):
     )
     cache = prepare(raw, raw.parent.parent / "cache", 256, 64, splits=("test",))
     assert Cache(cache).tracks("test") and not (cache / "spec").exists()
-    params = tiny_params(**{"train.pretrained": str(fixture("lightsaft_tiny_2020_prefix.ckpt"))})
+    ckpt = fixture("lightsaft_tiny_2020_prefix.ckpt")
+    params = tiny_params(**{"train.pretrained": str(ckpt), "train.pretrained_sha256": file_sha256(ckpt)})
     assert train_into(project, params, cache)["steps"] == 0

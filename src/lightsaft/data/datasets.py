@@ -246,17 +246,21 @@ class ValidDataset(Dataset):
     Training passes :func:`lightsaft.spectral.edge_trim` as ``trim``: the official
     ``get_trim_length`` (``ceil(5000 / hop) * hop``), capped at a quarter window for small configs.
     ``chunks_per_track`` keeps that many cores per track, evenly spread. Items are ordered by
-    track, then core, then condition 0..3.
+    track, then core, then condition 0..3. ``where``: each item also says where its core lies
+    (:class:`lightsaft.training.val_sdr.ValSdr` assembles whole-track scores from them).
     """
 
-    def __init__(self, cache: Cache, num_frame: int, chunks_per_track: int | None = None, *, trim: int):
-        self.cache = cache
+    def __init__(
+        self, cache: Cache, num_frame: int, chunks_per_track: int | None = None, *, trim: int, where: bool = False
+    ):
+        self.cache, self.where = cache, where
         self.window, self.trim = window_samples(num_frame, cache.manifest["hop_length"]), trim
         self.core = self.window - 2 * trim
         if trim < 0 or self.core <= 0:
             raise DataError(f"validation trim {trim}: must leave part of the {self.window}-sample window")
         self.chunks: list[tuple[str, int]] = []
-        for name in cache.tracks("valid"):
+        self.names = cache.tracks("valid")
+        for name in self.names:
             count = math.ceil(cache.samples(name) / self.core)
             keep = range(count)
             if chunks_per_track is not None and chunks_per_track < count:
@@ -268,7 +272,7 @@ class ValidDataset(Dataset):
     def __len__(self) -> int:
         return len(self.chunks) * len(TARGETS)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         (name, start), condition = self.chunks[index // len(TARGETS)], index % len(TARGETS)
         target = TARGETS[condition]
         audio = self.cache.load_audio(name, start, start + self.core, stems=("mixture", target))
@@ -277,4 +281,7 @@ class ValidDataset(Dataset):
             wave = np.zeros((self.window, 2), dtype=np.float32)
             wave[self.trim : self.trim + len(audio[stem])] = audio[stem]
             waves.append(torch.from_numpy(wave))
+        if self.where:  # issue 23 (val_sdr): which track, and the samples of the window that are the track's
+            kept = len(audio[target])
+            return *waves, torch.tensor(condition), torch.tensor([self.names.index(name), self.trim, self.trim + kept])
         return waves[0], waves[1], torch.tensor(condition)

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import WeightsError
+from ..errors import ConfigError, WeightsError
 from ..model.unet import Separator
 from ..paths import file_sha256
 from .ours import load_weights, source_sha256
@@ -70,6 +70,25 @@ def resolve_model(
     published = published_name(actual) or published_name(source_sha256(weights))  # the .ckpt, or an import of it
     name = named.name if named else _safe_name(path.stem)
     return ResolvedModel(model, text, name, actual, verified, weights, published)
+
+
+# --- issue 23: sources whose identity the params must fix (train.pretrained, train.init_from) ---
+def resolve_pinned(reference: str, sha256: str | None, base: str | Path, what: str) -> ResolvedModel:
+    """:func:`resolve_model` for a model that is part of a result's identity: DVC sees only the
+    reference, so a file's content must be pinned in params (``<what>_sha256``). A published name
+    pins its own (the authors' hash, :data:`~lightsaft.weights.published.PUBLISHED`)."""
+    if sha256 is None and reference not in PUBLISHED:
+        path = Path(reference).expanduser()
+        path = path if path.is_absolute() else Path(base) / path
+        if path.is_file():
+            raise ConfigError(
+                f"{what} = {reference!r} is a file: set {what}_sha256 to its sha256 ({file_sha256(path)} now), "
+                f"so that the training's identity changes with the file (DVC sees only the path)"
+            )
+    return resolve_model(reference, base, sha256, what)
+
+
+# --- end issue 23 ---
 
 
 def _published(name: str, sha256: str | None) -> ResolvedModel:
