@@ -105,9 +105,8 @@ def test_a_file_needs_its_sha256_and_a_wrong_one_is_refused(project, synthetic_c
     for key in ("init_from", "pretrained"):
         with pytest.raises(ConfigError) as error:
             train(tiny_params(**{f"train.{key}": str(ckpt)}), synthetic_cache)
-        assert f"train.{key} = '{ckpt}' is a file: set train.{key}_sha256 to its sha256 ({file_sha256(ckpt)} now)" in (
-            str(error.value)
-        )
+        expected = f"train.{key} = '{ckpt}': set train.{key}_sha256 to the sha256 of the file it names"
+        assert f"{expected} ({file_sha256(ckpt)} now)" in str(error.value)
         with pytest.raises(WeightsError, match=f"differs from the pinned {'0' * 64}; nothing loaded"):
             train(tiny_params(**{f"train.{key}": str(ckpt), f"train.{key}_sha256": "0" * 64}), synthetic_cache)
     assert not (project / "mlflow.db").exists() and not (project / "models").exists()

@@ -45,18 +45,9 @@ def resolve_model(
     if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise WeightsError(f"sha256 {sha256!r}: expected 64 lowercase hexadecimal digits")
     text = str(reference)
-    named = locate(text, Path(base), what)  # a DVC experiment or MLflow model (weights/references.py), or None
-    if named is None and text in PUBLISHED:
+    if text in PUBLISHED and locate(text, Path(base), what) is None:
         return _published(text, sha256)
-    path = named.weights if named else Path(reference).expanduser()
-    path = path if path.is_absolute() else Path(base) / path
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{what} = {text!r}: no such file, DVC experiment or MLflow model, and not a published name "
-            f"({', '.join(PUBLISHED)}); give our weights file (models/weights.pt), an official .ckpt, a published "
-            f"name, a DVC experiment name (dvc exp show), an MLflow run id (runs:/<id>), models:/<model id>, "
-            f"or a registered model models:/<name>/<version> or models:/<name>@<alias>"
-        )
+    path, named = _find(text, Path(base), what)
     actual = file_sha256(path)
     if sha256 is not None and actual != sha256:
         raise WeightsError(f"{path}: sha256 {actual} differs from the pinned {sha256}; nothing loaded")
@@ -72,23 +63,33 @@ def resolve_model(
     return ResolvedModel(model, text, name, actual, verified, weights, published)
 
 
-# --- issue 23: sources whose identity the params must fix (train.pretrained, train.init_from) ---
+def _find(text: str, base: Path, what: str):
+    """The file a (non-published) reference names, and what :func:`locate` found (None for a path)."""
+    named = locate(text, base, what)  # a DVC experiment or MLflow model (weights/references.py), or None
+    path = named.weights if named else Path(text).expanduser()
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{what} = {text!r}: no such file, DVC experiment or MLflow model, and not a published name "
+            f"({', '.join(PUBLISHED)}); give our weights file (models/weights.pt), an official .ckpt, a published "
+            f"name, a DVC experiment name (dvc exp show), an MLflow run id (runs:/<id>), models:/<model id>, "
+            f"or a registered model models:/<name>/<version> or models:/<name>@<alias>"
+        )
+    return path, named
+
+
 def resolve_pinned(reference: str, sha256: str | None, base: str | Path, what: str) -> ResolvedModel:
-    """:func:`resolve_model` for a model that is part of a result's identity: DVC sees only the
-    reference, so a file's content must be pinned in params (``<what>_sha256``). A published name
-    pins its own (the authors' hash, :data:`~lightsaft.weights.published.PUBLISHED`)."""
+    """:func:`resolve_model` for a model that is part of a result's identity (``train.pretrained``,
+    ``train.init_from``): DVC sees only the reference, and a file can change, an experiment be run
+    again under its name, an alias move, so its content must be pinned in params (``<what>_sha256``).
+    A published name pins its own (the authors' hash, :data:`~lightsaft.weights.published.PUBLISHED`)."""
     if sha256 is None and reference not in PUBLISHED:
-        path = Path(reference).expanduser()
-        path = path if path.is_absolute() else Path(base) / path
-        if path.is_file():
-            raise ConfigError(
-                f"{what} = {reference!r} is a file: set {what}_sha256 to its sha256 ({file_sha256(path)} now), "
-                f"so that the training's identity changes with the file (DVC sees only the path)"
-            )
+        path, _ = _find(reference, Path(base), what)
+        raise ConfigError(
+            f"{what} = {reference!r}: set {what}_sha256 to the sha256 of the file it names ({file_sha256(path)} "
+            f"now), so that the training's identity changes with its content (DVC sees only the reference)"
+        )
     return resolve_model(reference, base, sha256, what)
-
-
-# --- end issue 23 ---
 
 
 def _published(name: str, sha256: str | None) -> ResolvedModel:
