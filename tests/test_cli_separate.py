@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -9,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import SpecModel, identity, require_ffmpeg, shared_path
+from helpers import SpecModel, identity, noise, require_ffmpeg, shared_path
 
 import lightsaft.songs
 from lightsaft.cli import main
 from lightsaft.data.audio import read_audio, resample
+from lightsaft.data.stream import ArraySource, BlockResampler, ResampledSource, open_audio
 from lightsaft.separation.track import separate_track
 from lightsaft.spectral import SAMPLE_RATE, TARGETS
 from lightsaft.weights.ours import load_weights
@@ -151,6 +153,40 @@ def test_a_resampled_song_in_blocks_is_the_whole_song_separated(tmp_path, weight
         written, rate = sf.read(tmp_path / "out" / "song" / f"{target}.wav", dtype="float32")
         assert rate == 48000
         np.testing.assert_allclose(written, resample(estimate, SAMPLE_RATE, 48000)[: len(audio)], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("rates", [(48000, 44100), (22050, 44100), (8000, 44100), (96000, 44100), (44100, 48000)])
+def test_resampling_in_blocks_is_resampling_the_whole(rates):
+    """Ranges read from a resampled source, and irregular blocks pushed through a block resampler,
+    give what resample() gives for the whole signal."""
+    rate_from, rate_to = rates
+    audio = noise(12_345, seed=rate_from)
+    whole = resample(audio, rate_from, rate_to)
+    source = ResampledSource(ArraySource(audio, rate_from), rate_to)
+    assert source.frames == len(whole) and source.rate == rate_to
+    ranges = np.concatenate([source.read(i, min(i + 777, source.frames)) for i in range(0, source.frames, 777)])
+    np.testing.assert_allclose(ranges, whole, rtol=0, atol=1e-7)
+    assert not source.read(-50, 0).any() and not source.read(source.frames, source.frames + 9).any()
+    resampler, cuts = BlockResampler(rate_from, rate_to, len(audio)), [0, 1, 500, 501, 4000, 12_000, len(audio)]
+    pushed = np.concatenate([resampler.push(audio[a:b]) for a, b in itertools.pairwise(cuts)])
+    np.testing.assert_allclose(pushed, whole, rtol=0, atol=1e-7)
+
+
+def test_compressed_songs_decode_in_blocks_as_a_whole(tmp_path):
+    """mp3 through ffmpeg into a temporary file, read by range; a .stem.mp4's mixture as 16-bit values."""
+    require_ffmpeg()
+    mp3 = tmp_path / "song.mp3"
+    sf.write(mp3, tone(44100, 1.0, 2), 44100)
+    stem = shared_path("musdb", "musdb18-7", "test", "The Easton Ellises - Falcon 69.stem.mp4")
+    for path in (mp3, stem):
+        whole, rate = read_audio(path, stream=0)
+        with open_audio(path) as source:
+            assert (source.rate, source.channels, source.frames) == (rate, 2, len(whole))
+            blocks = np.concatenate([source.read(i, i + 30_000) for i in range(-100, source.frames, 30_000)])
+            temp = source.file.name
+        np.testing.assert_array_equal(blocks[100 : 100 + len(whole)], whole)
+        assert not blocks[:100].any() and not blocks[100 + len(whole) :].any()
+        assert not Path(temp).exists()  # the decoded copy is gone
 
 
 def test_stem_mp4_uses_the_mixture_stream(tmp_path, weights, capsys):

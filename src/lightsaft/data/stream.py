@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .audio import FFMPEG_SUFFIXES, SOUNDFILE_SUFFIXES, SUPPORTED_SUFFIXES, AudioError, ffmpeg_binary, probe
+from .audio import FFMPEG_SUFFIXES, SOUNDFILE_SUFFIXES, SUPPORTED_SUFFIXES, AudioError, ffmpeg_decoder
 
 DECODE_BLOCK = 1 << 20  # bytes read from ffmpeg at a time
 
@@ -110,18 +110,8 @@ def decode_to_file(path: Path, stream: int, out: Path) -> tuple[int, int]:
     """ffmpeg decodes audio stream ``stream`` of ``path`` into ``out`` (raw float32), a block at a
     time; returns (rate, channels). A ``.stem.mp4`` decodes to 16-bit values, as
     :func:`lightsaft.data.audio.read_audio` decodes it."""
-    info = probe(path)
-    if stream >= len(info["audio"]):
-        raise AudioError(
-            f"{path}: has {len(info['audio'])} audio streams, stream {stream} requested "
-            f"(a MUSDB18 .stem.mp4 has 5: mixture, drums, bass, other, vocals)"
-        )
-    meta = info["audio"][stream]
-    channels, rate = int(meta["channels"]), int(meta["sample_rate"])
     pcm16 = path.name.lower().endswith(".stem.mp4")
-    fmt = "s16le" if pcm16 else "f32le"
-    cmd = [ffmpeg_binary(), "-v", "error", "-nostdin", "-i", str(path), "-map", f"0:a:{stream}"]
-    cmd += ["-f", fmt, "-acodec", f"pcm_{fmt}", "-"]
+    cmd, rate, channels = ffmpeg_decoder(path, stream, None, pcm16)
     ffmpeg = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         with open(out, "wb") as f:
