@@ -87,13 +87,13 @@ def measure(song: Path, weights: Path, out: Path, targets: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, nargs="+", default=[6.0, 60.0], help="file lengths (shortest first)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 0.1 and 1 minute")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 3 and 30 seconds")
     parser.add_argument("--targets", default="vocals", help="--targets of the command (default: vocals)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
-    minutes = [0.1, 1.0] if args.quick else sorted(args.minutes)
+    minutes = [0.05, 0.5] if args.quick else sorted(args.minutes)
     import lightsaft
 
     print(f"lightsaft separate --targets {args.targets}: peak memory of a fresh process")
