@@ -234,6 +234,9 @@ class MemoryCache:
     def tracks(self, split: str) -> list[str]:
         return list(self.audio) if split == "test" else []
 
+    def samples(self, track: str) -> int:
+        return len(self.audio[track]["mixture"])
+
     def load_audio(self, track: str, start: int = 0, stop: int | None = None, stems=None) -> dict[str, np.ndarray]:
         if track == self.fail:
             raise OSError(f"{track}: cannot read")

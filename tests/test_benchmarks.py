@@ -14,7 +14,8 @@ import pytest
 from helpers import REPO, SHARED
 
 # (script, a line of its table's header); slow: over 20 s on a loaded 2-core machine (museval and
-# the evaluate stage's worker process dominate), 7-18 s for the others.
+# the evaluate stage's worker process dominate; separate_memory starts two processes, separate_disk
+# trains a tiny model), 7-18 s for the others.
 BENCHMARKS = [
     pytest.param("loader.py", "batches/s by loader", id="loader"),
     pytest.param("train_speed.py", "warm-up + timed", id="train_speed"),
@@ -23,6 +24,8 @@ BENCHMARKS = [
     pytest.param("bsseval.py", "max |diff| dB", id="bsseval", marks=pytest.mark.slow),
     pytest.param("stats_calibration.py", "false-positive rate", id="stats_calibration"),
     pytest.param("window_edges.py", "frames that differ: [0, 1, 126, 127] of 128", id="window_edges"),
+    pytest.param("separate_memory.py", "peak / shortest", id="separate_memory", marks=pytest.mark.slow),
+    pytest.param("separate_disk.py", "kB per s of audio", id="separate_disk", marks=pytest.mark.slow),
 ]
 
 

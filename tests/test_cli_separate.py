@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -9,11 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import SpecModel, identity, require_ffmpeg, shared_path
+from helpers import SpecModel, identity, noise, require_ffmpeg, shared_path
 
 import lightsaft.songs
 from lightsaft.cli import main
-from lightsaft.spectral import TARGETS
+from lightsaft.data.audio import read_audio, resample
+from lightsaft.data.stream import ArraySource, BlockResampler, ResampledSource, open_audio
+from lightsaft.separation.track import separate_track
+from lightsaft.spectral import SAMPLE_RATE, TARGETS
+from lightsaft.weights.ours import load_weights
 from lightsaft.weights.resolve import ResolvedModel
 
 
@@ -23,11 +28,16 @@ def tone(rate: int, seconds: float, channels: int) -> np.ndarray:
     return np.stack([left, right][:channels], axis=1).astype(np.float32)
 
 
+def stand_in(monkeypatch, fn) -> None:
+    """``--model`` resolves to a stand-in whose output is ``fn(spec, condition)``."""
+    resolved = ResolvedModel(SpecModel(fn), "stand-in", "stand-in", "0" * 64, "a test", Path("unused.pt"))
+    monkeypatch.setattr(lightsaft.songs, "resolve_model", lambda reference, base: resolved)
+
+
 def test_rates_channels_and_lengths_are_kept(tmp_path, monkeypatch):
     """With an identity model the stems equal the input: resampling there and back, mono in and
     out, and the exact length are all checked, not just the file names."""
-    resolved = ResolvedModel(SpecModel(identity), "stand-in", "stand-in", "0" * 64, "a test", Path("unused.pt"))
-    monkeypatch.setattr(lightsaft.songs, "resolve_model", lambda reference, base: resolved)
+    stand_in(monkeypatch, identity)
     songs = {"mono22k.wav": (tone(22050, 0.5, 1), 22050), "stereo48k.flac": (tone(48000, 0.3, 2), 48000)}
     for name, (audio, rate) in songs.items():
         sf.write(tmp_path / name, audio, rate)
@@ -59,6 +69,126 @@ def test_rates_channels_and_lengths_are_kept(tmp_path, monkeypatch):
             np.testing.assert_allclose(written[inner], audio[inner], atol=2e-3)
 
 
+def test_two_stems_runs_one_target_and_writes_the_rest_as_the_song_minus_it(tmp_path, monkeypatch):
+    """``--two-stems vocals``: vocals and no_vocals (song minus vocals, at the song's own rate and
+    channels), and only the vocals condition ever reaches the model."""
+    conditions = []
+
+    def quarter(spec, condition):
+        conditions.extend(condition.tolist())
+        return spec * 0.25
+
+    stand_in(monkeypatch, quarter)
+    songs = {"stereo48k.wav": (tone(48000, 0.4, 2), 48000), "mono22k.flac": (tone(22050, 0.3, 1), 22050)}
+    for name, (audio, rate) in songs.items():
+        sf.write(tmp_path / name, audio, rate, subtype="FLOAT" if name.endswith(".wav") else "PCM_24")
+        songs[name] = sf.read(tmp_path / name, dtype="float32", always_2d=True)  # as stored
+    out = tmp_path / "out"
+    args = ["--model", "m.pt", "--out", str(out), "--two-stems", "vocals", "--format", "float"]
+    assert main(["separate", *(str(tmp_path / n) for n in songs), *args]) == 0
+    assert conditions and set(conditions) == {TARGETS.index("vocals")}
+    for name, (audio, rate) in songs.items():
+        folder = out / name.split(".")[0]
+        assert sorted(p.name for p in folder.iterdir()) == ["no_vocals.wav", "vocals.wav"]
+        vocals, vocals_rate = sf.read(folder / "vocals.wav", dtype="float32", always_2d=True)
+        rest, rest_rate = sf.read(folder / "no_vocals.wav", dtype="float32", always_2d=True)
+        assert vocals_rate == rest_rate == rate and vocals.shape == rest.shape == audio.shape
+        np.testing.assert_allclose(vocals + rest, audio, atol=1e-6)  # the song, exactly
+        inner = slice(200, -200)  # resampling filters ring at the very ends
+        np.testing.assert_allclose(rest[inner], 0.75 * audio[inner], atol=2e-3)
+
+
+def loud_square(seconds: float) -> np.ndarray:
+    """Stereo, +-0.5 with bursts of +-1.5 (past full scale): no sample near +-1."""
+    n = int(SAMPLE_RATE * seconds)
+    wave = 0.5 * np.sign(np.sin(2 * np.pi * 100 * np.arange(n) / SAMPLE_RATE) + 1e-9)
+    wave[(np.arange(n) // 2000) % 4 == 1] *= 3
+    return np.stack([wave, -wave], axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "fmt,suffix,subtype,step",
+    [("wav16", ".wav", "PCM_16", 1.5 / 32768), ("wav24", ".wav", "PCM_24", 2**-23), ("float", ".wav", "FLOAT", 0),
+     ("flac", ".flac", "PCM_16", 1.5 / 32768), ("mp3", ".mp3", None, None)],
+)  # fmt: skip
+def test_formats_clip_and_report_what_they_clipped(tmp_path, monkeypatch, capsys, fmt, suffix, subtype, step):
+    stand_in(monkeypatch, identity)
+    song = tmp_path / "loud.wav"
+    audio = loud_square(0.5)
+    sf.write(song, audio, SAMPLE_RATE, subtype="FLOAT")
+    args = ["--model", "m.pt", "--out", str(tmp_path / "out"), "--targets", "drums", "--format", fmt]
+    assert main(["separate", str(song), *args, "--mp3-bitrate", "128"]) == 0
+    path = tmp_path / "out" / "loud" / f"drums{suffix}"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    err = capsys.readouterr().err
+    over = int(np.sum(np.abs(audio) > 1))
+    if fmt == "float":
+        written, _ = sf.read(path, dtype="float32")
+        assert sf.info(str(path)).subtype == "FLOAT" and "clipped" not in err
+        np.testing.assert_allclose(written, audio, atol=1e-4)  # kept beyond full scale
+        return
+    assert f"warning: {path}: {over} samples clipped to [-1, 1]" in err
+    if fmt == "mp3":
+        decoded, rate = read_audio(path)
+        assert rate == SAMPLE_RATE and abs(len(decoded) - len(audio)) < 2 * 1152 + 529
+        assert np.abs(decoded).max() < 1.3  # clipped before encoding (1.5 unclipped; a square wave rings)
+        assert abs(path.stat().st_size * 8 / 0.5 / 1000 - 128) < 20  # kbit/s
+        return
+    written, _ = sf.read(path, dtype="float32")
+    assert sf.info(str(path)).subtype == subtype
+    np.testing.assert_allclose(written, audio.clip(-1, 1), rtol=0, atol=step + 1e-4)
+
+
+def test_a_resampled_song_in_blocks_is_the_whole_song_separated(tmp_path, weights):
+    """Read, resampled to 44.1 kHz, separated and resampled back a block at a time: the same as
+    the whole song at once (resample, separate_track, resample back)."""
+    song = tmp_path / "song.wav"
+    audio = tone(48000, 1.5, 2) + 0.05 * np.random.default_rng(0).standard_normal((72000, 2)).astype(np.float32)
+    sf.write(song, audio, 48000, subtype="FLOAT")
+    options = ["--targets", "vocals,bass", "--format", "float", "--batch-size", "8", "--device", "cpu"]
+    assert main(["separate", str(song), "--model", str(weights), "--out", str(tmp_path / "out"), *options]) == 0
+    whole = separate_track(load_weights(weights), resample(audio, 48000, SAMPLE_RATE), targets=["vocals", "bass"],
+                           batch_size=8, device="cpu")  # fmt: skip
+    for target, estimate in whole.items():
+        written, rate = sf.read(tmp_path / "out" / "song" / f"{target}.wav", dtype="float32")
+        assert rate == 48000
+        np.testing.assert_allclose(written, resample(estimate, SAMPLE_RATE, 48000)[: len(audio)], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("rates", [(48000, 44100), (22050, 44100), (8000, 44100), (96000, 44100), (44100, 48000)])
+def test_resampling_in_blocks_is_resampling_the_whole(rates):
+    """Ranges read from a resampled source, and irregular blocks pushed through a block resampler,
+    give what resample() gives for the whole signal."""
+    rate_from, rate_to = rates
+    audio = noise(12_345, seed=rate_from)
+    whole = resample(audio, rate_from, rate_to)
+    source = ResampledSource(ArraySource(audio, rate_from), rate_to)
+    assert source.frames == len(whole) and source.rate == rate_to
+    ranges = np.concatenate([source.read(i, min(i + 777, source.frames)) for i in range(0, source.frames, 777)])
+    np.testing.assert_allclose(ranges, whole, rtol=0, atol=1e-7)
+    assert not source.read(-50, 0).any() and not source.read(source.frames, source.frames + 9).any()
+    resampler, cuts = BlockResampler(rate_from, rate_to, len(audio)), [0, 1, 500, 501, 4000, 12_000, len(audio)]
+    pushed = np.concatenate([resampler.push(audio[a:b]) for a, b in itertools.pairwise(cuts)])
+    np.testing.assert_allclose(pushed, whole, rtol=0, atol=1e-7)
+
+
+def test_compressed_songs_decode_in_blocks_as_a_whole(tmp_path):
+    """mp3 through ffmpeg into a temporary file, read by range; a .stem.mp4's mixture as 16-bit values."""
+    require_ffmpeg()
+    mp3 = tmp_path / "song.mp3"
+    sf.write(mp3, tone(44100, 1.0, 2), 44100)
+    stem = shared_path("musdb", "musdb18-7", "test", "The Easton Ellises - Falcon 69.stem.mp4")
+    for path in (mp3, stem):
+        whole, rate = read_audio(path, stream=0)
+        with open_audio(path) as source:
+            assert (source.rate, source.channels, source.frames) == (rate, 2, len(whole))
+            blocks = np.concatenate([source.read(i, i + 30_000) for i in range(-100, source.frames, 30_000)])
+            temp = source.file.name
+        np.testing.assert_array_equal(blocks[100 : 100 + len(whole)], whole)
+        assert not blocks[:100].any() and not blocks[100 + len(whole) :].any()
+        assert not Path(temp).exists()  # the decoded copy is gone
+
+
 def test_stem_mp4_uses_the_mixture_stream(tmp_path, weights, capsys):
     require_ffmpeg()
     song = shared_path("musdb", "musdb18-7", "test", "The Easton Ellises - Falcon 69.stem.mp4")
@@ -82,7 +212,7 @@ def test_stem_mp4_uses_the_mixture_stream(tmp_path, weights, capsys):
     )
     assert code == 0, capsys.readouterr().err
     written, rate = sf.read(tmp_path / "out" / "The Easton Ellises - Falcon 69" / "drums.wav")
-    mixture, _ = lightsaft.songs.read_audio(song, stream=0)
+    mixture, _ = read_audio(song, stream=0)
     assert rate == 44100 and written.shape == mixture.shape and np.isfinite(written).all()
 
 
@@ -144,6 +274,10 @@ def test_same_song_name_twice_is_refused(tmp_path, weights, capsys):
         (["--batch-size", "0"], "--batch-size = 0: expected auto or a number"),
         (["--page", "--audio-format", "flac"], "--audio-format = 'flac': must be one of 'mp3', 'ogg', 'wav'"),
         (["--model", "{tmp}/none.pt"], "none.pt': no such file"),
+        (["--format", "ogg"], "--format = 'ogg': must be one of 'wav16', 'wav24', 'float', 'flac', 'mp3'"),
+        (["--format", "mp3", "--mp3-bitrate", "300"], "--mp3-bitrate = 300: must be one of 32,"),
+        (["--two-stems", "guitar"], "--two-stems guitar: choose one of vocals, drums, bass, other"),
+        (["--two-stems", "vocals", "--targets", "bass"], "--two-stems and --targets: give one of them"),
     ],
 )
 def test_errors_that_stop_everything(tmp_path, weights, capsys, args, message):

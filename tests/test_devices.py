@@ -101,11 +101,11 @@ def test_the_separate_stage_runs_on_the_device_it_claims_or_is_given(
     gpus(2)
     used = []
 
-    def fake_separate_track(model, mixture, device, **options):
+    def fake_separate_stream(model, source, targets, device, **options):
         used.append(device)
-        return {t: np.zeros_like(mixture) for t in ("vocals", "drums", "bass", "other")}
+        yield np.zeros((len(targets), source.frames, 2), dtype=np.float32)
 
-    monkeypatch.setattr(estimates, "separate_track", fake_separate_track)
+    monkeypatch.setattr(estimates, "separate_stream", fake_separate_stream)
     cache = MemoryCache({"a": {"mixture": noise(100)}, "b": {"mixture": noise(100)}})
     with file_lock(tmp_path / "locks" / "gpu-0.lock"):
         estimates.separate_tracks(weights, cache, tmp_path / "estimates", device=device)

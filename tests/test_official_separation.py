@@ -67,7 +67,7 @@ def test_cli_separates_with_an_official_checkpoint(reference, tmp_path, monkeypa
     sf.write(song, reference["input"][: 3 * window].numpy(), SAMPLE_RATE, subtype="FLOAT")
     ckpt = shared_path("reference", "official_ckpt", "lightsaft_sep.ckpt")
     args = ["separate", str(song), "--model", str(ckpt), "--targets", "bass", "--protocol", "official"]
-    args += ["--overlap", "0.5", "--batch-size", "16", "--device", "cpu"]
+    args += ["--overlap", "0.5", "--batch-size", "16", "--device", "cpu", "--format", "float"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert "imported" in capsys.readouterr().out
     cached = list((tmp_path / "project" / ".lightsaft" / "pretrained").glob("lightsaft_sep-*.pt"))

@@ -147,6 +147,23 @@ def test_excerpts_are_the_requested_slice(tmp_path, songs, models):
     )
 
 
+def test_full_file_links_follow_the_format_and_the_two_stems(tmp_path, songs, models):
+    out = tmp_path / "out"
+    options = ["--format", "flac", "--two-stems", "vocals", "--excerpt-seconds", "0.5"]
+    assert separate([songs["Stereo Song.flac"]], models[0], out, *options) == 0
+    folder = page_folder(out, models[0])
+    (row,) = Page((folder / "index.html").read_text(encoding="utf-8")).rows
+    assert list(row["audio"]) == ["mixture", "vocals", "no_vocals"]
+    links = Page((folder / "index.html").read_text(encoding="utf-8")).links
+    full = [unquote(link) for link in links if not link.startswith("excerpts/")]
+    assert full[1:] == ["Stereo Song/vocals.flac", "Stereo Song/no_vocals.flac"]
+    song, rate = sf.read(songs["Stereo Song.flac"], dtype="float32", always_2d=True)
+    vocals, vocals_rate = sf.read(folder / full[1], dtype="float32", always_2d=True)
+    rest, _ = sf.read(folder / full[2], dtype="float32", always_2d=True)
+    assert vocals_rate == rate and sf.info(str(folder / full[1])).subtype == "PCM_16"
+    np.testing.assert_allclose(vocals + rest, song, atol=2 / 32768)  # two 16-bit roundings
+
+
 def test_same_model_adds_rows_another_model_gets_its_own_page(tmp_path, songs, models):
     out = tmp_path / "out"
     assert separate([songs["Stereo Song.flac"], songs["short.wav"]], models[0], out) == 0

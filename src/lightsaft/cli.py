@@ -167,15 +167,17 @@ def _separate(args: argparse.Namespace) -> int:
     from .devices import resolve_device
     from .report.params import REPORT
     from .report.song_page import Excerpt
-    from .separation.params import RUNTIME_SEPARATE, SEPARATE, check_protocol
-    from .songs import check_targets, open_model, separate_songs
+    from .separation.params import OUTPUT, RUNTIME_SEPARATE, SEPARATE, check_protocol
+    from .songs import Output, check_targets, open_model, separate_songs
     from .weights.published import default_min_trim
 
     where, label = "lightsaft separate", lambda key: "--" + key.replace("_", "-")
-    targets = check_targets(args.targets.split(","))
+    targets = check_targets(args.targets.split(",") if args.targets is not None else None, args.two_stems)
     given = {"protocol": args.protocol, "overlap": args.overlap, "precision": args.precision}
     options = SEPARATE.validate({**given, "min_trim": args.min_trim or 0}, where, label)
     options.update(RUNTIME_SEPARATE.validate({"batch_size": args.batch_size, "device": args.device}, where, label))
+    files = OUTPUT.validate({"format": args.format, "mp3_bitrate": args.mp3_bitrate}, where, label)
+    output = Output(targets, args.two_stems, files["format"], files["mp3_bitrate"])
     page = None
     if args.page:  # checked before the model is downloaded or imported
         excerpt = {"excerpt_seconds": args.excerpt_seconds, "excerpt_offset": args.excerpt_offset}
@@ -190,7 +192,7 @@ def _separate(args: argparse.Namespace) -> int:
         check_protocol(options, model.model.params, label)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
-    failures, index = separate_songs(args.songs, model, args.out, targets, options, page)
+    failures, index = separate_songs(args.songs, model, args.out, output, options, page)
     if index is not None:
         print(f"page: {index}")
     if failures:
@@ -211,7 +213,7 @@ def _batch_size(text: str) -> int | str:
 
 def build_parser() -> argparse.ArgumentParser:
     from .report.params import REPORT
-    from .separation.params import RUNTIME_SEPARATE, SEPARATE
+    from .separation.params import FORMATS, OUTPUT, RUNTIME_SEPARATE, SEPARATE
 
     parser = argparse.ArgumentParser(prog="lightsaft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -312,8 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
         "such as lasaft_large_2021 (imported once into .lightsaft/pretrained/); a name that means two of "
         "these is refused, listing them",
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<song>/<target>.wav")
-    p.add_argument("--targets", default="vocals,drums,bass,other", help="comma-separated (default: all four)")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<song>/<target>.<ext>")
+    p.add_argument("--targets", help="comma-separated (default: all four: vocals,drums,bass,other)")
+    p.add_argument(
+        "--two-stems",
+        metavar="TARGET",
+        help="only TARGET through the model; writes TARGET and no_TARGET (the song minus TARGET), e.g. vocals "
+        "and an instrumental",
+    )
     # The defaults are the params' (the separate stage's, report's for the page): one set of defaults and checks.
     sep, run, rep = SEPARATE.defaults(), RUNTIME_SEPARATE.defaults(), REPORT.defaults()
     p.add_argument("--device", default=run["device"], help="auto (CUDA if available), cpu, cuda, cuda:N")
@@ -342,7 +350,25 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"samples dropped at each window edge, rounded up to whole hops (default: the official amount for the "
         f"model: {sep['min_trim']}, or what the MDX kit used for lightsaft_small_2020)",
     )
-    p.add_argument("--precision", default=sep["precision"], help="inference precision: float32 (default) or bf16")
+    p.add_argument(
+        "--precision",
+        default=sep["precision"],
+        help="inference precision: float32 (default; true float32, no TF32 on any GPU) or bf16",
+    )
+    out = OUTPUT.defaults()
+    p.add_argument(
+        "--format",
+        default=out["format"],
+        help=f"of the files: {', '.join(FORMATS)} (default {out['format']}: 16-bit wav); integer formats and mp3 "
+        "clip samples beyond [-1, 1] and say how many; float: 32-bit float wav",
+    )
+    p.add_argument(
+        "--mp3-bitrate",
+        type=int,
+        default=out["mp3_bitrate"],
+        metavar="KBPS",
+        help=f"with --format mp3 (default {out['mp3_bitrate']})",
+    )
     p.add_argument(
         "--page",
         action="store_true",

@@ -59,7 +59,9 @@ def probe(path: str | Path) -> dict:
     return info
 
 
-def _ffmpeg_decode(path: Path, stream: int, sample_rate: int | None, pcm16: bool) -> tuple[np.ndarray, int]:
+def ffmpeg_decoder(path: Path, stream: int, sample_rate: int | None, pcm16: bool) -> tuple[list[str], int, int]:
+    """The ffmpeg command that writes audio stream ``stream`` of ``path`` to its standard output as
+    raw 16-bit (``pcm16``) or float32 samples, and the (rate, channels) they come at."""
     info = probe(path)
     if stream >= len(info["audio"]):
         raise AudioError(
@@ -70,23 +72,12 @@ def _ffmpeg_decode(path: Path, stream: int, sample_rate: int | None, pcm16: bool
     channels, rate = int(meta["channels"]), int(meta["sample_rate"])
     out_rate = sample_rate or rate
     fmt = "s16le" if pcm16 else "f32le"
-    cmd = [
-        ffmpeg_binary(),
-        "-v",
-        "error",
-        "-nostdin",
-        "-i",
-        str(path),
-        "-map",
-        f"0:a:{stream}",
-        "-f",
-        fmt,
-        "-acodec",
-        f"pcm_{fmt}",
-        "-ar",
-        str(out_rate),
-        "-",
-    ]
+    cmd = [ffmpeg_binary(), "-v", "error", "-nostdin", "-i", str(path), "-map", f"0:a:{stream}"]
+    return [*cmd, "-f", fmt, "-acodec", f"pcm_{fmt}", "-ar", str(out_rate), "-"], out_rate, channels
+
+
+def _ffmpeg_decode(path: Path, stream: int, sample_rate: int | None, pcm16: bool) -> tuple[np.ndarray, int]:
+    cmd, out_rate, channels = ffmpeg_decoder(path, stream, sample_rate, pcm16)
     result = subprocess.run(cmd, capture_output=True)
     if result.returncode != 0 or not result.stdout:
         raise AudioError(

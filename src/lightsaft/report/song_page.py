@@ -81,30 +81,32 @@ class SongPage:
     def index(self) -> Path:
         return self.folder / "index.html"
 
-    def add(self, song: Path, name: str, audio: np.ndarray, rate: int, estimates: dict[str, np.ndarray]) -> None:
-        """Encode the excerpts of ``audio`` (the song at ``rate``) and of its ``estimates`` (at the same
-        rate, written to ``<folder>/<name>/<target>.wav``), then rewrite the page with this song's row
-        (replacing an earlier row of the same name, in place)."""
-        start, stop = self.excerpt.span(song, len(audio), rate)
-        sources = {"mixture": audio, **estimates}
-        clips = {k: resample(v[start:stop], rate, SAMPLE_RATE) for k, v in sources.items()}
+    def add(
+        self, song: Path, name: str, clips: dict[str, np.ndarray], rate: int, frames: int, files: dict[str, Path]
+    ) -> None:
+        """Encode the excerpts (``clips``: the song's and each output's, at the song's ``rate``;
+        the song has ``frames`` samples), then rewrite the page with this song's row (replacing an
+        earlier row of the same name, in place), its full-file links pointing at ``files``
+        (name -> path in this page's folder, in whatever format they were written)."""
+        start, stop = self.excerpt.span(song, frames, rate)
+        clips = {k: resample(v, rate, SAMPLE_RATE) for k, v in clips.items()}
         with file_lock(self.folder / ".page.lock"):  # two runs into the same folder
             rows = self._rows()
             slug = next((r["slug"] for r in rows if r["name"] == name), None) or _free_slug(name, rows)
-            files = encode_excerpts(
+            excerpts = encode_excerpts(
                 self.folder / "excerpts" / slug, self.folder, clips, SAMPLE_RATE, self.excerpt.audio_format
             )
             row = {
                 "name": name,
                 "slug": slug,
-                "excerpts": files,
+                "excerpts": excerpts,
                 "full": {
                     "mixture": os.path.relpath(os.path.abspath(song), self.folder),
-                    **{t: f"{name}/{t}.wav" for t in estimates},
+                    **{k: Path(path).relative_to(self.folder).as_posix() for k, path in files.items()},
                 },
                 "start": start / rate,
                 "stop": stop / rate,
-                "length": len(audio) / rate,
+                "length": frames / rate,
             }
             rows = (
                 [row if r["name"] == name else r for r in rows]

@@ -10,6 +10,9 @@ from typing import Any
 from ..schema import RUNTIME, Section, choice, device_name, fail, integer, number, one_of
 
 PROTOCOLS = ("crossfade", "official")
+FORMATS = ("wav16", "wav24", "float", "flac", "mp3")  # of separated files (separation/writer.py)
+MP3_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)  # MPEG-1 layer III, kbit/s
+MP3_BITRATE = 320
 PRECISIONS = ("float32", "bf16")
 AUTO = "auto"  # batch size from the memory budget (the default of the stage and the CLI alike)
 OFFICIAL_MAX_OVERLAP = 0.5  # the official chunks halve where two overlap: more than half would count thrice
@@ -68,6 +71,16 @@ RUNTIME_SEPARATE = Section(
     {
         "batch_size": (AUTO, one_of(choice(AUTO), integer(1), hint="expected auto or a number of pairs")),
         "device": ("auto", device_name()),
+    },
+    kind=RUNTIME,
+)
+
+# The files ``lightsaft separate`` writes (the stage always writes 16-bit FLAC); in no params file.
+OUTPUT = Section(
+    "output",
+    {
+        "format": ("wav16", choice(*FORMATS)),
+        "mp3_bitrate": (MP3_BITRATE, choice(*MP3_BITRATES)),
     },
     kind=RUNTIME,
 )

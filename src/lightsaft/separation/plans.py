@@ -16,6 +16,7 @@ to put the kept middles together (``protocol``):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,27 @@ class Chunk:
     start: int  # the window's first sample, in track samples (negative: before the track starts)
     weight: torch.Tensor  # [window]: weight of each output sample (0 on the dropped edges)
     audible: tuple[int, int]  # the window samples read from the track; the rest is silence (official quirks)
+
+
+@dataclass(frozen=True)
+class Plan(Sequence[Chunk]):
+    """A track's chunks in order of their start, each made when asked for: a plan takes no memory
+    however long the track (an hour at a small model's windows is a million chunks)."""
+
+    size: int
+    make: Callable[[int], Chunk]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self.make(i) for i in range(*index.indices(self.size))]
+        if index < 0:
+            index += self.size
+        if not 0 <= index < self.size:
+            raise IndexError(f"chunk {index} of {self.size}")
+        return self.make(index)
 
 
 def crossfade(kept: int, overlap: float) -> tuple[np.ndarray, int]:
@@ -47,13 +69,13 @@ def crossfade(kept: int, overlap: float) -> tuple[np.ndarray, int]:
     return ramp[n + step] - ramp[n], step
 
 
-def crossfade_plan(length: int, window: int, edge: int, overlap: float) -> list[Chunk]:
+def crossfade_plan(length: int, window: int, edge: int, overlap: float) -> Plan:
     fade, step = crossfade(window - 2 * edge, overlap)
     kept, shared = len(fade), len(fade) - step
     weight = torch.zeros(window)
     weight[edge : edge + kept] = torch.as_tensor(fade, dtype=torch.float32)
     lead = edge + shared  # the first window starts this far before the track: dropped edge + fade-in
-    return [Chunk(c * step - lead, weight, (0, window)) for c in range(math.ceil((length + shared) / step))]
+    return Plan(math.ceil((length + shared) / step), lambda c: Chunk(c * step - lead, weight, (0, window)))
 
 
 def official_trim(hop_length: int, min_trim: int = EDGE_SAMPLES) -> int:
@@ -62,7 +84,7 @@ def official_trim(hop_length: int, min_trim: int = EDGE_SAMPLES) -> int:
     return math.ceil(min_trim / hop_length) * hop_length
 
 
-def official_plan(length: int, window: int, trim: int, overlap: float) -> list[Chunk]:
+def official_plan(length: int, window: int, trim: int, overlap: float) -> Plan:
     """The chunks of the official ``SingleTrackSet`` and the masks ``separate_track`` applies.
 
     Chunk c keeps ``[c*step, c*step + kept)``; where two kept parts overlap each counts half.
@@ -88,24 +110,21 @@ def official_plan(length: int, window: int, trim: int, overlap: float) -> list[C
         return masks[halve_start, halve_end]
 
     overlapping = overlap > 0
-    chunks = []
-    for c in range(max(1, math.ceil((length - kept) / step) + 1)):
+
+    def chunk(c: int) -> Chunk:
         start = c * step
         first = trim if start < trim else 0
         if start + kept > length:  # the last chunk
-            chunk = Chunk(start - trim, mask(overlapping and c > 0, False), (first, window))
-        elif start + kept + trim < length:
+            return Chunk(start - trim, mask(overlapping and c > 0, False), (first, window))
+        if start + kept + trim < length:
             halve_end = overlapping and start + step < length
-            chunk = Chunk(start - trim, mask(overlapping and c > 0, halve_end), (first, window))
-        else:
-            chunk = Chunk(start - trim, mask(False, False), (first, window - trim))
-        chunks.append(chunk)
-    return chunks
+            return Chunk(start - trim, mask(overlapping and c > 0, halve_end), (first, window))
+        return Chunk(start - trim, mask(False, False), (first, window - trim))
+
+    return Plan(max(1, math.ceil((length - kept) / step) + 1), chunk)
 
 
-def plan_chunks(
-    params: dict[str, Any], length: int, protocol: str, overlap: float, min_trim: int
-) -> tuple[list[Chunk], int]:
+def plan_chunks(params: dict[str, Any], length: int, protocol: str, overlap: float, min_trim: int) -> tuple[Plan, int]:
     """The chunks of a track of ``length`` samples for this model config, and the window length
     (the options as :data:`lightsaft.separation.params.SEPARATE` validates them)."""
     hop, num_frame = params["hop_length"], params["num_frame"]
