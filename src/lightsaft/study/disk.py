@@ -5,7 +5,7 @@ tracks are needed) one spectrogram cache; then per point what stays in the DVC c
 set's estimates (16-bit FLAC), the weights and the Lightning checkpoint, the report's excerpts;
 and, while a point trains, its working checkpoints (the best k, the last and the interrupted one),
 removed when it ends. Track lengths come from what the workspace has already prepared or
-downloaded, else from the data set's documented lengths. Figures from ``benchmarks/disk.py``.
+downloaded, else from the data set's documented lengths. Figures from ``benchmarks/separate_disk.py``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from .studies import Point
 
 SAMPLE_RATE = 44100
 TARGETS = 4
-# Measured by benchmarks/disk.py on the real MUSDB18 excerpts of ../shared/musdb separated by a
-# trained demo model: FLAC keeps 16-bit estimates at this share of their 4 bytes per stereo sample.
-FLAC_BYTES_PER_SECOND = 2 * 2 * SAMPLE_RATE * 0.72  # per stereo estimate; 16-bit PCM is 176,400
+# Measured by benchmarks/separate_disk.py on the real MUSDB18 excerpts of ../shared/musdb separated by
+# a trained demo model: 416 kB per second of audio for the four 16-bit FLAC estimates (float32 wav:
+# 1,411 kB); a better separation may compress a little differently.
+FLAC_BYTES_PER_SECOND = 416_000 / TARGETS  # per stereo estimate (16-bit PCM would be 176,400)
 WEIGHTS_BYTES_PER_PARAMETER = 4.0  # float32 tensors; torch.save adds a few kB
 CHECKPOINT_BYTES_PER_PARAMETER = 12.0  # weights and Adam's two moments, float32
 REPORT_BYTES_PER_SECOND = 5 * 320_000 / 8  # five excerpts per track at mp3's highest bitrate (an upper bound)
