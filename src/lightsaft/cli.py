@@ -67,6 +67,10 @@ def _ablate(args: argparse.Namespace) -> int:
         from .study import disk
         from .study.experiments import experiment_refs
 
+        if cluster:
+            from .study import slurm
+
+            slurm.check(repo, study, cluster)  # contradicting options, an unready repository: refused first
         projection = disk.project(repo, points, done=set(experiment_refs(repo)))
         print(projection.table())
         print(disk.check_space(repo, projection, args.force))

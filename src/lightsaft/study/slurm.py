@@ -279,15 +279,22 @@ def executor(place: Place, study: Study, options: ClusterOptions, res: Resources
     return ex
 
 
-def submit(repo: Path, study: Study, options: ClusterOptions) -> list[PointStatus]:
-    """Submit the study's points that are missing or failed (the others are done, queued or
-    running); every check comes first, so that a refused study submits nothing."""
+def check(repo: Path, study: Study, options: ClusterOptions) -> dict[str, tuple[Point, Resources, dict[str, Any]]]:
+    """Every point's params and resources, and the repository's readiness: a contradiction or an
+    unready repository refuses the whole study before anything is submitted."""
     base = load_params(repo / "params.yaml")
-    checked = {}  # every point's params and resources: a contradiction refuses the whole study
+    checked = {}
     for point in study.points():
         params = point_params(base, point, str(study.path))
         checked[point.name] = (point, resources(point.name, params["trainer"], options), params)
     check_ready(repo)
+    return checked
+
+
+def submit(repo: Path, study: Study, options: ClusterOptions) -> list[PointStatus]:
+    """Submit the study's points that are missing or failed (the others are done, queued or
+    running); every check comes first (:func:`check`), so that a refused study submits nothing."""
+    checked = check(repo, study, options)
     place, commit, cache = Place(repo, study.name), head(repo), cache_dir(repo)
     todo = [s.name for s in status(repo, study) if s.state in ("missing", "failed")]
     if not todo:
