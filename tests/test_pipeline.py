@@ -157,7 +157,7 @@ def test_demo_outputs_of_every_stage(demo):
         "metrics/per_track_sdr.csv",
         "plots/sdr_per_target.csv",
         "results/report/index.html",
-        *[f"results/estimates/test/{test_tracks[0]}/{t}.wav" for t in ("vocals", "drums", "bass", "other")],
+        *[f"results/estimates/test/{test_tracks[0]}/{t}.flac" for t in ("vocals", "drums", "bass", "other")],
     ]:
         assert (repo / path).is_file(), path
     sdr = json.loads((repo / "metrics/sdr.json").read_text())

@@ -14,8 +14,11 @@ tiny study, shared by the tests below, from a fresh repository of the working tr
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -29,11 +32,13 @@ from helpers import REPO, TINY_MODEL, make_project, repo_env, snapshot_repo
 
 from lightsaft.cli import main
 from lightsaft.errors import ConfigError
+from lightsaft.model.unet import build_model
 from lightsaft.paths import project_root
 from lightsaft.study import slurm
 from lightsaft.study.cluster import ClusterOptions, Resources, parse_mem, parse_sbatch, parse_time, resources
 from lightsaft.study.compare import METRIC_COLUMNS
 from lightsaft.training import job_step
+from lightsaft.weights.ours import save_weights
 
 STUDY = "slurm-ci"
 EPOCHS, ITEMS, BATCH = 2, 48, 8  # the points' training: 6 steps an epoch on one process
@@ -264,8 +269,14 @@ def cluster_study(slurm_cluster, mlflow_server, tmp_path_factory) -> SimpleNames
     from mlflow.tracking import MlflowClient
 
     started = time.monotonic()
-    repo = snapshot_repo(tmp_path_factory.mktemp("slurm") / "repo")
-    (repo / "experiments" / "slurm_ci.yaml").write_text(yaml.safe_dump(STUDY_FILE, sort_keys=False))
+    place = tmp_path_factory.mktemp("slurm")
+    torch.manual_seed(0)  # the weights the failing point asks for: made now (their hash pinned), put in place later
+    save_weights(place / "tiny.pt", build_model(TINY_MODEL), TINY_MODEL)
+    study_file = copy.deepcopy(STUDY_FILE)
+    failing = next(p for p in study_file["points"] if p["name"] == "fails-once")
+    failing["set"]["train.pretrained_sha256"] = hashlib.sha256((place / "tiny.pt").read_bytes()).hexdigest()
+    repo = snapshot_repo(place / "repo")
+    (repo / "experiments" / "slurm_ci.yaml").write_text(yaml.safe_dump(study_file, sort_keys=False))
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True, env=repo_env())
     subprocess.run(["git", "commit", "-qm", "the cluster study"], cwd=repo, check=True, env=repo_env())
     env = repo_env() | {"MLFLOW_TRACKING_URI": mlflow_server, "OMP_NUM_THREADS": "1"}
@@ -292,11 +303,8 @@ def cluster_study(slurm_cluster, mlflow_server, tmp_path_factory) -> SimpleNames
     ended = wait_for("the first round of jobs", first_round_over, 400, jobs)
     first_round_s = time.monotonic() - started
 
-    torch.manual_seed(0)  # the weights the failing point asked for
-    from lightsaft.model.unet import build_model
-    from lightsaft.weights.ours import save_weights
-
-    save_weights(repo / "weights" / "tiny.pt", build_model(TINY_MODEL), TINY_MODEL)
+    (repo / "weights").mkdir(exist_ok=True)
+    shutil.copyfile(place / "tiny.pt", repo / "weights" / "tiny.pt")
     again = ablate(repo, env, *SUBMIT, "--wait")
     return SimpleNamespace(
         repo=repo, env=env, jobs=jobs, client=client, submitted=submitted, first_status=first_status,
