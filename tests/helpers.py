@@ -9,6 +9,8 @@ skipping.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import io
 import os
 import re
@@ -17,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from http.server import BaseHTTPRequestHandler
@@ -123,10 +126,26 @@ def tiny_params(**overrides) -> dict:
     return validate(params)
 
 
-def make_project(root: Path) -> Path:
-    """A directory that paths.project_root() takes for a DVC project (MLflow DB lands here)."""
+def make_project(root: Path, mlflow_db: bool = True) -> Path:
+    """A directory that paths.project_root() takes for a DVC project, with an empty MLflow database
+    where the stages put theirs: a copy of one made once per session (a new database runs MLflow's
+    schema migrations, 3-15 s here; the copy 0.3 s). ``mlflow_db=False``: none, for a test that
+    checks whether a stage creates one."""
     (root / ".dvc").mkdir(parents=True, exist_ok=True)
+    if mlflow_db and not (root / "mlflow.db").exists():
+        shutil.copyfile(empty_mlflow_db(), root / "mlflow.db")
     return root
+
+
+@functools.cache
+def empty_mlflow_db() -> Path:
+    """An MLflow SQLite database with its schema and nothing else, made once per process."""
+    from mlflow.tracking import MlflowClient
+
+    folder = Path(tempfile.mkdtemp(prefix="lightsaft-tests-mlflow-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments(max_results=1)  # creates, migrates
+    return folder / "mlflow.db"
 
 
 def train_into(root: Path, params: dict, cache_dir) -> dict:
@@ -389,14 +408,24 @@ def run_stage(root: Path, stage: str, timeout: float = 600) -> subprocess.Comple
     return done
 
 
-def run_stage_in_process(root: Path, stage: str) -> None:
-    """``pipeline/<stage>.py`` in this process (cheap; no interpreter start-up), in ``root``."""
+def run_stage_in_process(root: Path, stage: str, *args: str, code: int = 0) -> None:
+    """``pipeline/<stage>.py args`` in this process (cheap: no interpreter start-up), in ``root`` as
+    DVC runs it; fails the test unless the stage exits with ``code`` (its one-line errors go to
+    stderr: read them with capsys). The stage's SIGTERM handler is removed afterwards."""
+    previous = signal.getsignal(signal.SIGTERM)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        mp.setattr(sys, "argv", [f"pipeline/{stage}.py"])
+        mp.setattr(sys, "argv", [f"pipeline/{stage}.py", *args])
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.setenv("DVC_ROOT", str(root))
-        runpy.run_path(str(REPO / "pipeline" / f"{stage}.py"), run_name="__main__")
+        try:
+            runpy.run_path(str(REPO / "pipeline" / f"{stage}.py"), run_name="__main__")
+            exited = 0
+        except SystemExit as e:
+            exited = e.code or 0
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    assert exited == code, f"pipeline/{stage}.py exited with {exited}, not {code}"
 
 
 def start_paused(

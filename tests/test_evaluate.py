@@ -13,6 +13,7 @@ import simplejson
 from helpers import TWO, MemoryCache, make_tracks, require_ffmpeg, shared_path, write_estimates
 
 from lightsaft.data.audio import read_stems, write_audio
+from lightsaft.evaluation import engines
 from lightsaft.evaluation.engines import ENGINES, evaluate_tracks, score_track
 from lightsaft.evaluation.scores import METRICS, EvaluationError, summarize, write_metrics, write_scores, write_sdr_plot
 
@@ -71,7 +72,7 @@ def test_true_stems_score_high_and_are_written_in_museval_format(tmp_path):
 def test_mixture_as_estimate_equals_the_baseline(tmp_path):
     tracks = make_tracks(["a", "b"])
     write_estimates(tmp_path / "est", tracks, lambda s, t: s["mixture"])
-    result = evaluate_tracks(MemoryCache(tracks), tmp_path / "est", jobs=2, targets=TWO)
+    result = evaluate_tracks(MemoryCache(tracks), tmp_path / "est", jobs=1, targets=TWO)
     scores = result.scores.set_index(["track", "target", "metric", "frame"])
     estimate, baseline = scores[scores["kind"] == "estimate"], scores[scores["kind"] == "baseline"]
     assert len(estimate) == len(baseline) == 2 * 2 * 4 * 2
@@ -81,6 +82,7 @@ def test_mixture_as_estimate_equals_the_baseline(tmp_path):
     assert result.metrics["sdr_improvement_mean"] == pytest.approx(0, abs=1e-9)
 
 
+@pytest.mark.slow  # two worker processes (each imports torch), and a fresh one for the track that crashed
 def test_failing_tracks_are_named_and_the_others_kept(tmp_path):
     tracks = make_tracks(["good", "no estimates", "crash", "short"], seconds=1.2)
     write_estimates(tmp_path / "est", tracks, lambda s, t: s[t] * 0.9)
@@ -97,6 +99,27 @@ def test_failing_tracks_are_named_and_the_others_kept(tmp_path):
     assert os.listdir(tmp_path / "scores" / "museval" / "test") == ["good.json"]
     with pytest.raises(EvaluationError, match=r"3 of 4 track\(s\): 'no estimates'.*'crash'.*'short'"):
         result.check()
+
+
+def test_one_job_scores_in_this_process_and_names_failing_tracks(tmp_path, monkeypatch):
+    """No worker process to start (seconds of imports): the tracks are scored here, a failing one
+    is named and the others kept. A track that kills its process would stop the stage: isolating
+    that takes jobs >= 2 (test_failing_tracks_are_named_and_the_others_kept)."""
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("jobs=1 started a worker pool")
+
+    monkeypatch.setattr(engines, "running", no_pool)
+    tracks = make_tracks(["good", "unreadable", "no estimates"], seconds=1.2)
+    write_estimates(tmp_path / "est", tracks, lambda s, t: s[t] * 0.9)
+    for target in TWO:
+        os.remove(tmp_path / "est" / "test" / "no estimates" / f"{target}.wav")
+    result = evaluate_tracks(MemoryCache(tracks, fail="unreadable"), tmp_path / "est", jobs=1, targets=TWO)
+    assert sorted(result.failed) == ["no estimates", "unreadable"]
+    assert result.failed["unreadable"] == "OSError: unreadable: cannot read"
+    assert "vocals.wav: file not found" in result.failed["no estimates"]
+    assert set(result.scores["track"]) == {"good"} and result.metrics["sdr_vocals"] > 15
+    assert engines._WORKER == {}  # nothing of the evaluation kept in the module
 
 
 def test_nothing_to_evaluate_is_an_error(tmp_path):

@@ -60,6 +60,7 @@ def test_pretrained_official_checkpoint_replaces_training(project, synthetic_cac
 
 
 def test_a_model_section_that_differs_is_refused_with_every_difference(project, synthetic_cache):
+    (project / "mlflow.db").unlink()  # refused before anything is recorded: not even a database
     params = tiny_params(
         **{"train.pretrained": str(fixture("lightsaft_tiny_2020_prefix.ckpt")), "model.dk": 16, "model.num_tdfs": 2}
     )

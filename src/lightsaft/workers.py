@@ -7,6 +7,9 @@ would oversubscribe the machine), and exits when its parent dies: the workers of
 with SIGKILL (no shutdown) would otherwise wait for tasks forever. Ctrl+C is the parent's to
 handle: the workers ignore SIGINT, and :func:`running` stops them at once when the parent is
 interrupted, instead of letting them finish the tasks they hold.
+
+With one job, prepare and evaluate do the work in their own process instead (a spawned worker
+imports torch again, seconds per start); a pool isolates crashes only where ``jobs`` >= 2.
 """
 
 from __future__ import annotations

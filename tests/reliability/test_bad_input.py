@@ -103,7 +103,7 @@ def test_trainer_settings_this_machine_cannot_run_leave_no_mlflow_run(
 ):
     if override.get("trainer.accelerator") == "mps" and torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")
-    root = make_project(tmp_path)
+    root = make_project(tmp_path, mlflow_db=False)
     monkeypatch.setenv("DVC_ROOT", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(ConfigError, match=re.escape(message)):
