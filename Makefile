@@ -4,14 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 GRID   ?= experiments/demo_grid.yaml
-JOBS   ?= 1
+ARGS   ?=
 
 export PATH := $(abspath $(BIN)):$(PATH)
 # Idle OpenMP threads sleep instead of spinning: tests, museval workers and data loaders share
 # the cores, and spinning threads of one process stall the others (up to 100x on 2 cores).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup system-deps lint format test test-fast demo repro ui ablate bench clean
+.PHONY: setup system-deps slurm-deps lint format test test-fast demo repro ui ablate bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,23 @@ system-deps:
 	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq ffmpeg)
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver)
+
+# SLURM and munge for the tests of studies on a cluster (tests/slurm_cluster.py starts a one-node
+# cluster of its own, then stops it): installed without starting any service (a policy-rc.d that
+# says no, for the length of the install). Not part of setup: the demo needs no SLURM. Without
+# root it names what is missing (the SLURM tests then fail, saying so).
+SLURM_TOOLS := munged slurmctld slurmd sbatch srun squeue scancel scontrol sinfo
+slurm-deps:
+	@missing=""; for tool in $(SLURM_TOOLS); do \
+	  PATH="$$PATH:/usr/sbin:/sbin" command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "make slurm-deps: missing$$missing; as root: apt-get install slurm-wlm munge (without them the SLURM tests fail)"; \
+	  exit 0; fi; \
+	policy=/usr/sbin/policy-rc.d; ours=""; \
+	if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy && chmod +x $$policy && ours=1; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; status=$$?; \
+	if [ -n "$$ours" ]; then rm -f $$policy; fi; exit $$status
 
 setup: system-deps $(VENV)/.installed
 	@test -d .dvc || $(BIN)/dvc init -q
@@ -45,7 +62,7 @@ format: $(VENV)/.installed
 # Two lanes, the same behaviours: `test` (CI) runs everything, fixtures required; `test-fast` leaves
 # out what needs real processes (stages, DVC, DDP, SLURM, signals) and may start no Python process
 # that imports torch (tests/conftest.py enforces it). --durations shows the slowest tests of each run.
-test: setup lint
+test: setup lint slurm-deps
 	LIGHTSAFT_REQUIRE_FIXTURES=1 $(BIN)/pytest -q --durations=20
 
 test-fast: setup
@@ -60,8 +77,9 @@ repro: setup
 ui: setup
 	$(BIN)/lightsaft ui
 
+# Options of `lightsaft ablate` go through ARGS: make ablate GRID=... ARGS='--jobs 4' (or '--executor slurm ...').
 ablate: setup
-	$(BIN)/lightsaft ablate $(GRID) --jobs $(JOBS)
+	$(BIN)/lightsaft ablate $(GRID) $(ARGS)
 
 bench: setup
 	$(BIN)/python benchmarks/model_speed.py

@@ -26,6 +26,8 @@ from helpers import (
     train_into,
 )
 
+pytest_plugins = ["slurm_cluster"]  # a one-node SLURM cluster and an MLflow server (tests/slurm_cluster.py)
+
 # A shell's background job (`make test &`, nohup, some CI runners) starts with SIGINT ignored, and
 # an ignored signal is inherited by every process the tests start: their stages would then not
 # see the Ctrl+C the interrupt tests send. Handle it, so the children start as from a terminal.

@@ -126,6 +126,31 @@ def tiny_params(**overrides) -> dict:
     return validate(params)
 
 
+def repo_env() -> dict[str, str]:
+    """The environment of commands run in a test repository: no tracking URI or DVC_ROOT of ours,
+    this interpreter's tools first on PATH, a git identity for DVC's experiment commits."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    for who in ("AUTHOR", "COMMITTER"):
+        env.setdefault(f"GIT_{who}_NAME", "LightSAFT tests")
+        env.setdefault(f"GIT_{who}_EMAIL", "tests@example.org")
+    return env
+
+
+def snapshot_repo(dst: Path) -> Path:
+    """A fresh repository holding the working tree as git sees it (tracked + untracked, not ignored)."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
+    for name in filter(None, files):
+        if (REPO / name).is_file():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dst / name)
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "snapshot"]):
+        subprocess.run(["git", *args], cwd=dst, check=True, env=repo_env())
+    return dst
+
+
 def make_project(root: Path, mlflow_db: bool = True) -> Path:
     """A directory that paths.project_root() takes for a DVC project, with an empty MLflow database
     where the stages put theirs: a copy of one made once per session (a new database runs MLflow's

@@ -7,17 +7,14 @@ CI-sized: a few seconds of synthetic audio and tens of training steps, so that t
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
-from helpers import REPO, TINY_MODEL, shared_path
+from helpers import TINY_MODEL, repo_env, shared_path, snapshot_repo
 
 from lightsaft.data.cache import Cache
 
@@ -36,31 +33,8 @@ STAGES = ("download", "prepare", "train", "separate", "evaluate", "report")
 pytestmark = pytest.mark.slow
 
 
-def clone(dst: Path) -> Path:
-    """A fresh repository holding the working tree as git sees it (tracked + untracked, not ignored)."""
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.split("\0")
-    for name in filter(None, files):
-        if (REPO / name).is_file():
-            (dst / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dst / name)
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "snapshot"]):
-        subprocess.run(["git", *args], cwd=dst, check=True, env=_env())
-    return dst
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    for who in ("AUTHOR", "COMMITTER"):
-        env.setdefault(f"GIT_{who}_NAME", "LightSAFT tests")
-        env.setdefault(f"GIT_{who}_EMAIL", "tests@example.org")
-    return env
-
-
 def run(repo: Path, *cmd: str, timeout: int = 900, stdout_only: bool = False) -> str:
-    out = subprocess.run(list(cmd), cwd=repo, env=_env(), capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(list(cmd), cwd=repo, env=repo_env(), capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
     return out.stdout if stdout_only else out.stdout + out.stderr
 
@@ -109,7 +83,7 @@ def in_order(request):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> SimpleNamespace:
     """A fresh clone of the working tree in which `lightsaft demo` has run once (CI-sized)."""
-    repo = clone(tmp_path_factory.mktemp("pipeline") / "repo")
+    repo = snapshot_repo(tmp_path_factory.mktemp("pipeline") / "repo")
     sets = [arg for key, value in CI.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
     return SimpleNamespace(repo=repo, log=run(repo, "lightsaft", "demo", *sets))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -61,8 +62,30 @@ def _ablate(args: argparse.Namespace) -> int:
     study = load_study(args.grid, _parse_sets(args.set))
     out_dir = repo / "results" / "ablations" / study.name
     points = study.points()
-    print(f"study {study.name}: {len(points)} experiments, {args.jobs} at a time")
-    results = {} if args.compare_only else run_queue(repo, points, args.jobs, out_dir / "logs")
+    # --- the SLURM executor (lightsaft.study.slurm); the local DVC queue below is the default
+    cluster = _cluster_options(args)
+    if args.status or (cluster and not args.compare_only):
+        from .study import slurm
+
+        if args.status:
+            print(slurm.status_report(slurm.status(repo, study), study))
+            return 0
+        print(f"study {study.name}: {len(points)} experiments, on SLURM")
+        slurm.submit(repo, study, cluster)
+        again = ["lightsaft", "ablate", args.grid, *[f"--set={item}" for item in args.set]]
+        print(f"\nfollow it:      {shlex.join([*again, '--status'])}")
+        print(f"when it ends:   {shlex.join([*again, '--compare-only'])}")
+        print("(the same command again submits the points that are missing or failed)")
+        if not args.wait:
+            return 0
+        statuses = slurm.wait(repo, study)
+        results = {s.name: "Success" if s.state == "done" else f"Failed: {s.detail}" for s in statuses}
+        logs = {s.name: s.log for s in statuses if s.log}
+    # ---
+    else:
+        print(f"study {study.name}: {len(points)} experiments, {args.jobs} at a time")
+        results = {} if args.compare_only else run_queue(repo, points, args.jobs, out_dir / "logs")
+        logs = {name: out_dir / "logs" / f"{name}.log" for name in results}
     table = collect(repo, study)
     experiment = study.overrides.get("mlflow.experiment") or load_params(repo / "params.yaml")["mlflow"]["experiment"]
     ensure_mlflow_runs(repo, table, experiment)
@@ -70,14 +93,45 @@ def _ablate(args: argparse.Namespace) -> int:
     print("\n" + paths["markdown"].read_text())
     failed = [name for name, status in results.items() if status.startswith("Failed")]
     for name, status in results.items():
-        log = out_dir / "logs" / f"{name}.log"
-        print(f"  {status:<24} {name}" + (f"   log: {log}" if log.exists() else ""))
+        log = logs.get(name)
+        print(f"  {status:<24} {name}" + (f"   log: {log}" if log and log.exists() else ""))
     print(f"\ntables and plot: {out_dir}/  (points.csv, summary.csv, summary.md, sdr.png)")
     return 1 if failed else 0
 
 
+SLURM_OPTIONS = ("partition", "time", "cpus_per_point", "mem_per_point", "gpus_per_point", "max_running", "sbatch",
+                 "setup", "max_requeues", "wait")  # fmt: skip
+
+
+def _cluster_options(args: argparse.Namespace):
+    """``--executor slurm``: its options, checked; None for the local queue (which takes none of them)."""
+    from .study.cluster import ClusterOptions, parse_mem, parse_sbatch, parse_time
+
+    given = [f"--{name.replace('_', '-')}" for name in SLURM_OPTIONS if getattr(args, name) not in (None, [], False)]
+    if args.executor != "slurm":
+        if given:
+            raise ConfigError(f"{', '.join(given)}: option(s) of --executor slurm (this study runs in the local queue)")
+        return None
+    if args.jobs != 1:
+        raise ConfigError("--jobs sets the local queue's workers; on SLURM, --max-running limits the points at once")
+    if args.time is None:
+        raise ConfigError("--executor slurm needs --time, the job time limit (e.g. --time 24:00:00); a training "
+                          "that needs longer is requeued and continues")  # fmt: skip
+    return ClusterOptions(
+        time_min=parse_time(args.time),
+        partition=args.partition,
+        cpus=args.cpus_per_point,
+        mem_mb=parse_mem(args.mem_per_point) if args.mem_per_point else None,
+        gpus=args.gpus_per_point,
+        max_running=args.max_running,
+        sbatch=parse_sbatch(args.sbatch),
+        setup=tuple(args.setup),
+        max_requeues=args.max_requeues,
+    )
+
+
 def _ui(args: argparse.Namespace) -> int:
-    from .tracking import store
+    from .tracking.store import store
 
     uri = store.tracking_uri()
     if uri.split(":", 1)[0] in ("http", "https", "databricks"):
@@ -165,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("ablate", help="queue one DVC experiment per grid point, run them, compare")
+    p = sub.add_parser(
+        "ablate", help="run one DVC experiment per grid point (local DVC queue, or SLURM jobs), compare them"
+    )
     p.add_argument("grid", help="study file, e.g. experiments/dk_num_tdfs.yaml")
     p.add_argument(
         "--jobs",
@@ -176,6 +232,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override")
     p.add_argument("--compare-only", action="store_true", help="only rebuild the comparison tables")
+    p.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: DVC's queue on this machine (default); slurm: one cluster job per point, submitted and "
+        "left to run (see --status, --wait)",
+    )
+    p.add_argument("--status", action="store_true", help="each point: done, running, queued, failed (with its log)")
+    slurm = p.add_argument_group("--executor slurm (README: studies on a SLURM cluster)")
+    slurm.add_argument("--wait", action="store_true", help="wait until every point has ended, then compare")
+    slurm.add_argument("--time", metavar="LIMIT", help="job time limit, e.g. 24:00:00 (longer trainings requeue)")
+    slurm.add_argument("--partition", metavar="NAME")
+    slurm.add_argument("--cpus-per-point", type=int, metavar="N", help="CPUs of a point, shared by its processes")
+    slurm.add_argument("--mem-per-point", metavar="MEM", help="memory of a point, e.g. 64G (split over its nodes)")
+    slurm.add_argument(
+        "--gpus-per-point",
+        type=int,
+        metavar="N",
+        help="0, or one per training process: trainer.devices x trainer.num_nodes (the default, but with "
+        "trainer.accelerator cpu)",
+    )
+    slurm.add_argument("--max-running", type=int, metavar="N", help="points (of one job array) running at once")
+    slurm.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="extra sbatch option, long form, repeatable: --sbatch=--account=NAME --sbatch=--qos=NAME",
+    )
+    slurm.add_argument(
+        "--setup",
+        action="append",
+        default=[],
+        metavar="LINE",
+        help="shell line each job runs first, repeatable: --setup 'module load cuda/12.4'",
+    )
+    slurm.add_argument(
+        "--max-requeues", type=int, metavar="N", help="at most N requeues of a training (default: no limit)"
+    )
     p.set_defaults(func=_ablate)
 
     p = sub.add_parser("ui", help="MLflow UI on the project's tracking database")

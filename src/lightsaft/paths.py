@@ -1,7 +1,8 @@
 """Files and paths: what survives DVC experiment copies, atomic writes, locks.
 
 ``dvc exp run --temp/--queue`` runs every stage in a throw-away copy of the repository under
-``<repo>/.dvc/tmp/exps/``. User data and shared state (MLflow database, downloads, training
+``<repo>/.dvc/tmp/exps/``, and a study on a SLURM cluster runs each point in a clone under
+``<repo>/.lightsaft/slurm/clones/``. User data and shared state (MLflow database, downloads, training
 checkpoints) belong to the main repository; files a stage writes into its own outputs move with
 the copy and are therefore recorded relative to the file that names them.
 """
@@ -17,14 +18,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+COPIES = ((".dvc", "tmp", "exps"), (".lightsaft", "slurm", "clones"))  # DVC's experiment copies, cluster clones
+
 
 def project_root(start: str | Path | None = None) -> Path:
     """The main repository: ``DVC_ROOT`` or the nearest DVC project above ``start`` (cwd),
-    stepping out of DVC experiment copies (``.dvc/tmp/exps/...``)."""
+    stepping out of DVC experiment copies (``.dvc/tmp/exps/...``) and cluster clones
+    (``.lightsaft/slurm/clones/...``: ``dvc exp run`` sets ``DVC_ROOT`` to the clone)."""
     path = Path(start or os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
     parts = path.parts
     for i in range(len(parts) - 3):
-        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+        if parts[i : i + 3] in COPIES:
             return Path(*parts[:i])
     for candidate in (path, *path.parents):
         if (candidate / ".dvc").is_dir() or (candidate / "dvc.yaml").is_file():

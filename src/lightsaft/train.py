@@ -24,6 +24,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 from torch.utils.data import DataLoader
@@ -268,6 +269,8 @@ def _trainer(
             logger=False,
             default_root_dir=run_dir,
             enable_model_summary=False,
+            # Under SLURM one component requeues a job, the study's (submitit): not Lightning too.
+            plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
         )
     except MisconfigurationException as e:
         raise ConfigError(

@@ -1,0 +1,1 @@
+"""Studies: many experiments of one pipeline, run locally or on a cluster, and compared."""
