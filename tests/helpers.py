@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import importlib
 import io
 import os
 import re
@@ -213,7 +214,7 @@ def mlflow_runs(root: Path, experiment: str) -> list:
 # Data sets
 ROCK = "Music Delta - 80s Rock"
 FALCON = "The Easton Ellises - Falcon 69"
-SYNTHETIC = {"train_tracks": 3, "valid_tracks": 1, "test_tracks": 1, "seconds": 1.0, "seed": 5}
+SYNTHETIC = {"train_tracks": 3, "valid_tracks": 1, "test_tracks": 1, "seconds": 1.0, "seed": 0}  # no silent stem
 
 
 def dataset_json(folder: Path, **data) -> Path:
@@ -497,3 +498,107 @@ def kill_while_working(root: Path, stage: str, pause_at: str, sig: signal.Signal
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
     return output
+
+
+# ---------------------------------------------------------------------------------------
+# Stopped stages in this process: the stage script run by run_stage_in_process, the signal sent
+# to this process from inside it once ``module:owner.function`` has done its work (its handlers
+# are the stage's own, as in a process of its own: a Ctrl+C lands between two bytecodes). A real
+# process per signal kind is left to the tests that need the process itself (exit status, what
+# the OS delivers, child processes): see tests/reliability/test_interrupted_training.py.
+EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+SAID = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+
+
+def _owner(target: str) -> tuple[object, str]:
+    """``module:owner.function`` -> (the object holding the function, its name)."""
+    module, _, path = target.partition(":")
+    owner = importlib.import_module(module)
+    *parents, name = path.split(".")
+    for parent in parents:
+        owner = getattr(owner, parent)
+    return owner, name
+
+
+def after_call(monkeypatch, target: str, action, calls: int = 1) -> None:
+    """Run ``action()`` once ``target`` (``module:owner.function``) has returned ``calls`` times."""
+    owner, name = _owner(target)
+    original, count = getattr(owner, name), [0]
+
+    @functools.wraps(original)
+    def wrapped(*args, **kwargs):
+        result = original(*args, **kwargs)
+        count[0] += 1
+        if count[0] == calls:
+            action()
+        return result
+
+    monkeypatch.setattr(owner, name, wrapped)
+
+
+def raise_signal(sig: signal.Signals) -> None:
+    """``sig`` to this process; SIGTERM only while something handles it (unhandled, it ends pytest)."""
+    if sig == signal.SIGTERM and signal.getsignal(sig) in (signal.SIG_DFL, signal.SIG_IGN, None):
+        raise AssertionError("nothing handles SIGTERM here: it would end the test session")
+    signal.raise_signal(sig)
+
+
+def signal_in_process(root: Path, stage: str, pause_at: str, sig: signal.Signals, monkeypatch, capsys) -> str:
+    """``pipeline/<stage>.py`` in this process, sent ``sig`` (SIGINT or SIGTERM) once ``pause_at`` has
+    done its work once; checks the exit code and the one-line message (no traceback); returns stderr."""
+    capsys.readouterr()
+    with monkeypatch.context() as mp:
+        after_call(mp, pause_at, lambda: raise_signal(sig))
+        run_stage_in_process(root, stage, code=EXIT[sig])
+    err = capsys.readouterr().err
+    assert f"{stage}: {SAID[sig]}" in err and "Traceback" not in err, err[-3000:]
+    return err
+
+
+class Killed(BaseException):
+    """Stops a stage in this process where SIGKILL stands in (see :func:`killed_in_process`)."""
+
+
+def _on_disk(root: Path, skip: tuple[str, ...]) -> tuple[set[str], set[str]]:
+    """The files and folders below ``root`` (relative), not following links, not under ``skip``."""
+    files, folders = set(), set()
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if rel.parts[0] in skip or rel.parts[0].startswith("mlflow.db"):
+            continue
+        (folders if path.is_dir() and not path.is_symlink() else files).add(str(rel))
+    return files, folders
+
+
+def killed_in_process(root: Path, stage: str, pause_at: str, monkeypatch, side: Path) -> None:
+    """SIGKILL, which no process survives, by its effect: ``pipeline/<stage>.py`` runs in this process
+    until ``pause_at`` has done its work once; the project's files as they are at that instant are what
+    SIGKILL would leave. They are copied to ``side``, the stage is stopped (:class:`Killed`: its clean-up
+    runs), and the copy is put back over what the clean-up changed. Not restored: the MLflow database
+    and artifacts (the stages record when their work is done, never in the middle)."""
+    skip = (".dvc", "mlartifacts")
+
+    taken = []
+
+    def snapshot():
+        taken.extend(_on_disk(root, skip))
+        for rel in taken[0]:
+            (side / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / rel, side / rel, follow_symlinks=False)
+        raise Killed()
+
+    with monkeypatch.context() as mp:
+        after_call(mp, pause_at, snapshot)
+        with pytest.raises(Killed):
+            run_stage_in_process(root, stage)
+    files, folders = taken
+    now_files, now_folders = _on_disk(root, skip)
+    for rel in now_files - files:
+        (root / rel).unlink()
+    for rel in sorted(now_folders - folders, reverse=True):
+        shutil.rmtree(root / rel, ignore_errors=True)
+    for rel in sorted(folders):
+        (root / rel).mkdir(exist_ok=True)
+    for rel in files:
+        (root / rel).unlink(missing_ok=True)
+        shutil.copy2(side / rel, root / rel, follow_symlinks=False)
