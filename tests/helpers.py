@@ -437,8 +437,9 @@ def run_stage(root: Path, stage: str, timeout: float = 600) -> subprocess.Comple
 def run_stage_in_process(root: Path, stage: str, *args: str, code: int = 0) -> None:
     """``pipeline/<stage>.py args`` in this process (cheap: no interpreter start-up), in ``root`` as
     DVC runs it; fails the test unless the stage exits with ``code`` (its one-line errors go to
-    stderr: read them with capsys). The stage's SIGTERM handler is removed afterwards."""
-    previous = signal.getsignal(signal.SIGTERM)
+    stderr: read them with capsys). The signal handlers the stage changed are put back afterwards
+    (its SIGTERM handler; Lightning ignores SIGINT once it has handled a Ctrl+C)."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setattr(sys, "argv", [f"pipeline/{stage}.py", *args])
@@ -450,7 +451,8 @@ def run_stage_in_process(root: Path, stage: str, *args: str, code: int = 0) -> N
         except SystemExit as e:
             exited = e.code or 0
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     assert exited == code, f"pipeline/{stage}.py exited with {exited}, not {code}"
 
 
