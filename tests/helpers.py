@@ -13,6 +13,7 @@ import atexit
 import functools
 import importlib
 import io
+import logging
 import os
 import re
 import runpy
@@ -170,7 +171,15 @@ def empty_mlflow_db() -> Path:
 
     folder = Path(tempfile.mkdtemp(prefix="lightsaft-tests-mlflow-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments(max_results=1)  # creates, migrates
+    loggers = [logging.getLogger(name) for name in ("mlflow.store.db.utils", "alembic")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:  # quiet: the test that happens to make it may read its own stderr
+        logger.setLevel(logging.WARNING)
+    try:
+        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments(max_results=1)  # creates, migrates
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
     return folder / "mlflow.db"
 
 

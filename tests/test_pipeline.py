@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
-from helpers import TINY_MODEL, repo_env, shared_path, snapshot_repo
+from helpers import TINY_MODEL, empty_mlflow_db, repo_env, shared_path, snapshot_repo
 
 from lightsaft.data.cache import Cache
 
@@ -84,6 +85,7 @@ def in_order(request):
 def demo(tmp_path_factory) -> SimpleNamespace:
     """A fresh clone of the working tree in which `lightsaft demo` has run once (CI-sized)."""
     repo = snapshot_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+    shutil.copyfile(empty_mlflow_db(), repo / "mlflow.db")  # git ignores it; spares MLflow's migrations
     sets = [arg for key, value in CI.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
     return SimpleNamespace(repo=repo, log=run(repo, "lightsaft", "demo", *sets))
 

@@ -94,18 +94,11 @@ def test_the_official_checkpoints_study_matches_the_published_configs():
         assert params["separate"]["protocol"] == "official"
 
 
-def test_cache_without_training_tracks_is_enough(project, tmp_path_factory):
+def test_cache_without_training_tracks_is_enough(project, small_dataset, tmp_path):
     """What prepare writes for a pretrained model (test tracks only) suffices for the train stage."""
-    from helpers import dataset_json
-
     from lightsaft.prepare import prepare
 
-    raw = dataset_json(
-        tmp_path_factory.mktemp("pretrained"),
-        source="synthetic",
-        synthetic={"train_tracks": 2, "valid_tracks": 1, "test_tracks": 1, "seconds": 1.0, "seed": 3},
-    )
-    cache = prepare(raw, raw.parent.parent / "cache", 256, 64, splits=("test",))
+    cache = prepare(small_dataset, tmp_path / "cache", 256, 64, splits=("test",))
     assert Cache(cache).tracks("test") and not (cache / "spec").exists()
     params = tiny_params(**{"train.pretrained": str(fixture("lightsaft_tiny_2020_prefix.ckpt"))})
     assert train_into(project, params, cache)["steps"] == 0

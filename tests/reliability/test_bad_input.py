@@ -81,7 +81,7 @@ BAD_PARAMS = [
 
 @pytest.mark.parametrize("stage,content,message", BAD_PARAMS, ids=[m.split(":")[0] for *_, m in BAD_PARAMS])
 def test_bad_params_stop_every_stage_with_one_line(tmp_path, monkeypatch, capsys, stage, content, message):
-    root = make_project(tmp_path)
+    root = make_project(tmp_path, mlflow_db=False)
     monkeypatch.chdir(root)
     (root / "bad.yaml").write_text(content)
     code = run_stage_script(stage, "--params", "bad.yaml")
