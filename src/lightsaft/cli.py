@@ -131,7 +131,7 @@ def _cluster_options(args: argparse.Namespace):
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from .tracking.store import store
+    from .tracking import store
 
     uri = store.tracking_uri()
     if uri.split(":", 1)[0] in ("http", "https", "databricks"):
