@@ -112,7 +112,7 @@ def trained(tmp_path_factory, synthetic_cache):
 
     from lightsaft.train import TrainOutputs
 
-    root = make_project(tmp_path_factory.mktemp("trained"))
+    root = make_project(tmp_path_factory.mktemp("trained"), mlflow_db=True)
     params = tiny_params()
     outputs = TrainOutputs.under(root)
     with pytest.MonkeyPatch.context() as mp:

@@ -153,11 +153,11 @@ def snapshot_repo(dst: Path) -> Path:
     return dst
 
 
-def make_project(root: Path, mlflow_db: bool = True) -> Path:
-    """A directory that paths.project_root() takes for a DVC project, with an empty MLflow database
-    where the stages put theirs: a copy of one made once per session (a new database runs MLflow's
-    schema migrations, 3-15 s here; the copy 0.3 s). ``mlflow_db=False``: none, for a test that
-    checks whether a stage creates one."""
+def make_project(root: Path, mlflow_db: bool = False) -> Path:
+    """A directory that paths.project_root() takes for a DVC project (the MLflow database lands here).
+    ``mlflow_db``: with an empty MLflow database already there, a copy of one made once per session
+    (a new database runs MLflow's schema migrations, 3-15 s here; the copy takes 0.3 s): for every
+    project where something records runs, unless a test checks that the database gets created."""
     (root / ".dvc").mkdir(parents=True, exist_ok=True)
     if mlflow_db and not (root / "mlflow.db").exists():
         shutil.copyfile(empty_mlflow_db(), root / "mlflow.db")
@@ -194,7 +194,7 @@ def train_into(root: Path, params: dict, cache_dir) -> dict:
 
 def training_project(root: Path, cache: Path, epochs: int, experiment: str, **overrides) -> dict:
     """A project whose train stage trains the tiny model on ``cache``, 8 steps per epoch."""
-    make_project(root)
+    make_project(root, mlflow_db=True)
     (root / "data").mkdir()
     os.symlink(cache, root / "data" / "cache")
     params = tiny_params(

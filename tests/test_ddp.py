@@ -115,7 +115,7 @@ def test_sync_batchnorm_without_gpu_is_refused_before_anything_is_created(
     cpu["trainer"]["sync_batchnorm"] = True
     with pytest.raises(ConfigError, match=r"trainer.sync_batchnorm = True: with trainer.accelerator = 'cpu'"):
         validate(cpu)
-    root = make_project(tmp_path / "project", mlflow_db=False)
+    root = make_project(tmp_path / "project")
     monkeypatch.setenv("DVC_ROOT", str(root))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     params = tiny_params(**{"trainer.accelerator": "auto", "trainer.sync_batchnorm": True})

@@ -26,7 +26,7 @@ def fixture(name: str):
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    root = make_project(tmp_path)
+    root = make_project(tmp_path, mlflow_db=True)
     monkeypatch.setenv("DVC_ROOT", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return root
@@ -59,8 +59,10 @@ def test_pretrained_official_checkpoint_replaces_training(project, synthetic_cac
     assert run.data.metrics["param_count"] == 71_988
 
 
-def test_a_model_section_that_differs_is_refused_with_every_difference(project, synthetic_cache):
-    (project / "mlflow.db").unlink()  # refused before anything is recorded: not even a database
+def test_a_model_section_that_differs_is_refused_with_every_difference(tmp_path, monkeypatch, synthetic_cache):
+    project = make_project(tmp_path)  # without a database: the refusal creates none
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = tiny_params(
         **{"train.pretrained": str(fixture("lightsaft_tiny_2020_prefix.ckpt")), "model.dk": 16, "model.num_tdfs": 2}
     )

@@ -52,7 +52,7 @@ def test_run_from_an_experiment_copy_lands_in_the_main_database(repo, monkeypatc
     repository) logs a run; it is found in the main repository's database, artifacts beside it."""
     from mlflow.tracking import MlflowClient
 
-    make_project(repo)  # the main repository's database exists (empty): the copy must not get one
+    make_project(repo, mlflow_db=True)  # the main repository's database exists (empty): the copy must not get one
     copy = repo / ".dvc" / "tmp" / "exps" / "standalone" / "tmpabc123"
     (copy / "dvc.yaml").write_text("stages: {}\n")
     monkeypatch.chdir(copy)

@@ -80,7 +80,7 @@ def test_checkpoint_and_weights_reload_to_the_same_model(trained):
 
 
 def test_bf16_mixed_trains_and_validates_on_cpu(tmp_path, synthetic_cache, monkeypatch):
-    root = make_project(tmp_path)
+    root = make_project(tmp_path, mlflow_db=True)
     monkeypatch.setenv("DVC_ROOT", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = tiny_params(
@@ -163,7 +163,7 @@ def test_official_init_is_xavier_normal_on_matrices_and_pytorch_default_elsewher
 @pytest.mark.parametrize("experiment", [None, "demo-20261203-120000"])
 def test_a_training_run_is_named_after_its_dvc_experiment(tmp_path, monkeypatch, experiment):
     """Inside `dvc exp run` the run takes the experiment's name, else the name the stage gives it."""
-    monkeypatch.setenv("DVC_ROOT", str(make_project(tmp_path)))
+    monkeypatch.setenv("DVC_ROOT", str(make_project(tmp_path, mlflow_db=True)))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     if experiment:
         monkeypatch.setenv("DVC_EXP_NAME", experiment)

@@ -81,7 +81,7 @@ BAD_PARAMS = [
 
 @pytest.mark.parametrize("stage,content,message", BAD_PARAMS, ids=[m.split(":")[0] for *_, m in BAD_PARAMS])
 def test_bad_params_stop_every_stage_with_one_line(tmp_path, monkeypatch, capsys, stage, content, message):
-    root = make_project(tmp_path, mlflow_db=False)
+    root = make_project(tmp_path)
     monkeypatch.chdir(root)
     (root / "bad.yaml").write_text(content)
     code = run_stage_script(stage, "--params", "bad.yaml")
@@ -103,7 +103,7 @@ def test_trainer_settings_this_machine_cannot_run_leave_no_mlflow_run(
 ):
     if override.get("trainer.accelerator") == "mps" and torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")
-    root = make_project(tmp_path, mlflow_db=False)
+    root = make_project(tmp_path)
     monkeypatch.setenv("DVC_ROOT", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(ConfigError, match=re.escape(message)):

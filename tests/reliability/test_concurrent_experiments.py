@@ -38,7 +38,7 @@ print(run)
 
 @pytest.mark.slow  # four processes of their own (each imports torch with the tracking code)
 def test_concurrent_writers_lose_nothing(tmp_path):
-    root = make_project(tmp_path, mlflow_db=False)  # they all create it
+    root = make_project(tmp_path)  # no database: they all create it
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["DVC_ROOT"] = str(root)
     go = tmp_path / "go"

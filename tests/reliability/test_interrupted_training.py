@@ -73,7 +73,7 @@ def test_a_training_run_ends_killed_or_failed_and_one_killed_outright_is_abandon
     """Ctrl+C and SIGTERM end the run KILLED (resumable), an error FAILED; a run left RUNNING (its
     process killed outright: SIGKILL runs no code) is marked KILLED by the next start; a resume
     reopens the recorded run."""
-    monkeypatch.setenv("DVC_ROOT", str(make_project(tmp_path)))
+    monkeypatch.setenv("DVC_ROOT", str(make_project(tmp_path, mlflow_db=True)))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     runs = {}
     for name, error in (("ctrl-c", KeyboardInterrupt()), ("sigterm", Terminated()), ("error", RuntimeError("x"))):

@@ -70,7 +70,7 @@ SMALL = {
 
 
 def new_project(root: Path, raw: Path) -> Path:
-    make_project(root)
+    make_project(root, mlflow_db=True)
     (root / "data").mkdir()
     os.symlink(raw, root / "data" / "raw")
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(**SMALL)))
