@@ -554,12 +554,15 @@ def raise_signal(sig: signal.Signals) -> None:
     signal.raise_signal(sig)
 
 
-def signal_in_process(root: Path, stage: str, pause_at: str, sig: signal.Signals, monkeypatch, capsys) -> str:
+def signal_in_process(
+    root: Path, stage: str, pause_at: str, sig: signal.Signals, monkeypatch, capsys, calls: int = 1
+) -> str:
     """``pipeline/<stage>.py`` in this process, sent ``sig`` (SIGINT or SIGTERM) once ``pause_at`` has
-    done its work once; checks the exit code and the one-line message (no traceback); returns stderr."""
+    returned ``calls`` times; checks the exit code and the one-line message (no traceback); returns
+    stderr."""
     capsys.readouterr()
     with monkeypatch.context() as mp:
-        after_call(mp, pause_at, lambda: raise_signal(sig))
+        after_call(mp, pause_at, lambda: raise_signal(sig), calls)
         run_stage_in_process(root, stage, code=EXIT[sig])
     err = capsys.readouterr().err
     assert f"{stage}: {SAID[sig]}" in err and "Traceback" not in err, err[-3000:]

@@ -1,7 +1,8 @@
 """End to end in a fresh clone: the demo pipeline, DVC's rerun rules, a queued ablation, MLflow.
 
-CI-sized: a few seconds of synthetic audio and tens of training steps, so that the whole chain
-(download -> prepare -> train -> separate -> evaluate -> report) runs several times in minutes.
+CI-sized: a few seconds of synthetic audio and a few training steps, so that the whole chain
+(download -> prepare -> train -> separate -> evaluate -> report) runs several times in minutes:
+about 25 stage processes in all, each an interpreter importing torch, Lightning and MLflow.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ CI = {
     "data.synthetic.train_tracks": 3,
     "data.synthetic.valid_tracks": 1,
     "data.synthetic.test_tracks": 1,
-    "data.synthetic.seconds": 4.0,
+    "data.synthetic.seconds": 2.0,
     "train.items_per_epoch": 48,
     "train.valid_chunks_per_track": 2,
     "trainer.max_epochs": 1,
     "report.excerpt_seconds": 2.0,
+    "runtime.evaluate.jobs": 1,  # one test track: scored in the stage's process, no worker to start
     "mlflow.experiment": "ci",
 }
 STAGES = ("download", "prepare", "train", "separate", "evaluate", "report")
@@ -149,7 +151,7 @@ def test_runtime_params_rerun_nothing(demo, params_restored):
             "runtime.train.num_workers": 1,
             "runtime.separate.batch_size": 3,
             "runtime.separate.device": "cpu",
-            "runtime.evaluate.jobs": 1,
+            "runtime.evaluate.jobs": 2,
             "runtime.evaluate.device": "cpu",
         },
     )

@@ -36,6 +36,8 @@ from lightsaft.train import INTERRUPTED
 
 # The first training step has run (the first epoch checkpoint is 8 steps away).
 FIRST_STEP = "lightsaft.training.lightning_module:LightSAFTModule.training_step"
+# A training batch has ended (its optimizer step done).
+BATCH_END = "pytorch_lightning.callbacks:ModelCheckpoint.on_train_batch_end"
 # The MLflow run is open and recorded; Lightning has not started.
 RUN_OPENED = "lightsaft.tracking.training_run:TrainingRun.logger"
 EPOCHS, STEPS_PER_EPOCH = 3, 8  # helpers.training_project: 8 steps an epoch
@@ -112,18 +114,27 @@ def test_ctrl_c_before_fit_ends_the_run_killed_and_leaves_no_checkpoint(tmp_path
     assert checkpoints(root) == [] and nothing_finished(root)
 
 
-def test_sigterm_mid_epoch_saves_where_training_stood_and_the_rerun_resumes_it(
-    tmp_path, synthetic_cache, monkeypatch, capsys
+@pytest.mark.parametrize(
+    "sig,pause_at,calls",
+    [
+        (signal.SIGINT, BATCH_END, 3),  # Ctrl+C between two batches
+        (signal.SIGTERM, FIRST_STEP, 1),  # in a step: Lightning stops at the end of the batch
+    ],
+    ids=["sigint", "sigterm"],
+)
+def test_ctrl_c_or_sigterm_mid_epoch_saves_where_training_stood_and_the_rerun_resumes_it(
+    tmp_path, synthetic_cache, monkeypatch, capsys, sig, pause_at, calls
 ):
-    """Lightning stops at the end of the batch (before the first epoch checkpoint); the interrupt
-    checkpoint holds those steps, the run ends KILLED, and the resume finishes it."""
+    """Before the first epoch checkpoint: the interrupt checkpoint holds where training stood, the
+    run ends KILLED, and the resume finishes it as an uninterrupted training."""
     root = tmp_path
-    params = training_project(root, synthetic_cache, EPOCHS, "sigterm")
-    signal_in_process(root, "train", FIRST_STEP, signal.SIGTERM, monkeypatch, capsys)  # exit 143, one line
+    experiment = f"stopped-{sig.name.lower()}"
+    params = training_project(root, synthetic_cache, EPOCHS, experiment)
+    signal_in_process(root, "train", pause_at, sig, monkeypatch, capsys, calls)  # exit 130 / 143, one line
     assert checkpoints(root) == [INTERRUPTED] and nothing_finished(root)
-    [run] = mlflow_runs(root, "sigterm")
+    [run] = mlflow_runs(root, experiment)
     assert run.info.status == "KILLED" and run.info.end_time is not None
-    resumed_in_the_same_run(root, params, "sigterm", run.info.run_id)
+    resumed_in_the_same_run(root, params, experiment, run.info.run_id)
 
 
 # ---------------------------------------------------------------------------------------
