@@ -88,6 +88,8 @@ bench: setup
 	$(BIN)/python benchmarks/prepare_speed.py
 	$(BIN)/python benchmarks/separate_eval.py
 	$(BIN)/python benchmarks/bsseval.py
+	$(BIN)/python benchmarks/stats_calibration.py
+	$(BIN)/python benchmarks/window_edges.py
 
 clean:
 	rm -rf .pytest_cache build src/*.egg-info

@@ -12,6 +12,7 @@ from pathlib import Path
 from helpers import require
 
 PNG = b"\x89PNG\r\n\x1a\n"
+SCORES = ("sdr", "baseline", "mdx", "si-sdr", "clipped")  # the spans of a source's scores, by class
 
 
 class Page(HTMLParser):
@@ -33,12 +34,12 @@ class Page(HTMLParser):
         self.links += [a[k] for k in ("src", "href") if a.get(k) is not None]
         cls = a.get("class", "")
         if tag == "section" and cls == "track":
-            self.rows.append({"track": a["data-track"], "audio": {}, "sdr": {}, "baseline": {}})
+            self.rows.append({"track": a["data-track"], "audio": {}, **{k: {} for k in SCORES}})
         elif tag == "figure" and cls == "source":
             self._source = a["data-source"]
         elif tag == "audio":
             self.rows[-1]["audio"][self._source] = a
-        elif tag == "span" and cls in ("sdr", "baseline"):
+        elif tag == "span" and cls in SCORES:
             self._capture = [self.rows[-1][cls], self._source]
         elif tag == "table" and cls == "summary":
             self._in_summary = True

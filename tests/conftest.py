@@ -129,6 +129,35 @@ def trained(tmp_path_factory, synthetic_cache):
     )
 
 
+@pytest.fixture(scope="session")
+def trained_by_sdr(tmp_path_factory, synthetic_cache):
+    """The tiny model trained once more, keeping the best checkpoint by ``val_sdr`` (scored every
+    2nd epoch) and a moving average of the weights (4 epochs of 4 steps): test_select_by checks
+    the choice, test_finetune fine-tunes from it."""
+    from types import SimpleNamespace
+
+    from lightsaft.train import TrainOutputs
+
+    root = make_project(tmp_path_factory.mktemp("by_sdr"))
+    params = tiny_params(
+        **{
+            "train.select_by": "val_sdr",
+            "train.val_sdr_every": 2,
+            "train.ema_decay": 0.9,
+            "train.save_top_k": 1,
+            "train.items_per_epoch": 32,
+            "train.valid_chunks_per_track": 4,
+            "trainer.max_epochs": 4,
+            "mlflow.experiment": "by-sdr",
+        }
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DVC_ROOT", str(root))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        metrics = train_into(root, params, synthetic_cache)
+    return SimpleNamespace(root=root, params=params, outputs=TrainOutputs.under(root), metrics=metrics)
+
+
 # ---------------------------------------------------------------------------------------
 # Data sets and caches shared by test_cache, test_datasets and others (built once per session)
 @pytest.fixture(scope="session")

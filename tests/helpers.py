@@ -10,6 +10,7 @@ skipping.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import importlib
 import io
@@ -509,6 +510,72 @@ def kill_while_working(root: Path, stage: str, pause_at: str, sig: signal.Signal
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
     return output
+
+
+# ---------------------------------------------------------------------------------------
+# `lightsaft ui` (test_mlflow, and the one the demo suggests in test_pipeline)
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def lightsaft_ui(cmd: list[str], cwd: Path, env: dict[str, str], log: Path, port: int):
+    """``cmd`` (``lightsaft ui --port <port>`` in some form) running in ``cwd``, MLflow telemetry off,
+    until the block ends; yields its base URL and the lines it printed before serving. Stops the
+    whole process group: terminating lightsaft ui alone left mlflow ui and its job runners running."""
+    import urllib.request
+    from types import SimpleNamespace
+
+    env = {**env, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    with open(log, "w") as out:
+        server = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=5)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{' '.join(cmd)} did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield SimpleNamespace(base=base, printed=log.read_text().splitlines())
+    finally:
+        try:
+            group = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:  # it exited: the failure above says why
+            group = []
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        _, alive = psutil.wait_procs(group, timeout=10)
+        for process in alive:  # MLflow's job runners do not always stop on SIGTERM
+            process.kill()
+        server.wait()
+
+
+def api(base: str, path: str, body: dict | None = None) -> dict:
+    """A call of the MLflow REST API that a served UI answers (GET, or POST with ``body``)."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{base}/api/2.0/mlflow/{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def ui_links(printed: list[str]) -> dict[str, str]:
+    """Experiment name -> the training-runs link `lightsaft ui` printed for it."""
+    found = (re.match(r"\s*training runs of '(.+)': (\S+)$", line) for line in printed)
+    return {m.group(1): m.group(2) for m in found if m}
 
 
 # ---------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ BENCHMARKS = [
     pytest.param("separate_eval.py", "s per audio s", id="separate_eval", marks=pytest.mark.slow),
     pytest.param("bsseval.py", "max |diff| dB", id="bsseval", marks=pytest.mark.slow),
     pytest.param("stats_calibration.py", "false-positive rate", id="stats_calibration"),
+    pytest.param("window_edges.py", "frames that differ: [0, 1, 126, 127] of 128", id="window_edges"),
 ]
 
 

@@ -10,9 +10,17 @@ from pytorch_lightning import seed_everything
 from torch.utils.data import DataLoader
 
 from lightsaft.data.audio import read_stems
-from lightsaft.data.datasets import Draw, TrainDataset, ValidDataset, collate, epoch_length, train_batches
+from lightsaft.data.datasets import (
+    Draw,
+    TrainDataset,
+    ValidDataset,
+    collate,
+    epoch_length,
+    seed_draws,
+    train_batches,
+)
 from lightsaft.errors import DataError
-from lightsaft.spectral import edge_trim
+from lightsaft.spectral import TARGETS, edge_trim
 
 NUM_FRAME = 16
 WINDOW = 64 * (NUM_FRAME - 1)  # 960 samples of the small cache (hop 64)
@@ -83,6 +91,39 @@ def test_randomness_is_seeded_and_differs_between_items_and_workers(small_cache)
     # With 2 workers, batches 0 and 1 come from different workers: they must not repeat each other.
     batches = _epoch(dataset, 7, 2)
     assert not torch.equal(batches[0], batches[1])
+
+
+def _items(loader) -> torch.Tensor:
+    return torch.cat(
+        [torch.cat([mixture.flatten(1), condition[:, None].float()], 1) for mixture, _, condition in loader]
+    )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_rank_sampling_same_gives_every_rank_the_draws_of_rank_zero(small_cache, workers):
+    """``train.rank_sampling`` on two DDP ranks, in one process: each rank seeded as the train stage
+    seeds it, its loader then given the worker seeding that Lightning's Trainer adds to every loader
+    (``_auto_add_worker_init_fn`` with the rank), which mixes the rank in unless a seeding is set."""
+    from lightning_fabric.utilities.data import _auto_add_worker_init_fn
+
+    dataset = TrainDataset(small_cache, NUM_FRAME, items_per_epoch=16, augment_gain=True)
+
+    def epoch(rank: int, rank_sampling: str | None) -> torch.Tensor:
+        if rank_sampling is None:  # the seed of 'same' without its worker seeding
+            seed_everything(7, workers=True, verbose=False)
+            loader = train_batches(dataset, 4, num_workers=workers)
+        else:
+            loader = train_batches(dataset, 4, num_workers=workers, worker_init_fn=seed_draws(7, rank, rank_sampling))
+        _auto_add_worker_init_fn(loader, rank)
+        return _items(loader)
+
+    same = [epoch(rank, "same") for rank in (0, 1)]
+    distinct = [epoch(rank, "distinct") for rank in (0, 1)]
+    assert torch.equal(same[0], same[1]) and len(same[0]) == 16
+    assert torch.equal(distinct[0], same[0])  # rank zero draws alike either way (and one GPU is rank zero)
+    assert not torch.equal(distinct[1], distinct[0])
+    if workers:  # Lightning's own worker seeding would tell the ranks apart: 'same' has to set its own
+        assert not torch.equal(epoch(1, None), same[0])
 
 
 class _ItemByItem(torch.utils.data.Dataset):
@@ -197,3 +238,22 @@ def test_spectral_mixing_is_exact_on_a_real_track(real_cache):
         assert error < 2e-3  # float16 cache: relative precision 2**-11 per stem
         if offset > 0:  # and the comparison can tell a one-frame shift
             assert np.abs(mixture.numpy() - reference[:, offset - 1 : offset + 127]).max() / scale > 100 * error
+
+
+def test_cached_windows_differ_from_the_official_per_window_stft_in_two_frames_a_side(real_cache):
+    """The official code takes the STFT of each training window (reflect padding at its edges); we
+    slice the cached whole-track STFT, whose edge frames see the neighbouring audio instead. With
+    n_fft = 4 hops that changes frames 0, 1, 126 and 127 of 128 and nothing else (README, "Training")."""
+    stems, _ = read_stems(shared_path("musdb", "musdb18-7", "train", f"{ROCK}.stem.mp4"))
+    dataset = TrainDataset(real_cache, 128)
+    window = 1024 * 127
+    last = (len(stems["mixture"]) - window) // 1024  # the last offset whose window is all inside the track
+    for condition, offset in ((0, 10), (1, last // 3), (2, 2 * last // 3), (3, last - 10)):  # not at the track's edges
+        draw = Draw(condition, [ROCK] * 4, [offset] * 4, [1.0] * 4, [False] * 4)
+        _, target, _ = dataset.assemble(draw)
+        official = stft(stems[TARGETS[condition]][offset * 1024 : offset * 1024 + window], 4096, 1024)
+        # each frame's difference against that frame's own energy
+        error = np.linalg.norm(target.numpy() - official, axis=(0, 2)) / np.linalg.norm(official, axis=(0, 2))
+        print(f"{TARGETS[condition]} at frame {offset}: frames 0, 1, 126, 127 off by {error[[0, 1, 126, 127]]}")
+        assert error[2:126].max() < 2e-3  # the float16 cache's precision
+        assert error[[0, 1, 126, 127]].min() > 0.1

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
+import re
+import shlex
 import sys
 import time
 import urllib.request
@@ -16,24 +15,27 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
+import numpy as np
 import pandas as pd
-import psutil
 import pytest
+import soundfile as sf
 import torch
 from browser import chromium, wait_for
-from helpers import REPO, TINY_MODEL, make_project, tiny_params
+from helpers import REPO, TINY_MODEL, api, free_port, lightsaft_ui, make_project, tiny_params, ui_links
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
 from lightsaft.cli import main
 from lightsaft.model.unet import build_model
+from lightsaft.paths import file_sha256
 from lightsaft.schema import flatten
 from lightsaft.spectral import TARGETS
 from lightsaft.study.compare import ensure_mlflow_runs
-from lightsaft.tracking import records, store
+from lightsaft.tracking import models, records, store
 from lightsaft.tracking.models import download_weights
 from lightsaft.tracking.training_run import TrainingRun
 from lightsaft.weights.ours import load_weights, save_weights
+from lightsaft.weights.resolve import resolve_model
 
 EXPERIMENT = "ui-test"
 RUNS = {"ui-a": 3.0, "ui-b": 6.0}  # name -> vocals SDR of its evaluation
@@ -65,6 +67,7 @@ def record_training(root: Path, cache, name: str, vocals_sdr: float) -> SimpleNa
         records.write_run_file(run_file, run.run_id, EXPERIMENT, model_id)
         sdr = {f"sdr_{t}": vocals_sdr + i for i, t in enumerate(TARGETS)}
         sdr["sdr_mean"] = sum(sdr.values()) / 4
+        sdr.update(sdr_mdx_mean=vocals_sdr + 1.25, si_sdr_mean=vocals_sdr - 0.5)  # the whole-track SDRs
         child = records.log_evaluation(run_file, params, sdr, [], dataset=store.dataset_of(cache))
     finally:
         del os.environ["DVC_EXP_NAME"]
@@ -110,8 +113,11 @@ def test_runs_carry_kind_source_dataset_description_and_system_metrics(recorded,
         assert json.loads(data.dataset.profile)["tracks"] == {"train": 3, "valid": 1, "test": 1}
         sdr = " · ".join(f"{t} {rec.sdr[f'sdr_{t}']:.2f}" for t in (*TARGETS, "mean"))
         assert tags["mlflow.note.content"] == (
-            f"LightSAFT · dk 8 · 4 TDFs · 71,988 parameters · 300 steps\n\nTest SDR (dB): {sdr}"
+            f"LightSAFT · dk 8 · 4 TDFs · 71,988 parameters · 300 steps\n\nTest SDR (museval, dB): {sdr}\n\n"
+            "Whole-track SDRs, mean over tracks and targets (dB): "
+            f"MDX 2021 SDR {rec.sdr['sdr_mdx_mean']:.2f} · SI-SDR {rec.sdr['si_sdr_mean']:.2f}"
         )
+        assert run.data.metrics["test_sdr_mdx_mean"] == rec.sdr["sdr_mdx_mean"]  # beside museval's, on the run
         system = {k for k in run.data.metrics if k.startswith("system/")}
         assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
         child = client.get_run(rec.child)
@@ -167,7 +173,28 @@ def test_register_puts_a_run_or_a_model_in_the_registry(recorded, in_project, ca
     assert [(t["name"], int(t["version"])) for t in tag] == [("separator", 1), ("separator", 3), ("other", 1)]
     assert "MLFLOW_TRACKING_URI" not in os.environ  # set for MLflow's registry only while registering
     assert main(["register", "nonexistent", "--name", "separator"]) == 2
-    assert "nonexistent: neither a run id, a logged model id (m-...) nor a run record file" in capsys.readouterr().err
+    assert "nonexistent: neither a run id, a logged model id (m-...), a registered model" in capsys.readouterr().err
+
+
+def test_the_command_register_prints_separates_with_the_registered_model(recorded, in_project, capsys, tmp_path):
+    """`lightsaft register` prints how to use the new version: that command runs (SONG... replaced by
+    a song) and makes the page of that model, named after it."""
+    rec = recorded.runs["ui-b"]
+    assert main(["register", rec.model_id, "--name", "printed"]) == 0
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("songs: ")]
+    command = shlex.split(line.removeprefix("songs: "))
+    assert command[:3] == ["lightsaft", "separate", "SONG..."], line
+    song = tmp_path / "song.wav"
+    sf.write(song, np.random.default_rng(0).normal(0, 0.1, (22050, 2)).astype(np.float32), 22050)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # --out separated: relative to where the user types it
+    try:
+        assert main([command[1], str(song), *command[3:]]) == 0
+    finally:
+        os.chdir(cwd)
+    page = Path(re.search(r"page: (\S+)", capsys.readouterr().out).group(1))
+    assert (tmp_path / page).is_file() and page.parent.name == f"printed-v1-{file_sha256(rec.weights)[:8]}"
+    assert sorted(p.name for p in (tmp_path / page.parent / "song").iterdir()) == sorted(f"{t}.wav" for t in TARGETS)
 
 
 def test_runs_restored_from_the_run_cache_carry_the_records(recorded, in_project):
@@ -188,63 +215,15 @@ def test_runs_restored_from_the_run_cache_carry_the_records(recorded, in_project
 
 # ---------------------------------------------------------------------------------------
 # The UI
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def api(base: str, path: str, body: dict | None = None) -> dict:
-    request = urllib.request.Request(
-        f"{base}/api/2.0/mlflow/{path}",
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
-
-
 @pytest.fixture(scope="module")
 def ui(recorded, tmp_path_factory):
-    """``lightsaft ui`` on a free loopback port, MLflow telemetry off; yields its base URL and the
-    lines it printed before serving."""
+    """``lightsaft ui`` on a free loopback port; yields its base URL and the lines it printed before serving."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(
-        DVC_ROOT=str(recorded.root),
-        PYTHONPATH=str(REPO / "src"),
-        MLFLOW_DISABLE_TELEMETRY="true",
-        DO_NOT_TRACK="true",
-    )
-    log = tmp_path_factory.mktemp("ui") / "ui.log"
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "lightsaft.cli", "ui", "--port", str(port)],
-            cwd=recorded.root,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a group of its own: mlflow ui, uvicorn and MLflow's job runners
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=5)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"lightsaft ui did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(0.5)
-        yield SimpleNamespace(base=base, printed=log.read_text().splitlines())
-    finally:  # the whole group: terminating lightsaft ui alone left mlflow ui and its job runners running
-        group = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
-        os.killpg(server.pid, signal.SIGTERM)
-        _, alive = psutil.wait_procs(group, timeout=10)
-        for process in alive:  # MLflow's job runners do not always stop on SIGTERM
-            process.kill()
-        server.wait()
+    env.update(DVC_ROOT=str(recorded.root), PYTHONPATH=str(REPO / "src"))
+    cmd = [sys.executable, "-m", "lightsaft.cli", "ui", "--port", str(port)]
+    with lightsaft_ui(cmd, recorded.root, env, tmp_path_factory.mktemp("ui") / "ui.log", port) as served:
+        yield served
 
 
 @pytest.mark.slow
@@ -280,6 +259,18 @@ def test_rest_api_shows_kind_datasets_models_and_linked_scores(recorded, ui):
 
 
 @pytest.mark.slow
+def test_every_link_lightsaft_ui_prints_opens_its_experiment(recorded, ui):
+    links = ui_links(ui.printed)
+    ours = [line for line in ui.printed if line.startswith("MLflow UI for ") or "training runs of" in line]
+    assert EXPERIMENT in links and set(re.findall(r"https?://\S+", "\n".join(ours))) == {ui.base, *links.values()}
+    with urllib.request.urlopen(ui.base, timeout=30) as response:
+        assert response.status == 200 and b"<html" in response.read(4096).lower()
+    for name, link in links.items():
+        experiment_id = re.fullmatch(rf"{re.escape(ui.base)}/#/experiments/(\d+)/runs\?\S+", link).group(1)
+        assert api(ui.base, f"experiments/get?experiment_id={experiment_id}")["experiment"]["name"] == name
+
+
+@pytest.mark.slow
 def test_chromium_opens_the_training_runs_view_and_the_models_tab(recorded, ui, tmp_path):
     links = [line.split(": ", 1)[1] for line in ui.printed if f"training runs of '{EXPERIMENT}'" in line]
     assert len(links) == 1, ui.printed
@@ -305,3 +296,23 @@ def test_chromium_opens_the_training_runs_view_and_the_models_tab(recorded, ui, 
             driver.save_screenshot(keep)
     finally:
         driver.quit()
+
+
+@pytest.mark.slow
+def test_a_model_on_a_tracking_server_is_downloaded_once(ui, tmp_path, monkeypatch):
+    """With MLFLOW_TRACKING_URI at a server (this UI: artifacts behind mlflow-artifacts:/), `--model`
+    downloads the logged model's weights into .lightsaft/models/<model id>/, once."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", ui.base)
+    client = store.client()
+    run_id = client.create_run(store.experiment_id(client, "served"), run_name="served-a").info.run_id
+    (tmp_path / "trained").mkdir()
+    torch.manual_seed(7)
+    save_weights(tmp_path / "trained" / "weights.pt", build_model(TINY_MODEL), TINY_MODEL)
+    model_id = models.log_model(client, run_id, tmp_path / "trained" / "weights.pt", TINY_MODEL, step=1)
+    assert not client.get_logged_model(model_id).artifact_location.startswith("file:")
+    project = make_project(tmp_path / "project")
+    found = resolve_model(f"runs:/{run_id}", base=project)
+    assert found.weights == project / ".lightsaft" / "models" / model_id / "weights.pt" and found.name == "served-a"
+    assert found.sha256 == file_sha256(tmp_path / "trained" / "weights.pt")
+    stamp = found.weights.stat().st_mtime_ns
+    assert resolve_model(f"models:/{model_id}", base=project).weights.stat().st_mtime_ns == stamp  # not again

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fractions
-import json
 import re
 import shutil
 from pathlib import Path
@@ -24,8 +23,17 @@ from lightsaft.weights.official import (
     network_state,
 )
 from lightsaft.weights.official_keys import load_official_state_dict
-from lightsaft.weights.ours import load_weights
-from lightsaft.weights.published import PUBLISHED, URL_ENV, PretrainedError, Published, import_official, published_model
+from lightsaft.weights.ours import load_weights, save_weights, source_sha256
+from lightsaft.weights.published import (
+    PUBLISHED,
+    URL_ENV,
+    PretrainedError,
+    Published,
+    default_min_trim,
+    import_official,
+    published_model,
+)
+from lightsaft.weights.resolve import resolve_model
 
 # fixture -> the golden folder whose network it holds
 FIXTURES = {
@@ -82,9 +90,14 @@ def check_golden(weights: Path, gold_name: str, label: str) -> None:
 def test_fixture_imports_and_reproduces_golden(name, tmp_path):
     imported = import_official(fixture(name), tmp_path / "weights.pt")
     assert imported.official.params["variant"] == FIXTURES[name].split("_")[0]
-    assert imported.official.training_keys == ["optimizer", "lr", "auto_lr_schedule", "train_loss", "val_loss"]
-    assert imported.official.unknown_keys == []
-    assert imported.sha256 == file_sha256(fixture(name))
+    assert imported.official.training.hyper_parameters == {
+        "optimizer": "adam",
+        "lr": 0.001,
+        "auto_lr_schedule": True,
+        "train_loss": "spec_mse",
+        "val_loss": "raw_l1",
+    }
+    assert imported.sha256 == file_sha256(fixture(name)) == source_sha256(tmp_path / "weights.pt")
     check_golden(tmp_path / "weights.pt", FIXTURES[name], name)
 
 
@@ -96,9 +109,57 @@ def test_cli_import_into_the_project_cache(name, project, capsys):
     weights = project / ".lightsaft" / "pretrained" / f"{Path(name).stem}-{sha256[:12]}.pt"
     variant = FIXTURES[name].split("_")[0]
     count = golden(FIXTURES[name])["param_count"]
-    for expected in (f"sha256 {sha256}", f"variant {variant}, {count:,} parameters", "n_fft=256", str(weights)):
+    for expected in (
+        f"sha256 {sha256}",
+        f"variant {variant}, {count:,} parameters",
+        "n_fft=256",
+        str(weights),
+        # how it was trained, with the values the fixtures hold
+        "hyper-parameters: lr=0.001, optimizer='adam', auto_lr_schedule=True\n",
+        "not recorded: batch_size, seed, gpus, precision, patience\n",
+        "saved at epoch 417, global step 1459500",
+        "LR scheduler: ReduceLROnPlateau mode='min', factor=0.5, patience=50,",
+        "EarlyStopping: wait_count=12, stopped_epoch=0, best_score=0.01234, patience=300\n",
+        "ModelCheckpoint: monitor='val_loss', best_model_score=0.01234, best_model_path='/home/user/lasaft/etc/"
+        "checkpoints/epoch=417.ckpt'",
+    ):
         assert expected in out
     check_golden(weights, FIXTURES[name], f"{name} (CLI)")
+
+
+def test_an_argparse_era_checkpoint_tells_how_it_was_trained(tmp_path, capsys):
+    """The official argparse trainer passed every command-line option to the framework, which saved all
+    of them; pytorch-lightning 1.1.6 dropped its EarlyStopping (``early_stop_callback``), so such a file
+    holds a ModelCheckpoint state and none of early stopping. Values as the Table-2 command gives them."""
+    from pytorch_lightning.callbacks import ModelCheckpoint  # pickled by name: loaded as an inert stand-in
+
+    payload = payload_of()
+    command = {"batch_size": 4, "seed": 2020, "gpus": 4, "precision": 16, "patience": 10, "save_top_k": 3}
+    command |= {"distributed_backend": "ddp", "sync_batchnorm": True, "max_epochs": 1000}
+    payload["hyper_parameters"].update(lr=0.0001, musdb_root="../repos/musdb18_wav", tif_init_mode=None, **command)
+    payload["callbacks"] = {ModelCheckpoint: {"monitor": "val_loss", "best_model_score": torch.tensor(0.5)}}
+    payload["lr_schedulers"][0].update(factor=0.1, best=0.5, num_bad_epochs=7, _last_lr=[1e-5])
+    payload["optimizer_states"][0]["param_groups"][0]["lr"] = 1e-5
+    payload["native_amp_scaling_state"] = {"scale": 32768.0, "growth_factor": 2.0}
+    path = tmp_path / "argparse.ckpt"
+    torch.save(payload, path)
+    assert main(["import-official", str(path), "--out", str(tmp_path / "w.pt")]) == 0
+    out = capsys.readouterr().out
+    for expected in (
+        "hyper-parameters: lr=0.0001, batch_size=4, seed=2020, gpus=4, precision=16, patience=10, optimizer='adam', "
+        "auto_lr_schedule=True, distributed_backend='ddp', sync_batchnorm=True, save_top_k=3, max_epochs=1000, "
+        "musdb_root='../repos/musdb18_wav'\n",
+        "other hyper-parameters: train_loss='spec_mse', val_loss='raw_l1', tif_init_mode=None\n",
+        "optimizer learning rate at the save: 1e-05\n",
+        "AMP loss scaler state saved: trained in fp16 mixed precision\n",
+        "ReduceLROnPlateau mode='min', factor=0.1, patience=50, threshold=0.0001, threshold_mode='rel', cooldown=0, "
+        "min_lrs=0, best=0.5, num_bad_epochs=7, _last_lr=1e-05\n",
+        "ModelCheckpoint: monitor='val_loss', best_model_score=0.5\n",
+        "EarlyStopping: no state saved beside the other callbacks': early stopping did not run\n",
+    ):
+        assert expected in out
+    assert "not recorded" not in out
+    check_golden(tmp_path / "w.pt", "lasaft_tiny", "argparse-era")
 
 
 def test_lasaft_large_listing_maps_onto_the_large_config():
@@ -111,8 +172,8 @@ def test_lasaft_large_listing_maps_onto_the_large_config():
     assert len(network) == len(state) - 1  # the STFT window is left out
     large = {key: value for key, value in published_model("lasaft_large_2021").items() if key != "variant"}
     large.update(tif_init_mode=None, lr=1e-4)  # a real checkpoint's extra hyper-parameters
-    params, training, unknown = model_params(large, detect_variant(list(network), "listing"), "listing")
-    assert params["variant"] == "lasaft" and training == ["lr"] and unknown == ["tif_init_mode"]
+    params, others = model_params(large, detect_variant(list(network), "listing"), "listing")
+    assert params["variant"] == "lasaft" and others == {"tif_init_mode": None, "lr": 1e-4}
     with torch.device("meta"):
         model = build_model(params)
     load_official_state_dict(model, network)  # strict: every key used, every parameter filled
@@ -222,16 +283,6 @@ def cache(project: Path) -> Path:
     return project / ".lightsaft" / "pretrained"
 
 
-def test_download_whose_hash_differs_is_refused(published, project):
-    published.files["/lasaft_large_2020.ckpt"] = fixture("lasaft_tiny.ckpt").read_bytes()
-    expected = PUBLISHED["lasaft_large_2020"].sha256
-    with pytest.raises(PretrainedError, match=f"but {expected} was published by the authors; the download was deleted"):
-        import_official("lasaft_large_2020")
-    assert not (cache(project) / "downloads" / "lasaft_large_2020.ckpt").exists()
-    assert not (cache(project) / "lasaft_large_2020.pt").exists()
-    assert not (cache(project) / "sha256.json").exists()
-
-
 def test_published_hash_is_verified(published, project, monkeypatch, capsys):
     data = fixture("lightsaft_tiny_2020_prefix.ckpt").read_bytes()
     published.files["/lightsaft_small_2020.ckpt"] = data
@@ -242,31 +293,62 @@ def test_published_hash_is_verified(published, project, monkeypatch, capsys):
     assert main(["import-official", "lightsaft_small_2020"]) == 0
     assert f"sha256 {sha256} (verified: published by the authors)" in capsys.readouterr().out
     check_golden(cache(project) / "lightsaft_small_2020.pt", "lightsaft_tiny", "published")
-    assert not (cache(project) / "sha256.json").exists()  # nothing to record: the hash is published
 
 
-def test_trust_on_first_use_then_pinned_and_recorded(published, project, capsys):
-    first = fixture("lasaft_tiny.ckpt")
-    published.files["/lasaft_large_2021.ckpt"] = first.read_bytes()
-    assert main(["import-official", "lasaft_large_2021"]) == 0
-    assert "(trust on first use: no published hash; recorded in" in capsys.readouterr().out
-    record = cache(project) / "sha256.json"
-    assert json.loads(record.read_text()) == {"lasaft_large_2021": file_sha256(first)}
-    check_golden(cache(project) / "lasaft_large_2021.pt", "lasaft_tiny", "first use")
+def test_every_published_checkpoint_is_pinned_to_the_authors_hash():
+    """The sha256 and size of each file, as the authors' Git LFS pointers give them (gathered in the
+    fixtures' README): nothing is trusted on first use."""
+    facts = shared_path("reference", "official_ckpt", "README.md").read_text()
+    for name, published in PUBLISHED.items():
+        match = re.search(rf"`{name}(?:\.ckpt)?`: ([\d,]+) bytes, sha256 `([0-9a-f]{{64}})`", facts)
+        if name == "lightsaft_small_2020":  # its row has the other layout: size, then hash
+            match = re.search(r"\| ([\d,]+) bytes, sha256 `([0-9a-f]{64})` \(Git LFS pointer in ws-choi/music", facts)
+        assert match, name
+        assert (published.size, published.sha256) == (f"{match[1]} bytes", match[2]), name
 
-    # The file changes upstream: a later download must match what was recorded.
-    other = fixture("lasaft_tiny_legacy_format.ckpt")
+
+def test_a_download_must_have_the_published_hash_unless_pinned(published, project, capsys):
+    other = fixture("lasaft_tiny.ckpt")
     published.files["/lasaft_large_2021.ckpt"] = other.read_bytes()
-    (cache(project) / "downloads" / "lasaft_large_2021.ckpt").unlink()
-    before = (cache(project) / "lasaft_large_2021.pt").stat().st_mtime_ns
-    with pytest.raises(PretrainedError, match="recorded on first use"):
+    with pytest.raises(PretrainedError, match=f"but {PUBLISHED['lasaft_large_2021'].sha256} was published by the"):
         import_official("lasaft_large_2021")
-    assert (cache(project) / "lasaft_large_2021.pt").stat().st_mtime_ns == before
     assert not (cache(project) / "downloads" / "lasaft_large_2021.ckpt").exists()
-
-    # --sha256 pins the hash the user expects.
+    assert not (cache(project) / "lasaft_large_2021.pt").exists()
+    # --sha256 pins the hash the user expects instead
     assert main(["import-official", "lasaft_large_2021", "--sha256", file_sha256(other)]) == 0
     assert "(verified: pinned with --sha256)" in capsys.readouterr().out
+    check_golden(cache(project) / "lasaft_large_2021.pt", "lasaft_tiny", "pinned")
+
+
+def test_a_published_model_is_known_in_every_form(published, project, monkeypatch, capsys):
+    """Its name, its .ckpt under any name, and our weights file imported from it are the same model:
+    the per-model defaults (the MDX kit's trim) follow the checkpoint's sha256, not the string."""
+    source = fixture("lightsaft_tiny_2020_prefix.ckpt")
+    sha256 = file_sha256(source)
+    monkeypatch.setitem(PUBLISHED, "lightsaft_small_2020", Published(sha256, "1 MB", {}))
+    published.files["/lightsaft_small_2020.ckpt"] = source.read_bytes()
+    shutil.copy(source, project / "my copy.ckpt")
+    import_official(source, project / "elsewhere.pt")  # our weights file, imported from it
+    model = load_weights(project / "elsewhere.pt")
+    save_weights(project / "trained.pt", model, model.params)  # the same weights, but nothing says whose
+    for reference in ("lightsaft_small_2020", "my copy.ckpt", "elsewhere.pt"):
+        resolved = resolve_model(reference, base=project)
+        assert resolved.published == "lightsaft_small_2020", reference
+        assert default_min_trim(resolved.published) == 8192
+    verified = resolve_model("my copy.ckpt", base=project).verified
+    assert verified == "verified: lightsaft_small_2020, published by the authors"
+    assert resolve_model("trained.pt", base=project).published is None and default_min_trim(None) == 5000
+
+    # The imported copy of the name is reused, unless it does not name its source (an older import): then
+    # the checkpoint is verified and imported again.
+    requests = len(published.requests)
+    resolve_model("lightsaft_small_2020")
+    assert len(published.requests) == requests
+    imported = cache(project) / "lightsaft_small_2020.pt"
+    save_weights(imported, load_weights(imported), load_weights(imported).params)  # as an older version wrote it
+    assert source_sha256(imported) is None
+    assert resolve_model("lightsaft_small_2020").published == "lightsaft_small_2020"
+    assert source_sha256(imported) == sha256 and "imported lightsaft_small_2020" in capsys.readouterr().out
 
 
 def test_offline_error_gives_the_url_and_the_manual_steps(project, monkeypatch):
@@ -285,8 +367,12 @@ def test_manual_download_is_verified_and_imported(project, monkeypatch):
     dest = cache(project) / "downloads" / "lasaft_large_2019.ckpt"
     dest.parent.mkdir(parents=True)
     shutil.copy(fixture("lasaft_tiny.ckpt"), dest)
+    monkeypatch.setitem(PUBLISHED, "lasaft_large_2019", Published(file_sha256(dest), "3 MB", {}))
     imported = import_official("lasaft_large_2019")
-    assert imported.out == cache(project) / "lasaft_large_2019.pt" and "trust on first use" in imported.verified
+    assert (
+        imported.out == cache(project) / "lasaft_large_2019.pt"
+        and imported.verified == "verified: published by the authors"
+    )
 
 
 def test_bad_sha256_argument_is_named(tmp_path):

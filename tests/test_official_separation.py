@@ -114,7 +114,9 @@ def test_official_chunks_near_the_start_read_silence_as_left_context():
 def test_official_trim_and_defaults():
     assert official_trim(256) == 5120 and official_trim(1024) == 5120 and official_trim(1024, 16384) == 16384
     assert official_trim(4096) == 8192  # at least two hops
-    assert default_min_trim("lightsaft_small_2020") == 16384 and default_min_trim(None) == 5000
+    assert (
+        default_min_trim("lightsaft_small_2020") == 8192 and default_min_trim(None) == 5000
+    )  # the MDX kit's predictor
 
 
 class LongWindowModel(SpecModel):

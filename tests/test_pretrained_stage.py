@@ -34,7 +34,13 @@ def project(tmp_path, monkeypatch):
 
 def test_pretrained_official_checkpoint_replaces_training(project, synthetic_cache):
     ckpt = fixture("lightsaft_tiny_2020_prefix.ckpt")
-    params = tiny_params(**{"train.pretrained": str(ckpt), "mlflow.experiment": "pretrained"})
+    params = tiny_params(
+        **{
+            "train.pretrained": str(ckpt),
+            "train.pretrained_sha256": file_sha256(ckpt),
+            "mlflow.experiment": "pretrained",
+        }
+    )
     metrics = train_into(project, params, synthetic_cache)
     out = TrainOutputs.under(project)
 
@@ -63,8 +69,14 @@ def test_a_model_section_that_differs_is_refused_with_every_difference(tmp_path,
     project = make_project(tmp_path)  # without a database: the refusal creates none
     monkeypatch.setenv("DVC_ROOT", str(project))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ckpt = fixture("lightsaft_tiny_2020_prefix.ckpt")
     params = tiny_params(
-        **{"train.pretrained": str(fixture("lightsaft_tiny_2020_prefix.ckpt")), "model.dk": 16, "model.num_tdfs": 2}
+        **{
+            "train.pretrained": str(ckpt),
+            "train.pretrained_sha256": file_sha256(ckpt),
+            "model.dk": 16,
+            "model.num_tdfs": 2,
+        }
     )
     with pytest.raises(ConfigError) as error:
         train(params, synthetic_cache)
@@ -93,7 +105,8 @@ def test_the_official_checkpoints_study_matches_the_published_configs():
         for key, value in point.overrides.items():
             set_dotted(params, key, value)
         assert params["model"] == published_model(params["train"]["pretrained"]), point.name
-        assert params["separate"]["protocol"] == "official"
+        mdx_kit = params["train"]["pretrained"] == "lightsaft_small_2020"  # crossfade at overlap 0 is the kit's
+        assert params["separate"]["protocol"] == ("crossfade" if mdx_kit else "official")
 
 
 def test_cache_without_training_tracks_is_enough(project, small_dataset, tmp_path):
@@ -102,5 +115,6 @@ def test_cache_without_training_tracks_is_enough(project, small_dataset, tmp_pat
 
     cache = prepare(small_dataset, tmp_path / "cache", 256, 64, splits=("test",))
     assert Cache(cache).tracks("test") and not (cache / "spec").exists()
-    params = tiny_params(**{"train.pretrained": str(fixture("lightsaft_tiny_2020_prefix.ckpt"))})
+    ckpt = fixture("lightsaft_tiny_2020_prefix.ckpt")
+    params = tiny_params(**{"train.pretrained": str(ckpt), "train.pretrained_sha256": file_sha256(ckpt)})
     assert train_into(project, params, cache)["steps"] == 0

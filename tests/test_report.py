@@ -18,7 +18,7 @@ from browser import PNG, Page, chromium, wait_for
 from helpers import TINY_MODEL, MemoryCache
 
 from lightsaft.data.audio import write_audio
-from lightsaft.evaluation.scores import KINDS, METRICS, summarize
+from lightsaft.evaluation.scores import KINDS, METRICS, VARIANTS, score_table, summarize
 from lightsaft.model.unet import build_model, count_parameters
 from lightsaft.report.results import ReportError, build_report, unique_slugs
 from lightsaft.spectral import SAMPLE_RATE, TARGETS
@@ -26,30 +26,40 @@ from lightsaft.train import EpochCurves
 
 TRACKS = ('Tom & Jerry - <Live> "Take 2"', "Zoë - Two Seconds")
 SECONDS = 3.0
+CLIPPED = 1234  # samples of the second track's drums estimate clipped to 16 bits
 
 
 def make_inputs(root: Path) -> SimpleNamespace:
-    """Two noise-stem tracks, estimates = stems + noise, the evaluate stage's score tables (random
-    frame scores, some NaN as museval writes for silent frames, aggregated by its ``summarize``),
-    a tiny weights file, train.json and three epochs of curves."""
+    """Two noise-stem tracks, estimates = stems + noise (the first track's as 16-bit FLAC, as the
+    separate stage writes them now, the second's as float WAV), the evaluate stage's score tables
+    (random frame scores, some NaN as museval writes for silent frames, random whole-track SDR
+    variants, aggregated by its ``summarize``; clipped samples in one estimate), a tiny weights
+    file, train.json and three epochs of curves."""
     rng = np.random.default_rng(0)
     audio, rows = {}, []
     for track in TRACKS:
         stems = {t: (rng.standard_normal((int(SECONDS * SAMPLE_RATE), 2)) * 0.1).astype(np.float32) for t in TARGETS}
         audio[track] = {"mixture": sum(stems.values()), **stems}
         for target in TARGETS:
+            suffix, subtype = (".flac", "PCM_16") if track == TRACKS[0] else (".wav", None)
             write_audio(
-                root / "est" / "test" / track / f"{target}.wav",
+                root / "est" / "test" / track / f"{target}{suffix}",
                 stems[target] + rng.standard_normal(stems[target].shape) * 0.02,
                 SAMPLE_RATE,
+                subtype,
             )
             for metric, kind, frame in itertools.product(METRICS, KINDS, range(4)):
                 value = np.nan if frame == 3 and target == "bass" else rng.normal(5 if kind == "estimate" else -5, 3)
                 rows.append((track, target, metric, frame, value, kind))
-    scores = pd.DataFrame(rows, columns=["track", "target", "metric", "frame", "value", "kind"])
+            for metric, kind in itertools.product(VARIANTS, KINDS):
+                rows.append((track, target, metric, None, rng.normal(6 if kind == "estimate" else -4, 3), kind))
+    scores = score_table(rows)
     (root / "scores").mkdir()
     scores.to_csv(root / "scores" / "scores.csv", index=False, float_format="%.5f")
     summarize(scores)[0].to_csv(root / "scores" / "summary.csv", index=False, float_format="%.5f")
+    clipped = [(track, target, CLIPPED if (track, target) == (TRACKS[1], "drums") else 0) for track in TRACKS
+               for target in TARGETS]  # fmt: skip
+    pd.DataFrame(clipped, columns=["track", "target", "clipped"]).to_csv(root / "scores" / "clipped.csv", index=False)
     model = build_model(TINY_MODEL)
     (root / "train.json").write_text(
         json.dumps(
@@ -96,6 +106,7 @@ def test_page_shows_every_track_with_its_players_and_scores(report, inputs):
 
     scores = pd.read_csv(inputs.scores_dir / "scores.csv")
     medians = scores[scores["metric"] == "SDR"].groupby(["track", "target", "kind"])["value"].median()
+    whole = scores[scores["kind"] == "estimate"].set_index(["track", "target", "metric"])["value"]
     for row in page.rows:
         assert list(row["audio"]) == ["mixture", *TARGETS]
         for attrs in row["audio"].values():
@@ -105,20 +116,28 @@ def test_page_shows_every_track_with_its_players_and_scores(report, inputs):
         for target in TARGETS:
             assert row["sdr"][target] == f"{medians[(row['track'], target, 'estimate')]:.2f}"
             assert row["baseline"][target] == f"{medians[(row['track'], target, 'baseline')]:.2f}"
+            assert row["mdx"][target] == f"{whole[(row['track'], target, 'SDR_MDX')]:.2f}"
+            assert row["si-sdr"][target] == f"{whole[(row['track'], target, 'SI_SDR')]:.2f}"
+        shown = {(row["track"], t): n for t, n in row["clipped"].items()}
+        assert shown == ({(TRACKS[1], "drums"): f"{CLIPPED:,} samples clipped"} if row["track"] == TRACKS[1] else {})
     # The estimates were made worse target by target: the page must not show one number for all.
     assert len({row["sdr"][t] for row in page.rows for t in TARGETS}) == 8
 
     summary = pd.read_csv(inputs.scores_dir / "summary.csv").set_index(["target", "metric"])
     header, *body = page.summary
-    assert header == ["Target", "SDR", "Mixture SDR", "Improvement", "SIR", "ISR", "SAR"]
+    assert header == ["Target", "SDR", "Mixture SDR", "Improvement", "SIR", "ISR", "SAR", "SDR (MDX)", "SI-SDR"]
     assert [cells[0] for cells in body] == ["Vocals", "Drums", "Bass", "Other", "Mean"]
     for cells, target in zip(body, (*TARGETS, "mean")):
         sdr = summary.loc[(target, "SDR")]
         assert cells[1:4] == [f"{sdr['estimate']:.2f}", f"{sdr['baseline']:.2f}", f"{sdr['improvement']:+.2f}"]
         others = [f"{summary.loc[(target, m), 'estimate']:.2f}" if target != "mean" else "–" for m in METRICS[1:]]
-        assert cells[4:] == others
+        assert cells[4:7] == others
+        assert cells[7:] == [f"{summary.loc[(target, m), 'estimate']:.2f}" for m in VARIANTS]  # mean over tracks
 
     text = " ".join(page.text)
+    assert "SDR (MDX): MDX 2021 challenge SDR: whole track, mean over tracks" in text  # which SDR is which
+    assert "not comparable with each other" in text
+    assert f"drums {CLIPPED:,} samples in 1 track" in text
     for fact in (
         "LightSAFT",
         "Parameters",
@@ -172,11 +191,11 @@ def test_bad_input_names_the_problem_and_keeps_the_old_report(tmp_path, inputs, 
         assert sorted(p.name for p in tmp_path.iterdir()) == ["estimates", "report", "scores"]
 
     os.remove(estimates / "test" / TRACKS[1] / "drums.wav")
-    fails(r"drums\.wav: estimate not found; rerun the separate stage", estimates_dir=estimates)
+    fails(r"drums\.flac \(or \.wav\): estimate not found; rerun the separate stage", estimates_dir=estimates)
     fails(r"report\.excerpt_offset = 3\.5: beyond the end of .*\(3\.0 s\)", excerpt_offset=3.5)
     table = pd.read_csv(scores / "scores.csv")
-    table[table["track"] != TRACKS[0]].to_csv(scores / "scores.csv", index=False)
-    fails(r"scores\.csv: scores are for \['Zoë - Two Seconds'\] but the test tracks are", scores_dir=scores)
+    table.assign(track=table["track"].replace(TRACKS[0], "Stale")).to_csv(scores / "scores.csv", index=False)
+    fails(r"scores\.csv: scores for \['Stale'\], which are not test tracks", scores_dir=scores)
     (scores / "summary.csv").write_text("target,metric\nvocals,SDR\n")
     fails(r"summary\.csv: columns \['estimate', 'baseline', 'improvement'\] missing", scores_dir=scores)
 
@@ -212,6 +231,19 @@ def test_chromium_loads_and_plays_every_player(report, tmp_path):
             shutil.copyfile(shot, keep)
     finally:
         driver.quit()
+
+
+def test_a_subset_of_the_test_tracks_scored_shows_those(tmp_path, inputs):
+    """evaluate.tracks scored one of the two test tracks: the page shows that one, says so, and
+    plays no other."""
+    scores = tmp_path / "scores"
+    shutil.copytree(inputs.scores_dir, scores)
+    table = pd.read_csv(scores / "scores.csv")
+    table[table["track"] == TRACKS[1]].to_csv(scores / "scores.csv", index=False)
+    out = build_report(tmp_path / "report", **(vars(inputs) | {"scores_dir": scores}), excerpt_seconds=1.0)
+    page = Page((out / "index.html").read_text())
+    assert [row["track"] for row in page.rows] == [TRACKS[1]] and len(list((out / "audio").iterdir())) == 1
+    assert "1 of 2" in page.text
 
 
 def test_a_pretrained_model_gets_its_source_instead_of_curves(tmp_path, inputs):

@@ -380,7 +380,7 @@ def test_every_point_is_an_experiment_of_the_repository_with_one_mlflow_run(clus
     ablate(repo, cluster_study.env, "--compare-only")
     table = pd.read_csv(repo / "results" / "ablations" / STUDY / "points.csv")
     assert list(table["experiment"]) == POINTS and set(table["status"]) == {"done"}
-    assert list(table.columns) == ["experiment", "status", *METRIC_COLUMNS, "mlflow_run_id"]
+    assert list(table.columns) == ["experiment", "point", "status", *METRIC_COLUMNS, "mlflow_run_id"]
     trained = table[table["experiment"] != f"{STUDY}-fails-once"]
     columns = [c for c in METRIC_COLUMNS if c != "peak_gpu_mem_gb"]  # no GPU here
     assert trained[columns].notna().all().all(), trained

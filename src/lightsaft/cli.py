@@ -54,7 +54,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from .study.compare import collect, ensure_mlflow_runs, write_comparison
+    from .study.compare import compare_study
     from .study.queue import run_queue
     from .study.studies import load_study
 
@@ -62,8 +62,15 @@ def _ablate(args: argparse.Namespace) -> int:
     study = load_study(args.grid, _parse_sets(args.set))
     out_dir = repo / "results" / "ablations" / study.name
     points = study.points()
-    # --- the SLURM executor (lightsaft.study.slurm); the local DVC queue below is the default
     cluster = _cluster_options(args)
+    if not (args.status or args.compare_only):  # what the points not done yet will take, before any runs
+        from .study import disk
+        from .study.experiments import experiment_refs
+
+        projection = disk.project(repo, points, done=set(experiment_refs(repo)))
+        print(projection.table())
+        print(disk.check_space(repo, projection, args.force))
+    # --- the SLURM executor (lightsaft.study.slurm); the local DVC queue below is the default
     if args.status or (cluster and not args.compare_only):
         from .study import slurm
 
@@ -86,10 +93,8 @@ def _ablate(args: argparse.Namespace) -> int:
         print(f"study {study.name}: {len(points)} experiments, {args.jobs} at a time")
         results = {} if args.compare_only else run_queue(repo, points, args.jobs, out_dir / "logs")
         logs = {name: out_dir / "logs" / f"{name}.log" for name in results}
-    table = collect(repo, study)
     experiment = study.overrides.get("mlflow.experiment") or load_params(repo / "params.yaml")["mlflow"]["experiment"]
-    ensure_mlflow_runs(repo, table, experiment)
-    paths = write_comparison(table, study, out_dir)
+    paths = compare_study(repo, study, out_dir, experiment)  # tables, figures, the study's MLflow run
     print("\n" + paths["markdown"].read_text())
     failed = [name for name, status in results.items() if status.startswith("Failed")]
     for name, status in results.items():
@@ -154,6 +159,7 @@ def _register(args: argparse.Namespace) -> int:
 
     version = register(args.model, args.name)
     print(f"registered {version.source} as version {version.version} of {version.name!r} (see `lightsaft ui`, Models)")
+    print(f"songs: lightsaft separate SONG... --model models:/{version.name}/{version.version} --out separated --page")
     return 0
 
 
@@ -233,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override")
     p.add_argument("--compare-only", action="store_true", help="only rebuild the comparison tables")
     p.add_argument(
+        "--force",
+        action="store_true",
+        help="run even when the projected disk exceeds what is free where the DVC cache is (it says so)",
+    )
+    p.add_argument(
         "--executor",
         choices=("local", "slurm"),
         default="local",
@@ -282,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "model",
         metavar="RUN_OR_MODEL",
-        help="a training or evaluation run id, a logged model id (m-...), or a run record (models/mlflow_run.json)",
+        help="a training or evaluation run id (or runs:/<run id>), a logged model id (m-..., models:/m-...), a "
+        "registered version (models:/<name>/<version>, models:/<name>@<alias>) or a run record "
+        "(models/mlflow_run.json)",
     )
     p.add_argument("--name", required=True, help="registered model name (created if new; else a new version)")
     p.set_defaults(func=_register)
@@ -293,8 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         required=True,
         metavar="MODEL",
-        help="our weights file (models/weights.pt), an official .ckpt or a published name such as "
-        "lasaft_large_2021 (imported once into .lightsaft/pretrained/)",
+        help="a DVC experiment's name (dvc exp show: its models/weights.pt), an MLflow run id or runs:/<run id> (its "
+        "logged model), a logged model models:/<model id>, a registered model models:/<name>/<version> or "
+        "models:/<name>@<alias>, our weights file (models/weights.pt), an official .ckpt or a published name "
+        "such as lasaft_large_2021 (imported once into .lightsaft/pretrained/); a name that means two of "
+        "these is refused, listing them",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<song>/<target>.wav")
     p.add_argument("--targets", default="vocals,drums,bass,other", help="comma-separated (default: all four)")
@@ -330,8 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--page",
         action="store_true",
-        help="also write an offline demo page: songs and page go to DIR/<model>-<sha8>/ (one folder and "
-        "page per model; more songs with the same model add rows); open its index.html",
+        help="also write an offline demo page: songs and page go to DIR/<model>-<sha8>/, <model> being the "
+        "experiment or model name given (or the weights file's name); one folder and page per model, more songs "
+        "with the same model add rows; open its index.html",
     )
     p.add_argument(
         "--excerpt-seconds",

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from .data.audio import AudioError, probe
+from .data.extra import scan_extra_roots
 from .data.sources import SOURCES
 from .data.synthetic import generate, track_names
 from .data.tracks import (
@@ -43,6 +44,8 @@ def download(data_params: dict[str, Any], out_dir: str | Path, downloads_dir: st
     rerun resumes or reuses them instead of starting over.
     """
     p, out_dir, source = data_params, Path(out_dir), SOURCES[data_params["source"]]
+    # data.extra_train first: a folder that cannot be trained on stops download before anything is written
+    extra_tracks, extra_roots = scan_extra_roots(p["extra_train"])
     out_dir.mkdir(parents=True, exist_ok=True)
     if source.generated:
         s = p["synthetic"]
@@ -54,8 +57,8 @@ def download(data_params: dict[str, Any], out_dir: str | Path, downloads_dir: st
         )
     else:
         tree, sha256 = _locate(p, out_dir, Path(downloads_dir or in_project("data/downloads")))
-    tracks = assign_splits(scan_tree(tree, source.name), *_valid_names(p))
-    return write_dataset(out_dir / "dataset.json", source.name, tree, sha256, tracks)
+    tracks = assign_splits(scan_tree(tree, source.name), *_valid_names(p)) + extra_tracks  # training split only
+    return write_dataset(out_dir / "dataset.json", source.name, tree, sha256, tracks, extra_roots)
 
 
 def _valid_names(p: dict[str, Any]) -> tuple[list[str], str]:

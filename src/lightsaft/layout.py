@@ -27,6 +27,7 @@ ESTIMATES = Path("results/estimates")
 # evaluate
 SCORES = Path("results/scores")
 SDR_METRICS = Path("metrics/sdr.json")
+PER_TRACK_SDR = Path("metrics/per_track_sdr.csv")  # git-tracked: what study comparisons pair on
 SDR_PLOT = Path("plots/sdr_per_target.csv")
 # report
 REPORT = Path("results/report")
@@ -54,7 +55,9 @@ STAGES: dict[str, StageSpec] = {
         records=("mlflow",),
     ),
     "separate": StageSpec(("separate",), (WEIGHTS, CACHE), (ESTIMATES,)),
-    "evaluate": StageSpec(("evaluate", "separate"), (ESTIMATES, CACHE, RUN_FILE), (SCORES, SDR_METRICS, SDR_PLOT)),
+    "evaluate": StageSpec(
+        ("evaluate", "separate"), (ESTIMATES, CACHE, RUN_FILE), (SCORES, SDR_METRICS, PER_TRACK_SDR, SDR_PLOT)
+    ),
     "report": StageSpec(
         ("report", "model"),
         (SCORES, ESTIMATES, CACHE, TRAIN_CURVES, TRAIN_METRICS, RUN_FILE),
@@ -85,6 +88,7 @@ CODE_CLASSES: dict[str, tuple[str, ...]] = {
         "bsseval",
         "devices",
         "download",
+        "dvc_experiments",
         "paths",
         "prepare",
         "spectral",

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from .data.cache import CACHE_FORMAT, SPEC_LAYOUT
+from .data.extra import RECORD as EXTRA_RECORD
+from .data.extra import extra_samples, load_extra_track
 from .data.tracks import SPLITS, STEMS, load_track, read_dataset, source_files, track_samples
 from .errors import DataError
 from .paths import file_sha256, portable, write_text_atomic
@@ -65,7 +67,7 @@ def prepare(
     dataset, out_dir = read_dataset(dataset_json), Path(out_dir)
     tracks = [t for t in dataset["tracks"] if t["split"] in splits]
     jobs = default_jobs(len(tracks)) if jobs == "auto" else max(1, min(int(jobs), len(tracks) or 1))
-    lengths = [track_samples(t) for t in tracks]
+    lengths = [extra_samples(t) if "extra" in t else track_samples(t) for t in tracks]  # extra: data.extra_train
     sizes = [cache_bytes(t, n, n_fft, hop_length, dtype) for t, n in zip(tracks, lengths)]
     _check_space(out_dir, sum(sizes), dtype)
     counts = ", ".join(f"{sum(t['split'] == s for t in tracks)} {s}" for s in splits)
@@ -90,6 +92,10 @@ def prepare(
         "splits": list(splits), "spec_layout": SPEC_LAYOUT, "stems": list(STEMS), "file_hash": "sha256",
         "tracks": [entries[i] for i in range(len(tracks))],
     }  # fmt: skip
+    extra = dataset.get("extra_train", []) if "train" in splits else []
+    if extra:  # data.extra_train: each root in the digest; what download listed, for train to compare
+        manifest["extra_train"] = [{"root": r["root"], "tracks": r["tracks"]} for r in extra]
+        (tmp / EXTRA_RECORD).write_text(json.dumps(extra, indent=1) + "\n")
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     shutil.rmtree(tmp / "done")
     if out_dir.exists():
@@ -157,7 +163,7 @@ def prepare_track(
     index: int, track: dict[str, Any], tmp: Path, out_dir: Path, raw_dir: Path, n_fft: int, hop_length: int, dtype: str
 ) -> dict[str, Any]:
     """Decode one track and write its files into ``tmp``; its entry is recorded last (``done/``)."""
-    audio = load_track(track)
+    audio = load_extra_track(track) if "extra" in track else load_track(track)
     samples = len(audio["mixture"])
     entry: dict[str, Any] = {
         "index": index,
@@ -169,6 +175,7 @@ def prepare_track(
             {"path": portable(p, out_dir, raw_dir), "size": p.stat().st_size, "sha256": file_sha256(p)}
             for p in source_files(track)
         ],
+        **({"extra": track["extra"]} if "extra" in track else {}),  # which data.extra_train root
     }
     if track["split"] == "train":
         entry["spec"] = f"spec/{index:04d}.npy"

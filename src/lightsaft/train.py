@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader
 
 from . import layout
 from .data.cache import Cache
-from .data.datasets import TrainDataset, ValidDataset, train_batches
+from .data.datasets import TrainDataset, ValidDataset, seed_draws, train_batches
+from .data.extra import check_extra_roots
 from .devices import check_sync_batchnorm, claim_devices, visible_gpus
 from .errors import ConfigError, LightSAFTError, Terminated
 from .model.unet import Separator, count_parameters
@@ -40,11 +41,13 @@ from .schema import flatten
 from .spectral import edge_trim
 from .tracking import records, store
 from .tracking.training_run import TrainingRun
-from .training.callbacks import EpochCurves, InterruptCheckpoint, StopTogether
+from .training.callbacks import EpochCurves, InterruptCheckpoint, StartingPoint, StopTogether
+from .training.ema import EMA, averaged_weights
 from .training.lightning_module import LightSAFTModule
 from .training.ranks import devices_per_node, global_rank
+from .training.val_sdr import ValSdr
 from .weights.ours import save_weights
-from .weights.resolve import resolve_model
+from .weights.resolve import ResolvedModel, resolve_pinned
 
 SECTIONS = ("model", "train", "trainer")  # what defines a training (with its data); not mlflow: where it is recorded
 INTERRUPTED = "interrupted.ckpt"  # where a stopped training saves its state (InterruptCheckpoint)
@@ -110,6 +113,7 @@ def train(params: dict[str, Any], cache_dir: str | Path = layout.CACHE) -> Train
     if params["train"]["pretrained"]:  # nothing to train: one process, no Trainer
         with _exclusive(run_dir):
             return _from_pretrained(params, cache, run_dir)
+    check_extra_roots(cache)  # data.extra_train: the folders are still what download listed
     if rank != 0:  # DDP: the other ranks follow rank zero
         return _train(params, cache, run_dir, tr["devices"], rank)
     gpus = visible_gpus() if tr["accelerator"] in ("auto", "gpu", "cuda") else []
@@ -122,8 +126,7 @@ def _from_pretrained(params: dict[str, Any], cache: Cache, run_dir: Path) -> Tra
     weights, a Lightning checkpoint to fine-tune from, figures that say where it came from, curves
     with their header only) and one MLflow run, so everything downstream works unchanged."""
     started = time.time()
-    given = resolve_model(params["train"]["pretrained"], base=project_root(), what="train.pretrained")
-    check_same_model(params["model"], given.model.params, given.reference)
+    given = _source(params, "pretrained")
     module = LightSAFTModule(params["model"], params["train"])
     module.model.load_state_dict(given.model.state_dict())
     if run_dir.exists():
@@ -161,7 +164,16 @@ def _from_pretrained(params: dict[str, Any], cache: Cache, run_dir: Path) -> Tra
     return TrainResult(module.model, m, metrics, EpochCurves.header(), checkpoint, run, run_dir)
 
 
-def check_same_model(ours: dict[str, Any], theirs: dict[str, Any], source: str) -> None:
+def _source(params: dict[str, Any], key: str) -> ResolvedModel:
+    """``train.pretrained`` or ``train.init_from``: the model, its file's hash checked against
+    ``train.<key>_sha256`` (required for a file), and the model section checked against it."""
+    t = params["train"]
+    given = resolve_pinned(t[key], t[f"{key}_sha256"], project_root(), f"train.{key}")
+    check_same_model(params["model"], given.model.params, given.reference, f"train.{key}")
+    return given
+
+
+def check_same_model(ours: dict[str, Any], theirs: dict[str, Any], source: str, what: str = "train.pretrained") -> None:
     """The ``model`` section must describe the given model, so that the params MLflow records,
     the STFT that ``prepare`` computes and everything downstream are truthful."""
     differences = {key: value for key, value in theirs.items() if ours.get(key) != value}
@@ -169,7 +181,7 @@ def check_same_model(ours: dict[str, Any], theirs: dict[str, Any], source: str) 
         listing = "; ".join(f"model.{k} is {ours.get(k)!r}, the model has {v!r}" for k, v in differences.items())
         sets = " ".join(f"-S model.{k}={json.dumps(v)}" for k, v in differences.items())
         raise ConfigError(
-            f"train.pretrained = {source}: the model section does not describe this model: {listing}. "
+            f"{what} = {source}: the model section does not describe this model: {listing}. "
             f"Set these in params.yaml (or: dvc exp run {sets})"
         )
 
@@ -179,20 +191,23 @@ def _train(params: dict[str, Any], cache: Cache, run_dir: Path, devices: Any, ra
     m, t, tr, rt = params["model"], params["train"], params["trainer"], params["runtime"]["train"]
     ckpt_dir = run_dir / "checkpoints"
     resume_from = _latest_checkpoint(ckpt_dir) if rt["resume"] else None
-    # Per rank: items are drawn from the global generator; DDP copies rank zero's initial weights.
-    pl.seed_everything(t["seed"] + rank, workers=True)
-    train_loader, valid_loader = _loaders(params, cache)
+    # Per rank (train.rank_sampling): items are drawn from the global generator; DDP copies rank zero's weights.
+    worker_init = seed_draws(t["seed"], rank, t["rank_sampling"])
+    train_loader, valid_loader = _loaders(params, cache, worker_init)
     module = LightSAFTModule(m, t)
-    best = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename="best-{epoch}-{val_loss:.5f}",
-        monitor="val_loss",
-        mode="min",
-        save_top_k=t["save_top_k"],
-        save_last=True,
-    )
-    curves = EpochCurves(run_dir / "train_curves.csv")  # kept up to date while training runs
-    callbacks = [best, curves, StopTogether(), InterruptCheckpoint(ckpt_dir / INTERRUPTED)]
+    source = _source(params, "init_from") if t["init_from"] else None  # checked on resume too: its identity
+    if source is not None and resume_from is None:  # fine-tuning: its weights, a fresh optimizer and schedule
+        module.model.load_state_dict(source.model.state_dict())
+    best, last = _checkpoints(t, ckpt_dir)
+    by_sdr = t["select_by"] == "val_sdr"
+    curves = EpochCurves(run_dir / "train_curves.csv", ("val_sdr",) if by_sdr else ())  # kept up to date
+    ema = EMA(t["ema_decay"]) if t["ema_decay"] is not None else None
+    start = StartingPoint() if source is not None else None
+    sdr = ValSdr(len(valid_loader.dataset.names), t["val_sdr_every"]) if by_sdr else None
+    # in this order: on an exception the average gives the trained weights back before InterruptCheckpoint saves
+    callbacks = [best, last if last is not best else None, curves, StopTogether(), ema,
+                 InterruptCheckpoint(ckpt_dir / INTERRUPTED), start, sdr]  # fmt: skip
+    callbacks = [c for c in callbacks if c is not None]
     if t["early_stop_patience"] is not None:
         callbacks.append(
             EarlyStopping(
@@ -207,7 +222,9 @@ def _train(params: dict[str, Any], cache: Cache, run_dir: Path, devices: Any, ra
     if rank == 0:  # the one rank with a logger (the MLflow run)
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     # Built before the MLflow run: a setting this machine cannot run must not leave a run behind.
-    trainer = _trainer(tr, devices, precision, callbacks, run_dir, rt["ddp_timeout_s"])
+    # fine-tuning: the sanity check validates everything, before the first step (StartingPoint)
+    sanity = -1 if start is not None and resume_from is None else 2
+    trainer = _trainer(tr, devices, precision, callbacks, run_dir, rt["ddp_timeout_s"], sanity)
     if trainer.global_rank != rank:
         raise LightSAFTError(
             f"this process took its global rank for {rank} from its environment, but Lightning gives it "
@@ -229,20 +246,63 @@ def _train(params: dict[str, Any], cache: Cache, run_dir: Path, devices: Any, ra
         params["mlflow"]["experiment"],
         f"{m['variant']}-dk{m['dk']}-tdfs{m['num_tdfs']}",
         {**flatten({s: params[s] for s in SECTIONS}), **_data_params(cache)},
-        _tags(params, cache),
+        {**_tags(params, cache), **(_source_tags(source, "init_from") if source else {})},
         store.dataset_of(cache),
+        store.extra_datasets_of(cache),
     )
+    if source is not None and resume_from is None:
+        run.link_source(_source_file(source), source.sha256)
     try:  # from here on, however the training ends, its run ends with it
         trainer.logger = run.logger()
         _fit(trainer, module, train_loader, valid_loader, resume_from)
     except BaseException as e:
         run.end_interrupted(e)
         raise
-    return _result(params, trainer, module, best, curves, run, run_dir, precision, started)
+    return _result(params, trainer, module, (best, last, ema, start, source), curves, run, run_dir, precision, started)
+
+
+def _checkpoints(t: dict[str, Any], ckpt_dir: Path) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """The best-k checkpoints by ``train.select_by``, and the last one (to resume from): one
+    callback for val_loss, which every validation logs; two for val_sdr, scored every
+    ``train.val_sdr_every`` epochs while the last checkpoint is kept every epoch."""
+    if t["select_by"] == "val_loss":
+        best = ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="best-{epoch}-{val_loss:.5f}",
+            monitor="val_loss",
+            mode="min",
+            save_top_k=t["save_top_k"],
+            save_last=True,
+        )
+        return best, best
+    best = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best-{epoch}-{val_sdr:.3f}",
+        monitor="val_sdr",
+        mode="max",
+        save_top_k=t["save_top_k"],
+        every_n_epochs=t["val_sdr_every"],
+    )
+    return best, ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True)
+
+
+def _source_file(source: ResolvedModel) -> Path | None:
+    """The file a source was given as (None for a published name): where its MLflow record may lie."""
+    return None if source.published == source.reference else project_root() / Path(source.reference).expanduser()
+
+
+def _source_tags(source: ResolvedModel, key: str) -> dict[str, str]:
+    return {key: source.reference, f"{key}_sha256": source.sha256, f"{key}_verified": source.verified}
 
 
 def _trainer(
-    tr: dict[str, Any], devices: Any, precision: str, callbacks: list, run_dir: Path, timeout_s: int
+    tr: dict[str, Any],
+    devices: Any,
+    precision: str,
+    callbacks: list,
+    run_dir: Path,
+    timeout_s: int,
+    num_sanity_val_steps: int = 2,
 ) -> pl.Trainer:
     strategy = tr["strategy"]
     if strategy.startswith("ddp"):  # ours, for its process-group timeout: a lost rank fails the others
@@ -265,6 +325,7 @@ def _trainer(
             deterministic=tr["deterministic"],
             log_every_n_steps=tr["log_every_n_steps"],
             check_val_every_n_epoch=tr["check_val_every_n_epoch"],
+            num_sanity_val_steps=num_sanity_val_steps,
             callbacks=callbacks,
             logger=False,
             default_root_dir=run_dir,
@@ -293,16 +354,29 @@ def _fit(trainer: pl.Trainer, module, train_loader, valid_loader, resume_from: P
         raise
 
 
-def _result(params, trainer, module, best, curves, run, run_dir, precision, started) -> TrainResult:
-    """The best epoch's weights and checkpoint, the figures and curves of the finished training."""
-    checkpoint = Path(best.best_model_path or best.last_model_path or run_dir / "final.ckpt")
-    if best.best_model_path or best.last_model_path:
-        module.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"])
+def _result(params, trainer, module, kept, curves, run, run_dir, precision, started) -> TrainResult:
+    """The best epoch's weights (its moving average with ``train.ema_decay``) and checkpoint, the
+    figures and curves of the finished training."""
+    best, last, ema, start, source = kept
+    checkpoint = Path(best.best_model_path or last.last_model_path or run_dir / "final.ckpt")
+    if best.best_model_path or last.last_model_path:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     else:  # training stopped (max_steps) before any validation: keep the final state
-        torch.save(trainer._checkpoint_connector.dump_checkpoint(), checkpoint)  # rank zero alone: no barrier
+        state = trainer._checkpoint_connector.dump_checkpoint()
+        torch.save(state, checkpoint)  # rank zero alone: no barrier
+    module.load_state_dict(state["state_dict"])
+    if ema is not None:
+        module.model.load_state_dict(averaged_weights(state))
     gpu_peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    t, score = params["train"], float(best.best_model_score) if best.best_model_score is not None else None
+    val_losses = [r["val_loss"] for r in curves.rows if r["val_loss"] == r["val_loss"]]
     metrics = {
-        "best_val_loss": float(best.best_model_score) if best.best_model_score is not None else None,
+        "best_val_loss": score if t["select_by"] == "val_loss" else min(val_losses, default=None),
+        **({"best_val_sdr": score} if t["select_by"] == "val_sdr" else {}),
+        "selected_by": t["select_by"],
+        "selected_epoch": state.get("epoch"),
+        **({"init_from": source.reference, "init_from_sha256": source.sha256} if source is not None else {}),
+        **({"init_val_loss": start.val_loss} if start is not None else {}),
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "wall_time_s": round(time.time() - started, 1),
@@ -330,7 +404,9 @@ def write_outputs(result: TrainResult, outputs: TrainOutputs = TrainOutputs()) -
 
 def _data_params(cache: Cache) -> dict[str, Any]:
     """What the training data was, as MLflow params (read from the cache, which records it)."""
-    return {"data.source": cache.manifest["source"], "prepare.dtype": cache.manifest["dtype"]}
+    extra = [root["root"] for root in cache.manifest.get("extra_train", [])]  # data.extra_train, as prepared
+    return {"data.source": cache.manifest["source"], "prepare.dtype": cache.manifest["dtype"],
+            **({"data.extra_train": extra} if extra else {})}  # fmt: skip
 
 
 def _tags(params: dict[str, Any], cache: Cache) -> dict[str, str]:
@@ -363,7 +439,7 @@ def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(found, key=found.get) if found else None
 
 
-def _loaders(params: dict[str, Any], cache: Cache) -> tuple[DataLoader, DataLoader]:
+def _loaders(params: dict[str, Any], cache: Cache, worker_init: Any = None) -> tuple[DataLoader, DataLoader]:
     m, t, tr = params["model"], params["train"], params["trainer"]
     workers = params["runtime"]["train"]["num_workers"]
     train_set = TrainDataset(
@@ -376,7 +452,8 @@ def _loaders(params: dict[str, Any], cache: Cache) -> tuple[DataLoader, DataLoad
     )
     # the official validation windows: cores tiling each track, `trim` zeros of context on each side
     trim = edge_trim(m["hop_length"], m["num_frame"])
-    valid_set = ValidDataset(cache, m["num_frame"], t["valid_chunks_per_track"], trim=trim)
+    where = t["select_by"] == "val_sdr"  # the items say where they lie, to assemble whole-track scores
+    valid_set = ValidDataset(cache, m["num_frame"], t["valid_chunks_per_track"], trim=trim, where=where)
     if len(train_set) < tr["batch_size"]:
         raise ConfigError(
             f"trainer.batch_size = {tr['batch_size']} is larger than an epoch "
@@ -384,7 +461,8 @@ def _loaders(params: dict[str, Any], cache: Cache) -> tuple[DataLoader, DataLoad
         )
     common = {"num_workers": workers, "pin_memory": torch.cuda.is_available(), "persistent_workers": workers > 0}
     batch = tr["batch_size"]
-    return train_batches(train_set, batch, **common), DataLoader(valid_set, batch, shuffle=False, **common)
+    train_loader = train_batches(train_set, batch, worker_init_fn=worker_init, **common)
+    return train_loader, DataLoader(valid_set, batch, shuffle=False, **common)
 
 
 @contextmanager

@@ -9,6 +9,9 @@ Layout of a cache folder (see :mod:`lightsaft.prepare` for how it is written):
   whole-track STFT of each stem in the model's layout (so ``spec[k]`` is ``[4, T, F]``);
 * ``audio/<i>.npy`` (valid/test tracks of ``.stem.mp4`` sources): float32 ``[5, L, 2]``, stems
   in :data:`~lightsaft.data.tracks.STEMS` order. Wav sources keep a pointer to their files instead.
+* ``extra_train.json`` (with ``data.extra_train``): each root's files as ``download`` listed them,
+  which ``train`` compares with the folders (:func:`lightsaft.data.extra.check_extra_roots`); the
+  manifest names the roots and marks their tracks (``extra``: the root's index).
 
 Source files are identified by sha256 (content, not mtime: a copied data set stays valid).
 """

@@ -2,9 +2,9 @@
 
 Training mixes in the STFT domain: the STFT is linear, so the sum of four cached stem
 windows (hop-aligned frame offsets) is the spectrogram of their time-domain sum, and no item
-ever runs an STFT. Randomness comes from torch's global generator, which
-``pytorch_lightning.seed_everything(seed, workers=True)`` seeds in the main process and
-DataLoader seeds differently in each worker: reproducible, and different across workers.
+ever runs an STFT. Randomness comes from torch's global generator, which :func:`seed_draws`
+seeds in the main process and DataLoader seeds differently in each worker: reproducible, and
+different across workers; under DDP, different across ranks or (``same``) alike on every rank.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ import ctypes.util
 import math
 import platform
 import warnings
+from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from lightning_fabric.utilities.seed import pl_worker_init_function, seed_everything
 from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
 
 from ..errors import DataError
@@ -31,6 +34,21 @@ def epoch_length(samples: list[int], window: int) -> int:
     """The official epoch (``MusdbTrainSet.__len__``): one item per target for every whole
     window of ``window`` samples that fits in a train track."""
     return len(TARGETS) * sum(s // window for s in samples)
+
+
+def seed_draws(seed: int, rank: int, rank_sampling: str) -> Callable[[int], None] | None:
+    """Seed the item draws of DDP rank ``rank`` (``train.rank_sampling``); returns the DataLoader's
+    ``worker_init_fn``.
+
+    ``distinct``: the main process takes ``seed + rank``, and Lightning seeds the workers (it mixes
+    the global rank in): every rank draws its own items. ``same``: every rank takes ``seed`` and
+    seeds its workers as rank zero's, so every rank draws the items rank zero draws, whatever
+    ``num_workers``: the official DDP, where each rank called ``seed_everything(seed)`` and
+    ``MusdbTrainSet`` ignored the index its sampler gave it. A single process is rank zero either way.
+    """
+    same = rank_sampling == "same"
+    seed_everything(seed if same else seed + rank, workers=True, verbose=False)
+    return partial(pl_worker_init_function, rank=0) if same else None  # Lightning keeps one that is set
 
 
 class Draw(NamedTuple):
@@ -228,17 +246,21 @@ class ValidDataset(Dataset):
     Training passes :func:`lightsaft.spectral.edge_trim` as ``trim``: the official
     ``get_trim_length`` (``ceil(5000 / hop) * hop``), capped at a quarter window for small configs.
     ``chunks_per_track`` keeps that many cores per track, evenly spread. Items are ordered by
-    track, then core, then condition 0..3.
+    track, then core, then condition 0..3. ``where``: each item also says where its core lies
+    (:class:`lightsaft.training.val_sdr.ValSdr` assembles whole-track scores from them).
     """
 
-    def __init__(self, cache: Cache, num_frame: int, chunks_per_track: int | None = None, *, trim: int):
-        self.cache = cache
+    def __init__(
+        self, cache: Cache, num_frame: int, chunks_per_track: int | None = None, *, trim: int, where: bool = False
+    ):
+        self.cache, self.where = cache, where
         self.window, self.trim = window_samples(num_frame, cache.manifest["hop_length"]), trim
         self.core = self.window - 2 * trim
         if trim < 0 or self.core <= 0:
             raise DataError(f"validation trim {trim}: must leave part of the {self.window}-sample window")
         self.chunks: list[tuple[str, int]] = []
-        for name in cache.tracks("valid"):
+        self.names = cache.tracks("valid")
+        for name in self.names:
             count = math.ceil(cache.samples(name) / self.core)
             keep = range(count)
             if chunks_per_track is not None and chunks_per_track < count:
@@ -250,7 +272,7 @@ class ValidDataset(Dataset):
     def __len__(self) -> int:
         return len(self.chunks) * len(TARGETS)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         (name, start), condition = self.chunks[index // len(TARGETS)], index % len(TARGETS)
         target = TARGETS[condition]
         audio = self.cache.load_audio(name, start, start + self.core, stems=("mixture", target))
@@ -259,4 +281,7 @@ class ValidDataset(Dataset):
             wave = np.zeros((self.window, 2), dtype=np.float32)
             wave[self.trim : self.trim + len(audio[stem])] = audio[stem]
             waves.append(torch.from_numpy(wave))
+        if self.where:  # issue 23 (val_sdr): which track, and the samples of the window that are the track's
+            kept = len(audio[target])
+            return *waves, torch.tensor(condition), torch.tensor([self.names.index(name), self.trim, self.trim + kept])
         return waves[0], waves[1], torch.tensor(condition)

@@ -22,6 +22,7 @@ from scipy.signal import butter, sosfilt
 
 from ..paths import atomic_dir
 from ..spectral import SAMPLE_RATE, TARGETS
+from .params import synthetic_track_names
 
 SCALES = ((0, 2, 4, 5, 7, 9, 11), (0, 2, 3, 5, 7, 8, 10))  # major, natural minor
 VOWELS = ((800, 1200), (500, 1900), (300, 2300), (500, 900), (350, 800))  # formants F1, F2 (Hz)
@@ -31,7 +32,7 @@ _SPLITS = {"train": 0, "valid": 1, "test": 2}
 
 def track_names(split: str, count: int) -> list[str]:
     """Names of the synthetic tracks of a split (valid tracks live in ``train/``)."""
-    return [f"synthetic {split} {i:03d}" for i in range(count)]
+    return synthetic_track_names(split, count)
 
 
 def generate(

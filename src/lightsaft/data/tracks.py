@@ -130,11 +130,17 @@ def assign_splits(
 # ---------------------------------------------------------------------------------------
 # dataset.json
 def write_dataset(
-    path: str | Path, source: str, root: str | Path, sha256: str | None, tracks: list[dict[str, Any]]
+    path: str | Path,
+    source: str,
+    root: str | Path,
+    sha256: str | None,
+    tracks: list[dict[str, Any]],
+    extra_train: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write the track list atomically. Paths inside the stage output (generated or extracted
     data) are recorded relative to the file, so they move with DVC experiment copies; others
-    (the user's data set) absolute."""
+    (the user's data set) absolute. ``extra_train``: the records of the ``data.extra_train``
+    roots (:func:`lightsaft.data.extra.scan_extra_roots`), whose tracks are among ``tracks``."""
     path = Path(path)
     base = path.parent
     payload = {
@@ -144,6 +150,8 @@ def write_dataset(
         "sha256": sha256,
         "tracks": [_map_paths(t, lambda p: portable(p, base, base)) for t in tracks],
     }
+    if extra_train:
+        payload["extra_train"] = extra_train
     write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
     return path
 
@@ -203,7 +211,8 @@ def load_track(track: dict[str, Any]) -> dict[str, np.ndarray]:
     """Decode a track's mixture and stems, each float32 ``[samples, 2]`` at 44.1 kHz, checked.
 
     Refused, naming the file: a missing or unreadable file, a wrong sample rate, a channel count
-    other than 2, non-finite samples, a truncated file, stems of unequal length.
+    other than 2, non-finite samples, a truncated file, stems of unequal length. (Tracks of
+    ``data.extra_train``, at any rate: :func:`lightsaft.data.extra.load_extra_track`.)
     """
     if "stem_file" in track:
         path = _existing(track["stem_file"])

@@ -4,7 +4,9 @@ Every track is scored twice: its estimates, and the mixture itself as the estima
 target (the "input SDR" baseline), so that the tables also say how much separation gained.
 Two engines compute the same metrics: museval itself, or ``bsseval`` (ours, batched torch, about
 14x faster, 22x with the baseline); everything after the metric computation (museval JSON,
-tables, MLflow) is shared (:mod:`lightsaft.evaluation.scores`).
+tables, MLflow) is shared (:mod:`lightsaft.evaluation.scores`). Whatever the engine, each track
+also gets the whole-track SDR variants the field reports beside museval's (:mod:`.sdr_variants`:
+the MDX 2021 challenge's SDR and SI-SDR), computed here on the same audio.
 Tracks run in parallel worker processes because scoring is the slowest step of the pipeline;
 a track that fails (or whose worker dies) is reported by name and the others are still kept.
 With one job the tracks are scored in this process (no worker start-up: an interpreter that
@@ -32,7 +34,18 @@ from ..schema import registry
 from ..spectral import SAMPLE_RATE, TARGETS
 from ..workers import running
 from . import params
-from .scores import KINDS, EvaluationError, EvaluationResult, failure_message, score_rows, summarize
+from .estimate_files import estimate_path, read_clipped
+from .scores import (
+    KINDS,
+    EvaluationError,
+    EvaluationResult,
+    failure_message,
+    score_rows,
+    score_table,
+    summarize,
+    variant_rows,
+)
+from .sdr_variants import score_track as score_variants
 
 
 def score_sets(
@@ -116,10 +129,10 @@ def score_track(
 
 
 def read_estimates(estimates_dir: str | Path, track: str, targets: Sequence[str]) -> dict[str, np.ndarray]:
-    """``<estimates_dir>/test/<track>/<target>.wav`` for each target, float64 ``[L, 2]`` at 44.1 kHz."""
+    """``<estimates_dir>/test/<track>/<target>.flac`` (or ``.wav``) for each target, float64 ``[L, 2]`` at 44.1 kHz."""
     estimates = {}
     for target in targets:
-        path = Path(estimates_dir) / "test" / track / f"{target}.wav"
+        path = estimate_path(estimates_dir, track, target)
         audio, rate = read_audio(path)
         if rate != SAMPLE_RATE or audio.shape[1] != 2:
             raise AudioError(
@@ -145,16 +158,14 @@ def _init_worker(cache: Any, engine: Engine) -> None:
     _WORKER.update(cache=cache, engine=engine)
 
 
-def _score_one(track: str, estimates_dir: Path, targets: tuple[str, ...]) -> tuple[str, str]:
-    """Worker: the estimate and baseline scores of one track, as museval JSON strings."""
+def _score_one(track: str, estimates_dir: Path, targets: tuple[str, ...]) -> tuple[list[str], list[dict]]:
+    """Worker: the estimate and baseline scores of one track: museval JSON strings, and the
+    whole-track SDR variants (``sdr_mdx_<target>``, ``si_sdr_<target>``), one of each per kind."""
     audio, engine = _WORKER["cache"].load_audio(track), _WORKER["engine"]
     references = {t: audio[t] for t in targets}
-    estimates = read_estimates(estimates_dir, track, targets)
-    mixture = audio["mixture"]
-    stores = score_sets(
-        references, [estimates, {t: mixture for t in targets}], track, engine=engine.name, device=engine.device
-    )
-    return stores[0].json, stores[1].json
+    sets = [read_estimates(estimates_dir, track, targets), {t: audio["mixture"] for t in targets}]
+    stores = score_sets(references, sets, track, engine=engine.name, device=engine.device)
+    return [store.json for store in stores], [score_variants(references, est, track) for est in sets]
 
 
 CRASHED = "its worker process died (killed, or out of memory)"
@@ -203,7 +214,7 @@ def _run_here(
 
 def _score_all(
     cache: Any, engine: Engine, tracks: list[str], estimates_dir: Path, targets: tuple[str, ...], jobs: int
-) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+) -> tuple[dict[str, tuple[list[str], list[dict]]], dict[str, str]]:
     """Score tracks in ``jobs`` processes (one job: in this process, see the module docstring). A
     dying worker breaks the whole pool, so the tracks it took down are rerun one per fresh process:
     only the track that kills its worker fails."""
@@ -217,6 +228,21 @@ def _score_all(
     return done, {t: error for t, (_, error) in outcomes.items() if error is not None}
 
 
+def select_tracks(test_tracks: Sequence[str], wanted: Sequence[str] | None) -> list[str]:
+    """``evaluate.tracks``: the test tracks to score (all when None), in the test set's order; a
+    name that is not a test track is refused, naming it."""
+    if wanted is None:
+        return list(test_tracks)
+    unknown = [name for name in wanted if name not in test_tracks]
+    if unknown:
+        shown = ", ".join(map(repr, list(test_tracks)[:8])) + (", ..." if len(test_tracks) > 8 else "")
+        raise EvaluationError(
+            f"evaluate.tracks: {', '.join(map(repr, unknown))} not among the {len(test_tracks)} test tracks "
+            f"({shown}); name test tracks, or null for all of them"
+        )
+    return [t for t in test_tracks if t in wanted]
+
+
 def evaluate_tracks(
     cache: Any,
     estimates_dir: str | Path,
@@ -224,29 +250,44 @@ def evaluate_tracks(
     targets: Sequence[str] = TARGETS,
     engine: str = "fast",
     device: str = "auto",
+    tracks: Sequence[str] | None = None,
 ) -> EvaluationResult:
-    """The ``evaluate`` stage: score every test track of ``cache`` against its estimates.
+    """The ``evaluate`` stage: score the test tracks of ``cache`` (``tracks`` of them, when given:
+    ``evaluate.tracks``) against their estimates, with museval's metrics and the SDR variants.
 
     ``engine`` (see :func:`score_sets`) runs in ``jobs`` processes that share the CPU cores (one
     job: in this process, without crash isolation); the
     fast engine's ``device`` (auto: CUDA when available) is resolved before any work starts.
     ``cache``: anything with ``.tracks("test")`` and ``.load_audio(name)`` (picklable: workers get
-    a copy). Failed tracks are in ``result.failed``; ``result.check()`` raises for them. Raises if
-    no track could be scored.
+    a copy). The separate stage's clipped-sample counts (``clipped.json``), when it wrote them, are
+    kept in ``result.clipped``. Failed tracks are in ``result.failed``; ``result.check()`` raises
+    for them. Raises if no track could be scored.
     """
     targets, estimates_dir = tuple(targets), Path(estimates_dir)
-    tracks = list(cache.tracks("test"))
-    if not tracks:
+    test_tracks = list(cache.tracks("test"))
+    if not test_tracks:
         raise EvaluationError("the cache holds no test tracks; rerun the prepare stage")
+    tracks = select_tracks(test_tracks, tracks)
     if not (estimates_dir / "test").is_dir():
         raise EvaluationError(f"{estimates_dir / 'test'}: not found; run the separate stage first")
+    clipped = read_clipped(estimates_dir, tracks, targets)  # before hours of scoring: a bad file fails now
     scorer = Engine(engine, str(resolve_device(device)) if engine == "fast" else "cpu")
     done, failed = _score_all(cache, scorer, tracks, estimates_dir, targets, jobs)
     if not done:
         raise EvaluationError(failure_message(failed, len(tracks)))
     scored = [t for t in tracks if t in done]
-    rows = [row for t in scored for kind, text in zip(KINDS, done[t]) for row in score_rows(t, text, kind)]
-    scores = pd.DataFrame(rows, columns=["track", "target", "metric", "frame", "value", "kind"])
+    rows = []
+    for track in scored:
+        texts, variants = done[track]
+        for kind, text, whole in zip(KINDS, texts, variants):
+            rows += score_rows(track, text, kind) + variant_rows(track, whole, kind)
+    scores = score_table(rows)
     summary, metrics = summarize(scores, targets)
     failures = {t: failed[t] for t in tracks if t in failed}
-    return EvaluationResult(scores, summary, metrics, failures, {t: done[t][0] for t in scored})
+    counts = None
+    if clipped is not None:
+        counts = pd.DataFrame(
+            [(t, target, clipped[t][target]) for t in scored for target in targets],
+            columns=["track", "target", "clipped"],
+        )
+    return EvaluationResult(scores, summary, metrics, failures, {t: done[t][0][0] for t in scored}, counts)

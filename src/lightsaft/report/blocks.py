@@ -130,6 +130,8 @@ audio { width: 100%; height: 36px; }
 p.score { margin: 4px 0 0; font-size: 14px; font-variant-numeric: tabular-nums; }
 span.sdr { font-weight: 700; }
 span.baseline { display: block; font-size: 12px; color: #6b7385; }
+span.variants { display: block; font-size: 12px; color: #6b7385; }
+span.clipped { display: block; font-size: 12px; color: #a4400c; }
 a.full { font-size: 12px; color: #3465a4; }
 """
 

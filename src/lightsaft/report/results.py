@@ -1,6 +1,6 @@
 """The ``report`` stage: a self-contained results page in the style of the LightSAFT demo page.
 
-``results/report/`` holds ``index.html`` (an offline page, see :mod:`lightsaft.pages`),
+``results/report/`` holds ``index.html`` (an offline page, see :mod:`lightsaft.report.blocks`),
 ``curves.png`` (the training curves; ``dvc plots show`` would load vega from a CDN) and
 ``audio/<track-slug>/<source>.<fmt>``: compressed excerpts of the mixture and of the four
 estimates, so the page stays small. The folder is written beside its place and renamed into it,
@@ -9,7 +9,9 @@ so it is complete or absent.
 
 from __future__ import annotations
 
+import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,17 @@ import pandas as pd
 import soundfile as sf
 
 from ..errors import LightSAFTError
-from ..evaluation.scores import METRICS, NOISE_DB, per_track_sdr
+from ..evaluation.estimate_files import estimate_path
+from ..evaluation.scores import (
+    CLIPPED_CSV,
+    DEFINITIONS,
+    METRICS,
+    NOISE_DB,
+    VARIANTS,
+    EvaluationError,
+    per_track_sdr,
+    track_table,
+)
 from ..paths import atomic_dir
 from ..progress import progress
 from ..spectral import SAMPLE_RATE, TARGETS
@@ -48,16 +60,20 @@ def build_report(
     """Write the report of the test tracks of ``cache`` to ``out_dir`` (replaced as a whole).
 
     ``cache``: anything with ``.tracks("test")`` and ``.load_audio(track, start, stop, stems)``
-    (:class:`lightsaft.data.cache.Cache`). ``scores_dir``: the evaluate stage's ``scores.csv`` and
-    ``summary.csv``. Excerpts start ``excerpt_offset`` seconds in and end after
-    ``excerpt_seconds`` or at the end of the track. ``dataset`` names the data on the page.
+    (:class:`lightsaft.data.cache.Cache`). ``scores_dir``: the evaluate stage's ``scores.csv``,
+    ``summary.csv`` and, when the estimates were clipped to 16 bits, ``clipped.csv``; the page
+    shows the test tracks scored there (all, or those of ``evaluate.tracks``). Excerpts start
+    ``excerpt_offset`` seconds in and end after ``excerpt_seconds`` or at the end of the track.
+    ``dataset`` names the data on the page.
     """
-    tracks = list(cache.tracks("test"))
+    test_tracks = list(cache.tracks("test"))
     scores = _read_csv(Path(scores_dir) / "scores.csv", ("track", "target", "metric", "frame", "value", "kind"))
     summary = _read_csv(Path(scores_dir) / "summary.csv", ("target", "metric", "estimate", "baseline", "improvement"))
-    per_track = track_sdr(scores, tracks, Path(scores_dir) / "scores.csv")
+    tracks = scored_tracks(scores, test_tracks, Path(scores_dir) / "scores.csv")
+    per_track = TrackScores(per_track_sdr(scores), track_table(scores).set_index(["track", "target"]),
+                            read_clipped(Path(scores_dir) / CLIPPED_CSV))  # fmt: skip
     curves = _read_csv(Path(curves_csv), CURVE_COLUMNS, rows=False)  # no rows: a model given, not trained
-    facts = run_facts(train_metrics, model_params, len(tracks), dataset)
+    facts = run_facts(train_metrics, model_params, len(tracks), dataset, len(test_tracks))
     slugs = unique_slugs(tracks)
     with atomic_dir(out_dir) as tmp:
         if not curves.empty:
@@ -92,20 +108,39 @@ def _read_csv(path: Path, columns: tuple[str, ...], rows: bool = True) -> pd.Dat
     return table
 
 
-def track_sdr(scores: pd.DataFrame, tracks: list[str], path: Path) -> pd.DataFrame:
-    """Median SDR over frames (NaN frames skipped, as museval does) per track and target, one
-    column per kind (``estimate``, ``baseline``); the scored tracks must be the test tracks."""
+def scored_tracks(scores: pd.DataFrame, test_tracks: list[str], path: Path) -> list[str]:
+    """The test tracks that ``scores`` scored, in the test set's order (every test track, or those
+    ``evaluate.tracks`` named); a scored track that is not a test track means stale scores."""
     scored = set(scores["track"])
-    if scored != set(tracks):
+    if stale := sorted(scored - set(test_tracks)):
         raise ReportError(
-            f"{path}: scores are for {sorted(scored)} but the test tracks are {sorted(tracks)}; "
+            f"{path}: scores for {stale}, which are not test tracks (the test tracks are {sorted(test_tracks)}); "
             f"rerun the separate and evaluate stages"
         )
-    return per_track_sdr(scores)
+    return [t for t in test_tracks if t in scored]
+
+
+@dataclass(frozen=True)
+class TrackScores:
+    """Per track and target: ``sdr`` museval's median SDR (columns ``estimate``, ``baseline``),
+    ``variants`` the whole-track SDRs (columns ``sdr_mdx``, ``si_sdr``), ``clipped`` the samples
+    clipped in the 16-bit estimate ({} when the estimates say nothing of it)."""
+
+    sdr: pd.DataFrame
+    variants: pd.DataFrame
+    clipped: dict[tuple[str, str], int]
+
+
+def read_clipped(path: Path) -> dict[tuple[str, str], int]:
+    """``clipped.csv`` as {(track, target): samples}; {} when the evaluate stage wrote none."""
+    if not path.is_file():
+        return {}
+    table = _read_csv(path, ("track", "target", "clipped"), rows=False)
+    return {(row.track, row.target): int(row.clipped) for row in table.itertuples()}
 
 
 def run_facts(
-    train_metrics: str | Path, model_params: dict[str, Any], tracks: int, dataset: str | None
+    train_metrics: str | Path, model_params: dict[str, Any], tracks: int, dataset: str | None, test_tracks: int = 0
 ) -> dict[str, str]:
     """The header: the model's config (the ``model`` params) and how its training went (``train.json``,
     which also holds the parameter count)."""
@@ -125,7 +160,7 @@ def run_facts(
     else:
         facts["Steps"] = f"{metrics['steps']:,} ({metrics['epochs']} epochs)"
         facts["Best val loss"] = _number(metrics["best_val_loss"], ".4g")
-    facts["Test tracks"] = str(tracks)
+    facts["Test tracks"] = str(tracks) if tracks == test_tracks or not test_tracks else f"{tracks} of {test_tracks}"
     if dataset:
         facts["Data"] = dataset
     return facts
@@ -145,10 +180,10 @@ def write_excerpts(
 ) -> dict[str, str]:
     """Encode the same excerpt of the mixture and of each estimate into ``audio/<slug>/``;
     returns source -> path relative to ``report_dir``. Samples beyond [-1, 1] are clipped, as a player would."""
-    files = {t: estimates_dir / "test" / track / f"{t}.wav" for t in TARGETS}
-    for path in files.values():
-        if not path.is_file():
-            raise ReportError(f"{path}: estimate not found; rerun the separate stage")
+    try:
+        files = {t: estimate_path(estimates_dir, track, t) for t in TARGETS}
+    except EvaluationError as e:
+        raise ReportError(str(e)) from None
     length = sf.info(str(files[TARGETS[0]])).frames
     start = round(offset * SAMPLE_RATE)
     if start >= length:
@@ -218,19 +253,26 @@ def _score(value: Any) -> str:
     return "–" if value is not None and not pd.isna(value) and float(value) > NOISE_DB else _number(value)
 
 
+VARIANT_LABELS = {"SDR_MDX": "SDR (MDX)", "SI_SDR": "SI-SDR"}
+
+
 def _summary_table(summary: pd.DataFrame) -> str:
-    """Per target: SDR, the mixture's SDR, the gain, then SIR/ISR/SAR (model values)."""
+    """Per target: museval's SDR, the mixture's, the gain, SIR/ISR/SAR (model values), then the
+    whole-track SDR variants when the scores hold them (model values)."""
     table = summary.set_index(["target", "metric"])
+    variants = [m for m in VARIANTS if m in set(summary["metric"])]
     head = (
         "<tr><th>Target</th><th>SDR</th><th>Mixture SDR</th><th>Improvement</th>"
         + "".join(f"<th>{m}</th>" for m in METRICS[1:])
+        + "".join(f"<th>{VARIANT_LABELS[m]}</th>" for m in variants)
         + "</tr>"
     )
     rows = []
     for target in (*TARGETS, "mean"):
-        value = {m: table.loc[(target, m)] if (target, m) in table.index else {} for m in METRICS}
+        value = {m: table.loc[(target, m)] if (target, m) in table.index else {} for m in (*METRICS, *variants)}
         sdr = value["SDR"]
         others = "".join(f"<td>{_score(value[m].get('estimate'))}</td>" for m in METRICS[1:])
+        others += "".join(f"<td>{_number(value[m].get('estimate'))}</td>" for m in variants)
         rows.append(
             f'<tr class="{"mean" if target == "mean" else "target"}"><th>{target.capitalize()}</th>'
             f"<td><b>{_number(sdr.get('estimate'))}</b></td><td>{_number(sdr.get('baseline'))}</td>"
@@ -239,17 +281,50 @@ def _summary_table(summary: pd.DataFrame) -> str:
     return f'<table class="summary"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def _track_row(track: str, files: dict[str, str], sdr: pd.DataFrame) -> str:
-    """The mixture and each estimate, with the estimate's SDR on the whole track and the mixture's."""
+def _definitions(summary: pd.DataFrame) -> str:
+    """Which SDR each column is (only the SDRs the table shows)."""
+    variants = [m for m in VARIANTS if m in set(summary["metric"])]
+    lines = [f"SDR, SIR, ISR, SAR: {DEFINITIONS['SDR']}; the mean row averages the four targets"]
+    lines += [f"{VARIANT_LABELS[m]}: {DEFINITIONS[m]}" for m in variants]
+    if variants:
+        lines.append("the three SDRs are computed differently and are not comparable with each other")
+    return "; ".join(html.escape(line) for line in lines) + "."
+
+
+def _clipped_note(clipped: dict[tuple[str, str], int]) -> str:
+    """Samples clipped to [-1, 1] in the 16-bit estimates, per target, when any were."""
+    totals = {t: [n for (_, target), n in clipped.items() if target == t and n] for t in TARGETS}
+    parts = [f"{t} {sum(n):,} samples in {len(n)} track{'s' * (len(n) != 1)}" for t, n in totals.items() if n]
+    if not parts:
+        return ""
+    return (
+        '<p class="note clipped">Estimates clipped to [-1, 1] when written as 16-bit audio (as the official '
+        f"evaluation's 16-bit file is; the scores are of the clipped audio): {html.escape('; '.join(parts))}.</p>"
+    )
+
+
+def _track_row(track: str, files: dict[str, str], scores: TrackScores) -> str:
+    """The mixture and each estimate, with the estimate's SDR on the whole track and the mixture's,
+    the whole-track variants, and the samples clipped when there were any."""
     cells = []
     for name, path in files.items():
         score = ""
         if name != "mixture":
-            values = sdr.loc[(track, name)] if (track, name) in sdr.index else {}
+            key = (track, name)
+            values = scores.sdr.loc[key] if key in scores.sdr.index else {}
+            variants = scores.variants.loc[key] if key in scores.variants.index else {}
             score = (
                 f'<p class="score"><span class="sdr">{_number(values.get("estimate"))}</span> dB SDR '
-                f'<span class="baseline">mixture {_number(values.get("baseline"))}</span></p>'
+                f'<span class="baseline">mixture {_number(values.get("baseline"))}</span>'
             )
+            if not pd.isna(variants.get("sdr_mdx")):
+                score += (
+                    f'<span class="variants">MDX <span class="mdx">{_number(variants.get("sdr_mdx"))}</span> · '
+                    f'SI-SDR <span class="si-sdr">{_number(variants.get("si_sdr"))}</span></span>'
+                )
+            if clipped := scores.clipped.get(key):
+                score += f'<span class="clipped">{clipped:,} samples clipped</span>'
+            score += "</p>"
         cells.append(source_figure(name, path, score))
     return track_row(track, cells)
 
@@ -259,13 +334,13 @@ def render_page(
     summary: pd.DataFrame,
     tracks: list[str],
     rows: list[dict[str, str]],
-    sdr: pd.DataFrame,
+    scores: TrackScores,
     excerpt_seconds: float,
     trained: bool = True,
 ) -> str:
     """The whole page; every text from the inputs is HTML-escaped. ``trained``: curves to show
     (else the model was given, ``train.pretrained``)."""
-    grid = "\n".join(_track_row(track, files, sdr) for track, files in zip(tracks, rows))
+    grid = "\n".join(_track_row(track, files, scores) for track, files in zip(tracks, rows))
     training = (
         CURVES if trained else '<p class="note">Not trained here: the weights were imported (train.pretrained).</p>'
     )
@@ -274,6 +349,8 @@ def render_page(
         BODY.format(
             facts=facts_list(facts),
             summary=_summary_table(summary),
+            definitions=_definitions(summary),
+            clipped=_clipped_note(scores.clipped),
             training=training,
             tracks=grid,
             seconds=f"{excerpt_seconds:g}",
@@ -285,17 +362,19 @@ CURVES = '<img class="curves" src="curves.png" alt="Training and validation loss
 
 
 BODY = """<p class="lead">Conditioned music source separation: one network, told which target to extract,
-separates vocals, drums, bass and other from the mixture. Scores are museval BSSEval v4 on the
-test tracks (median over 1-second frames, then over tracks, in dB); <em>mixture</em> scores the
-unprocessed mixture as the estimate, so the improvement is what separation gains.</p>
+separates vocals, drums, bass and other from the mixture. The headline scores are museval BSSEval v4
+on the test tracks (median over 1-second frames, then over tracks, in dB), as SiSEC 2018 reported
+them; <em>mixture</em> scores the unprocessed mixture as the estimate, so the improvement is what
+separation gains.</p>
 {facts}
 <h2>Test scores</h2>
 {summary}
-<p class="note">SIR, ISR and SAR are the model's; the mean row averages the four target SDRs.</p>
+<p class="note">SIR, ISR and SAR are the model's. {definitions}</p>
+{clipped}
 <h2>Training</h2>
 {training}
 <h2>Listen</h2>
-<p class="note">{seconds}-second excerpts. Beside each estimate: its SDR on the whole track and, below,
-the mixture's.</p>
+<p class="note">{seconds}-second excerpts. Beside each estimate: its museval SDR on the whole track,
+the mixture's, and the MDX and SI-SDR of the whole track.</p>
 {tracks}
 """

@@ -70,7 +70,8 @@ class SongPage:
         self.excerpt = excerpt
         self.folder = Path(out_dir) / f"{model.name}-{model.sha256[:8]}"
         self.facts = {
-            "Name": model.reference,
+            "Name": model.name,  # the experiment or model name given, or the weights file's
+            **({"Given as": model.reference} if model.reference != model.name else {}),
             **model_facts(model.model.params, count_parameters(model.model)),
             "Weights sha256": model.sha256[:16],
             "Separation": f"{options['protocol']}, overlap {options['overlap']:g}, {options['precision']}",
@@ -153,4 +154,4 @@ def render(facts: dict[str, str], rows: list[dict[str, Any]]) -> str:
         "files: the original, and the estimates beside this page.</p>\n"
         f"{facts_list(facts)}\n<h2>Songs</h2>\n" + "\n".join(sections)
     )
-    return document(f"{Path(facts['Name']).name}: separated songs", body)
+    return document(f"{facts['Name']}: separated songs", body)

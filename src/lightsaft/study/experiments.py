@@ -1,5 +1,6 @@
 """DVC experiments as the studies use them: run ``dvc`` commands, list the finished experiments
-and read the small files (metrics, params, run records) each one committed.
+and read the small files (metrics, params, run records) each one committed (those two live in
+:mod:`lightsaft.dvc_experiments`, which resolving a model by experiment name shares).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..dvc_experiments import experiment_refs, read_from_experiment
 from ..errors import LightSAFTError
+
+__all__ = ["ExperimentError", "dvc", "experiment_refs", "read_from_experiment", "set_args"]
 
 
 class ExperimentError(LightSAFTError):
@@ -35,19 +37,3 @@ def set_args(overrides: dict[str, Any]) -> list[str]:
     for key, value in overrides.items():
         args += ["-S", f"{key}={json.dumps(value)}"]  # JSON is YAML: "32" stays a string
     return args
-
-
-def experiment_refs(repo: Path) -> dict[str, str]:
-    """Experiment name -> git ref, for every finished DVC experiment in the repo."""
-    out = subprocess.run(
-        ["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], cwd=repo, capture_output=True, text=True
-    ).stdout.split()
-    return {ref.rsplit("/", 1)[-1]: ref for ref in out if ref.count("/") >= 4}
-
-
-def read_from_experiment(repo: Path, ref: str, path: str) -> Any:
-    """A git-tracked file (metrics, params, run record) as committed in an experiment."""
-    result = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=repo, capture_output=True, text=True)
-    if result.returncode != 0:
-        return None
-    return json.loads(result.stdout) if path.endswith(".json") else yaml.safe_load(result.stdout)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import redact
+from ..paths import atomic_dir
 from ..schema import flatten
 from . import records, store
 from .store import TrackingError
@@ -49,14 +50,26 @@ def log_model(mlflow_client, run_id: str, weights: Path, model_params: dict[str,
     return model.model_id
 
 
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+REGISTERED = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/@]+))")
+
+
 def model_of(mlflow_client, ref: str) -> str:
-    """The logged model meant by ``ref``: its id (``m-...``, ``models:/m-...``), a training or
-    evaluation run id, or a run record such as ``models/mlflow_run.json``."""
+    """The logged model meant by ``ref``: its id (``m-...``, ``models:/m-...``), a registered model
+    version (``models:/<name>/<version>``, ``models:/<name>@<alias>``), a training or evaluation
+    run id (also as ``runs:/<run id>``), or a run record such as ``models/mlflow_run.json``."""
     from mlflow.exceptions import MlflowException
 
     if Path(ref).is_file():
         record = records.read_run_file(ref)
         ref = record.get("model_id") or record["run_id"]
+    if registered := REGISTERED.fullmatch(ref):
+        return _registered_version(ref, **registered.groupdict())
+    if ref.startswith("runs:/"):
+        run_id = ref.removeprefix("runs:/").rstrip("/")
+        if not RUN_ID.fullmatch(run_id):
+            raise TrackingError(f"{ref}: expected runs:/<run id> (32 hexadecimal digits; the run's logged model)")
+        ref = run_id
     ref = ref.removeprefix("models:/")
     if ref.startswith("m-"):
         try:
@@ -67,8 +80,8 @@ def model_of(mlflow_client, ref: str) -> str:
         run = mlflow_client.get_run(ref)
     except MlflowException:
         raise TrackingError(
-            f"{ref}: neither a run id, a logged model id (m-...) nor a run record file "
-            f"in {redact(store.tracking_uri())}; `lightsaft ui` lists both"
+            f"{ref}: neither a run id, a logged model id (m-...), a registered model (models:/<name>/<version>) "
+            f"nor a run record file in {redact(store.tracking_uri())}; `lightsaft ui` lists them"
         ) from None
     outputs = sorted(run.outputs.model_outputs if run.outputs else [], key=lambda o: o.step)
     if outputs:
@@ -76,6 +89,70 @@ def model_of(mlflow_client, ref: str) -> str:
     if parent := run.data.tags.get("mlflow.parentRunId"):  # an evaluation run: its training's model
         return model_of(mlflow_client, parent)
     raise TrackingError(f"run {ref} logged no model (trained before models were logged?); retrain it to register it")
+
+
+def is_run(mlflow_client, run_id: str) -> bool:
+    """Whether ``run_id`` names a run of the store (a bare id may also be a file or experiment name)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+def store_exists() -> bool:
+    """False when the tracking store is the local database and there is none yet (nothing was
+    recorded here): looking a model up must not create one."""
+    uri = store.tracking_uri()
+    return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///") :]).is_file()
+
+
+def _registered_version(ref: str, name: str, version: str | None, alias: str | None) -> str:
+    """The logged model id of ``models:/<name>/<version>`` or ``models:/<name>@<alias>``."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    registry = MlflowClient(store.tracking_uri(), registry_uri=store.tracking_uri())  # not a registry set elsewhere
+    try:
+        registered = registry.get_registered_model(name)
+    except MlflowException:
+        raise TrackingError(
+            f"{ref}: no registered model {name!r} in {redact(store.tracking_uri())} "
+            f"(`lightsaft register RUN_OR_MODEL --name {name}` makes one)"
+        ) from None
+    try:
+        found = (
+            registry.get_model_version(name, version) if version else registry.get_model_version_by_alias(name, alias)
+        )
+    except MlflowException:
+        found = None
+    source = (found.source or "") if found is not None else ""
+    model_id = (found.model_id or source.removeprefix("models:/")) if found is not None else ""
+    if model_id.startswith("m-"):
+        return model_id
+    if found is not None:
+        raise TrackingError(f"{ref}: version {found.version} of {name!r} is not a logged model ({source}); give a run")
+    aliases: dict[str, list[str]] = {}
+    for each, number in (registered.aliases or {}).items():
+        aliases.setdefault(str(number), []).append(f"@{each}")
+    versions = sorted(registry.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+    have = ", ".join(
+        f"version {v.version}" + (f" ({', '.join(aliases[str(v.version)])})" if str(v.version) in aliases else "")
+        for v in versions
+    )
+    what = f"no version {version}" if version else f"no alias @{alias}"
+    raise TrackingError(f"{ref}: registered model {name!r} has {what}; it has {have or 'no versions'}")
+
+
+def registered_name(ref: str) -> str | None:
+    """``models:/<name>/<version>`` -> ``<name>-v<version>``, ``models:/<name>@<alias>`` -> ``<name>-<alias>``;
+    None for other references."""
+    found = REGISTERED.fullmatch(ref)
+    if found is None:
+        return None
+    return f"{found['name']}-v{found['version']}" if found["version"] else f"{found['name']}-{found['alias']}"
 
 
 @contextmanager
@@ -106,6 +183,29 @@ def register(ref: str, name: str):
     model_id = model_of(store.client(), ref)
     with _global_tracking_uri():
         return mlflow.register_model(f"models:/{model_id}", name)
+
+
+def weights_file(model_id: str, downloads: Path) -> Path:
+    """The logged model's weights file: where it lies when the artifact store is a local folder (the
+    default, ``mlartifacts/``), else downloaded once into ``downloads/<model id>/`` (a logged
+    model's files never change once it is ready)."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    model = store.client().get_logged_model(model_id)
+    status = getattr(model.status, "name", str(model.status))
+    if "READY" not in status:
+        raise TrackingError(f"logged model {model_id} is {status}, not ready: its training did not finish")
+    location = model.artifact_location
+    if location.startswith("file:") or "://" not in location:
+        local = Path(url2pathname(urlparse(location).path) if location.startswith("file:") else location) / WEIGHTS_NAME
+        if local.is_file():
+            return local
+    folder = downloads / model_id
+    if not (folder / WEIGHTS_NAME).is_file():
+        with atomic_dir(folder) as tmp:
+            download_weights(model_id, tmp)
+    return folder / WEIGHTS_NAME
 
 
 def download_weights(model_id: str, dst: str | Path) -> Path:

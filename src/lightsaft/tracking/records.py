@@ -56,11 +56,12 @@ def log_evaluation(
 ) -> str:
     """One evaluation = a child run of the training run, carrying the training's params plus
     ``separate.*`` / ``evaluate.*`` (MLflow params are immutable, so a changed ``evaluate.engine``
-    could not go on the parent). Its scores are linked to the training's logged model (the Models
-    tab ranks models by them), measured on ``dataset`` (:func:`dataset_of`, logged as the
-    child's input). The parent gets ``test_<metric>`` copies of the latest scores, so the runs
-    table shows one sortable row per trained model, and its description the SDRs. Returns the
-    child run id."""
+    could not go on the parent). Its scores (``sdr_<target>``: museval's; ``sdr_mdx_<target>``,
+    ``si_sdr_<target>``: the whole-track variants) are linked to the training's logged model (the
+    Models tab ranks models by them), measured on ``dataset`` (:func:`dataset_of`, logged as the
+    child's input); ``per_track`` (a table per track and target) is logged as an MLflow table.
+    The parent gets ``test_<metric>`` copies of the latest scores, so the runs table shows one
+    sortable row per trained model, and its description the SDRs. Returns the child run id."""
     from ..schema import flatten
 
     record = read_run_file(run_file)

@@ -14,6 +14,7 @@ model (see :mod:`lightsaft.logged_model`) with the test scores linked to it, and
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import os
 import sqlite3
@@ -34,6 +35,7 @@ NOTE = "mlflow.note.content"  # the run's description in the UI
 DATA_CONTEXT = "mlflow.data.context"
 DIGEST_CHARS = 12  # of a dataset's digest, as shown in the runs table
 VARIANTS = {"lightsaft": "LightSAFT", "lasaft": "LaSAFT"}
+WHOLE_TRACK = {"test_sdr_mdx_mean": "MDX 2021 SDR", "test_si_sdr_mean": "SI-SDR"}  # beside museval's, not comparable
 
 
 def tracking_uri() -> str:
@@ -149,7 +151,8 @@ def dataset_of(cache) -> Any:
     from mlflow.entities import Dataset
 
     manifest = cache.manifest
-    files = [os.path.abspath(resolve(s["path"], cache.path)) for t in manifest["tracks"] for s in t["sources"]]
+    ours = [t for t in manifest["tracks"] if "extra" not in t]  # data.extra_train roots: extra_datasets_of
+    files = [os.path.abspath(resolve(s["path"], cache.path)) for t in ours for s in t["sources"]]
     root = Path(os.path.commonpath(files)) if files else Path(cache.path)
     here = Path(os.getcwd())
     location = str(root.relative_to(here)) if root.is_relative_to(here) else str(root)
@@ -159,6 +162,7 @@ def dataset_of(cache) -> Any:
         "dataset_sha256": manifest.get("dataset_sha256"),
         "stft": f"n_fft {manifest['n_fft']}, hop {manifest['hop_length']}",
         "dtype": manifest["dtype"],
+        **({"extra_train": manifest["extra_train"]} if manifest.get("extra_train") else {}),
     }
     return Dataset(
         name=manifest["source"],
@@ -167,6 +171,32 @@ def dataset_of(cache) -> Any:
         source=json.dumps({"uri": redact(location)}),
         profile=json.dumps(profile),
     )
+
+
+# --- issue 23: data.extra_train ---
+def extra_datasets_of(cache) -> list:
+    """Each ``data.extra_train`` root of a prepared cache as an MLflow dataset of its own, beside
+    :func:`dataset_of` (whose digest covers them too): named after the folder, identified by the
+    digest of its tracks' audio hashes, located at the folder."""
+    from mlflow.entities import Dataset
+
+    found = []
+    for index, root in enumerate(cache.manifest.get("extra_train", [])):
+        tracks = [t for t in cache.manifest["tracks"] if t.get("extra") == index]
+        content = json.dumps([[t["name"], [s["sha256"] for s in t["sources"]]] for t in tracks], sort_keys=True)
+        found.append(
+            Dataset(
+                name=f"extra_train:{Path(root['root']).name}",
+                digest=hashlib.sha256(content.encode()).hexdigest()[:DIGEST_CHARS],
+                source_type="local",
+                source=json.dumps({"uri": redact(root["root"])}),
+                profile=json.dumps({"tracks": {"train": len(tracks)}, "stft": f"n_fft {cache.manifest['n_fft']}"}),
+            )
+        )
+    return found
+
+
+# --- end issue 23 ---
 
 
 def log_dataset(mlflow_client, run_id: str, dataset, context: str) -> None:
@@ -191,7 +221,10 @@ def describe(params: dict[str, str], metrics: dict[str, float]) -> str:
     lines = [" · ".join(parts)]
     sdr = [f"{t} {metrics[f'test_sdr_{t}']:.2f}" for t in (*TARGETS, "mean") if f"test_sdr_{t}" in metrics]
     if sdr:
-        lines.append("Test SDR (dB): " + " · ".join(sdr))
+        lines.append("Test SDR (museval, dB): " + " · ".join(sdr))
+    others = [f"{label} {metrics[key]:.2f}" for key, label in WHOLE_TRACK.items() if key in metrics]
+    if others:
+        lines.append("Whole-track SDRs, mean over tracks and targets (dB): " + " · ".join(others))
     return "\n\n".join(lines)
 
 

@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Terminated
+from ..layout import RUN_FILE
+from ..paths import file_sha256
 from ..schema import flatten
 from . import records, store
 from .models import log_model
 
 RECORD = "run.json"
+WEIGHTS_TAG = "weights_sha256"  # of the weights file a finished training wrote
 
 
 @dataclass
@@ -41,10 +44,12 @@ class TrainingRun:
         params: dict[str, Any],
         tags: dict[str, str],
         dataset: Any = None,
+        extra_datasets: Any = (),
     ) -> TrainingRun:
         """Reopen the run of an interrupted training (``resume``) or create a new one with ``params``
-        and ``dataset`` (:func:`lightsaft.tracking.dataset_of`) as its training input, named after the
-        DVC experiment that runs it, else ``name``."""
+        and ``dataset`` (:func:`lightsaft.tracking.dataset_of`) as its training input (and each
+        ``data.extra_train`` root, :func:`~lightsaft.tracking.store.extra_datasets_of`), named after
+        the DVC experiment that runs it, else ``name``."""
         client = store.client()
         record = run_dir / RECORD
         if resume and record.exists():
@@ -58,6 +63,8 @@ class TrainingRun:
         store.log_params(client, run_id, flatten(params))
         if dataset is not None:
             store.log_dataset(client, run_id, dataset, "training")
+        for extra in extra_datasets:
+            store.log_dataset(client, run_id, extra, "training")
         store.update_description(client, run_id)
         return cls(client, run_id, experiment, _system_metrics(run_id, resume=False))
 
@@ -72,6 +79,23 @@ class TrainingRun:
         run_id = records.read_run_file(record)["run_id"]
         if client.get_run(run_id).info.status == "RUNNING":
             client.set_terminated(run_id, "KILLED")
+
+    def link_source(self, path: Path | None, sha256: str) -> str | None:
+        """Fine-tuning: when the weights trained from are one of our trained models, link its run
+        (tag ``init_from_run``) and its logged model (an input of this run). Found by the run record
+        that DVC keeps beside the weights file (``models/mlflow_run.json``), else by the weights'
+        sha256, which :meth:`finish` records on every run. Returns the source run's id, or None."""
+        found = _run_of_weights(self.client, path, sha256)
+        if found is None:
+            return None
+        run_id, model_id = found
+        self.client.set_tag(self.run_id, "init_from_run", run_id)
+        if model_id:
+            from mlflow.entities import LoggedModelInput
+
+            self.client.set_tag(self.run_id, "init_from_model", model_id)
+            self.client.log_inputs(self.run_id, models=[LoggedModelInput(model_id)])
+        return run_id
 
     def logger(self):
         from pytorch_lightning.loggers import MLFlowLogger
@@ -89,6 +113,7 @@ class TrainingRun:
         model), the description, then FINISHED. Returns the logged model's id."""
         self._stop_monitor()
         model_id = log_model(self.client, self.run_id, weights, model_params, step)
+        self.client.set_tag(self.run_id, WEIGHTS_TAG, file_sha256(weights))  # found again by link_source
         numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         store.log_metrics(self.client, self.run_id, numbers, step=step, model_id=model_id)
         store.update_description(self.client, self.run_id)
@@ -99,6 +124,31 @@ class TrainingRun:
         if self.monitor is not None:
             self.monitor.finish()  # joins its thread and flushes the last samples
             self.monitor = None
+
+
+def _run_of_weights(client, path: Path | None, sha256: str) -> tuple[str, str | None] | None:
+    """(run id, logged model id) of the training that wrote the weights file of ``sha256``."""
+    from mlflow.exceptions import MlflowException
+
+    record = path.parent / RUN_FILE.name if path is not None else None
+    if record is not None and record.is_file():
+        try:
+            info = records.read_run_file(record)
+            run = client.get_run(info["run_id"])
+        except (records.TrackingError, MlflowException):
+            run = None  # another tracking store's run, or a damaged record: look the weights up instead
+        if run is not None and run.data.tags.get(WEIGHTS_TAG, sha256) == sha256:
+            return run.info.run_id, info.get("model_id")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return None
+    runs = client.search_runs(
+        experiments, f"tags.{WEIGHTS_TAG} = '{sha256}'", max_results=1, order_by=["attributes.start_time DESC"]
+    )
+    if not runs:
+        return None
+    outputs = sorted(runs[0].outputs.model_outputs if runs[0].outputs else [], key=lambda o: o.step)
+    return runs[0].info.run_id, outputs[-1].model_id if outputs else None
 
 
 def _system_metrics(run_id: str, resume: bool) -> Any:

@@ -21,17 +21,19 @@ class EpochCurves(Callback):
 
     COLUMNS = ("epoch", "step", "train_loss", "val_loss", "lr", "epoch_time_s", "gpu_mem_gb")
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, metrics: tuple[str, ...] = ()):
         self.path = path
+        self.metrics = metrics  # further logged metrics, one column each (val_sdr); NaN on epochs without
         self.rows: list[dict[str, float]] = []
         self._start = 0.0
 
     @classmethod
-    def header(cls) -> str:
-        return ",".join(cls.COLUMNS) + "\n"
+    def header(cls, metrics: tuple[str, ...] = ()) -> str:
+        return ",".join(cls.COLUMNS + metrics) + "\n"
 
     def text(self) -> str:
-        return self.header() + "".join(",".join(str(r[c]) for c in self.COLUMNS) + "\n" for r in self.rows)
+        columns = self.COLUMNS + self.metrics
+        return self.header(self.metrics) + "".join(",".join(str(r[c]) for c in columns) + "\n" for r in self.rows)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()  # a training resumed mid-epoch has no epoch start
@@ -54,6 +56,7 @@ class EpochCurves(Callback):
                 "lr": trainer.optimizers[0].param_groups[0]["lr"],
                 "epoch_time_s": round(elapsed, 3),
                 "gpu_mem_gb": round(gpu, 3),
+                **{name: float(m.get(name, float("nan"))) for name in self.metrics},
             }
         )
         pl_module.log_dict({"epoch_time_s": elapsed, **({"gpu_mem_gb": gpu} if gpu else {})}, on_epoch=True)
@@ -65,6 +68,27 @@ class EpochCurves(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = list(state_dict["rows"])
+
+
+class StartingPoint(Callback):
+    """Fine-tuning (``train.init_from``): the validation loss of the weights trained from, before
+    any step. The stage runs the whole validation as Lightning's sanity check; this keeps its
+    result (Lightning discards it), logs it as ``init_val_loss`` and keeps it across a resume."""
+
+    def __init__(self):
+        self.val_loss: float | None = None
+
+    def on_sanity_check_end(self, trainer, pl_module) -> None:
+        if self.val_loss is None and "val_loss" in trainer.callback_metrics:
+            self.val_loss = float(trainer.callback_metrics["val_loss"])
+            if trainer.logger is not None:
+                trainer.logger.log_metrics({"init_val_loss": self.val_loss}, step=0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"val_loss": self.val_loss}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.val_loss = state_dict["val_loss"]
 
 
 class InterruptCheckpoint(Callback):

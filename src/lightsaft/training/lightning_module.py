@@ -26,6 +26,7 @@ class LightSAFTModule(pl.LightningModule):
             init_official(self.model)
         self.train_loss = LOSSES[train_params["train_loss"]]
         self.val_loss = LOSSES[train_params["val_loss"]]
+        self.keep_estimates = False  # set by training.val_sdr.ValSdr on the epochs it scores
 
     def forward(self, spec: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         return self.model(spec, condition)
@@ -36,11 +37,13 @@ class LightSAFTModule(pl.LightningModule):
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(condition))
         return loss
 
-    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        mixture_wave, target_wave, condition = batch
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor | dict[str, torch.Tensor]:
+        mixture_wave, target_wave, condition = batch[:3]  # a 4th item, where the window lies: for ValSdr
         estimate = self(self.model.front.stft(mixture_wave), condition)
         loss = self.val_loss(estimate, Target(self.model.front, wave=target_wave))
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(condition))
+        if self.keep_estimates:
+            return {"loss": loss, "estimate": self.model.front.istft(estimate, length=target_wave.shape[1])}
         return loss
 
     def configure_optimizers(self):

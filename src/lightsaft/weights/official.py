@@ -9,6 +9,13 @@ other global is refused, naming it; ``trust=True`` is the explicit way past that
 The network's keys carry the framework's prefix (``spec2spec.``, or ``conditional_spec2spec.``
 before 2021-01-28) and sit beside the frozen STFT window (``stft.stft.window``). There is no
 field saying LaSAFT or LightSAFT: the block keys tell.
+
+Beside the network, a file records how it was trained, as far as it does (:class:`TrainingRecord`):
+the framework's hyper-parameters that are not model arguments (the argparse-era trainer passed
+every command-line option to the framework, which saved all of them: lr, batch size, seed, GPUs,
+precision, ...; the MDX kit's files hold only lr and its neighbours), and the state Lightning saved:
+epoch, step, the optimizer's learning rate, the LR scheduler's and the callbacks' state (an
+``EarlyStopping`` entry exists only if early stopping ran), the AMP loss scaler's.
 """
 
 from __future__ import annotations
@@ -31,8 +38,17 @@ from .official_keys import load_official_state_dict
 
 PREFIXES = ("spec2spec.", "conditional_spec2spec.")
 WINDOW_KEY = "stft.stft.window"
-TRAINING_KEYS = ("optimizer", "lr", "auto_lr_schedule", "train_loss", "val_loss")
 MODEL_KEYS = tuple(key for key in MODEL.keys if key != "variant")
+# The training hyper-parameters shown first, in this order; those of the first line are named
+# "not recorded" when a file lacks them.
+ESSENTIAL_KEYS = ("lr", "batch_size", "seed", "gpus", "precision", "patience")
+HEADLINE_KEYS = (
+    *ESSENTIAL_KEYS,
+    *("optimizer", "auto_lr_schedule", "num_nodes", "distributed_backend", "accelerator", "sync_batchnorm"),
+    *("deterministic", "save_top_k", "max_epochs", "min_epochs", "musdb_root"),
+)
+PLATEAU_KEYS = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lrs", "best")
+PLATEAU_KEYS += ("num_bad_epochs", "_last_lr")
 WINDOW_TOLERANCE = 5e-3  # of a window whose peak is 1
 
 OURS = "a models/best.ckpt of our own training is used through models/weights.pt instead"
@@ -116,23 +132,114 @@ def load_trusted(path: Path) -> Any:
 # ---------------------------------------------------------------------------------------
 # Interpreting it
 @dataclass
+class TrainingRecord:
+    """How an official checkpoint was trained, as far as the file records it."""
+
+    hyper_parameters: dict[str, Any]  # every hyper-parameter that is not a model argument, with its value
+    epoch: Any = None  # Lightning's fields, as saved
+    global_step: Any = None
+    lightning_version: Any = None
+    lr_when_saved: Any = None  # the optimizer's learning rate at the save
+    schedulers: list[Any] = field(
+        default_factory=list
+    )  # LR scheduler states (ReduceLROnPlateau: factor, patience, ...)
+    callbacks: dict[str, Any] = field(default_factory=dict)  # callback class name -> its saved state
+    amp_scaler: bool = False  # a mixed-precision loss scaler's state is saved: trained in fp16
+
+    @classmethod
+    def of(cls, payload: Mapping[str, Any], hyper_parameters: dict[str, Any]) -> TrainingRecord:
+        """From a checkpoint's top-level dict and its non-model hyper-parameters."""
+        optimizers = payload.get("optimizer_states") or [{}]
+        groups = (optimizers[0].get("param_groups") if isinstance(optimizers[0], Mapping) else None) or [{}]
+        callbacks = payload.get("callbacks") or {}
+        return cls(
+            hyper_parameters,
+            payload.get("epoch"),
+            payload.get("global_step"),
+            payload.get("pytorch-lightning_version"),
+            groups[0].get("lr") if isinstance(groups[0], Mapping) else None,
+            list(payload.get("lr_schedulers") or []),
+            {getattr(key, "__name__", str(key)): state for key, state in callbacks.items()},
+            any(key in payload for key in ("native_amp_scaling_state", "amp_scaling_state")),
+        )
+
+    def lines(self) -> list[str]:
+        """The summary ``lightsaft import-official`` prints."""
+        hp = self.hyper_parameters
+        shown = [key for key in HEADLINE_KEYS if key in hp]
+        lines = [f"hyper-parameters: {_pairs(hp, shown)}" if shown else "hyper-parameters: none besides the model's"]
+        missing = [key for key in ESSENTIAL_KEYS if key not in hp]
+        if missing:
+            lines.append(f"not recorded: {', '.join(missing)}")
+        others = [key for key in hp if key not in HEADLINE_KEYS]
+        if others:
+            lines.append(f"other hyper-parameters: {_pairs(hp, others)}")
+        lines.append(
+            f"saved at epoch {_show(self.epoch)}, global step {_show(self.global_step)}, by pytorch-lightning "
+            f"{_show(self.lightning_version)}"
+        )
+        if self.lr_when_saved is not None:
+            lines.append(f"optimizer learning rate at the save: {_show(self.lr_when_saved)}")
+        lines.append(
+            "AMP loss scaler state saved: trained in fp16 mixed precision"
+            if self.amp_scaler
+            else "no AMP loss scaler state (32-bit training, or a file saved without its training state)"
+        )
+        lines += [f"LR scheduler: {_scheduler(state)}" for state in self.schedulers] or ["LR scheduler: none saved"]
+        lines += [f"{name}: {_state(state)}" for name, state in self.callbacks.items()]
+        if not self.callbacks:
+            lines.append("callbacks: no state saved, so whether early stopping ran is unknown")
+        elif "EarlyStopping" not in self.callbacks:
+            lines.append("EarlyStopping: no state saved beside the other callbacks': early stopping did not run")
+        return lines
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _pairs(values: Mapping[str, Any], keys: list[str]) -> str:
+    return ", ".join(f"{key}={_show(values[key])}" for key in keys)
+
+
+def _scheduler(state: Any) -> str:
+    """ReduceLROnPlateau's settings and where it stood; any other scheduler's whole state."""
+    if isinstance(state, Mapping) and {"factor", "patience", "num_bad_epochs"} <= set(state):
+        return "ReduceLROnPlateau " + _state({key: state[key] for key in PLATEAU_KEYS if key in state})
+    return _state(state)
+
+
+def _state(state: Any) -> str:
+    """A saved state dict, its lists of one value unpacked (``min_lrs``, ``_last_lr``)."""
+    if not isinstance(state, Mapping):
+        return _show(state)
+    return ", ".join(
+        f"{key}={_show(value[0] if isinstance(value, list | tuple) and len(value) == 1 else value)}"
+        for key, value in state.items()
+    )
+
+
+@dataclass
 class OfficialModel:
     """What an official checkpoint holds, as our model."""
 
     model: Separator
     params: dict[str, Any]
     window_deviation: float  # of the file's STFT window from the exact one (which we use)
-    training_keys: list[str] = field(default_factory=list)  # hyper-parameters of training, ignored
-    unknown_keys: list[str] = field(default_factory=list)  # hyper-parameters we do not know, ignored
+    training: TrainingRecord = field(default_factory=lambda: TrainingRecord({}))
 
     @property
     def parameter_count(self) -> int:
         return count_parameters(self.model)
 
 
-def model_params(hyper_parameters: Any, variant: str, source: str) -> tuple[dict[str, Any], list[str], list[str]]:
-    """Our ``model`` section from the official hyper-parameters (same names), plus the training
-    keys and the unknown keys that were left out."""
+def model_params(hyper_parameters: Any, variant: str, source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Our ``model`` section from the official hyper-parameters (same names), and the other
+    hyper-parameters (training's), with their values."""
     if not isinstance(hyper_parameters, Mapping):
         raise CheckpointError(f"{source}: hyper_parameters is a {type(hyper_parameters).__name__}, expected a mapping")
     missing = [key for key in MODEL_KEYS if key not in hyper_parameters]
@@ -142,9 +249,7 @@ def model_params(hyper_parameters: Any, variant: str, source: str) -> tuple[dict
             f"the official code could not rebuild this model either"
         )
     params = {"variant": variant, **{key: hyper_parameters[key] for key in MODEL_KEYS}}
-    training = [key for key in hyper_parameters if key in TRAINING_KEYS]
-    unknown = [key for key in hyper_parameters if key not in MODEL_KEYS and key not in TRAINING_KEYS]
-    return params, training, unknown
+    return params, {str(key): value for key, value in hyper_parameters.items() if key not in MODEL_KEYS}
 
 
 def check_window(window: torch.Tensor, n_fft: int, source: str) -> float:
@@ -213,7 +318,7 @@ def convert(payload: Mapping[str, Any], source: str) -> OfficialModel:
         )
     network = network_state(state_dict, source)
     variant = detect_variant(list(network), source)
-    params, training, unknown = model_params(payload["hyper_parameters"], variant, source)
+    params, training = model_params(payload["hyper_parameters"], variant, source)
     deviation = check_window(state_dict[WINDOW_KEY], params["n_fft"], source)
     try:
         model = build_model(params)
@@ -223,7 +328,7 @@ def convert(payload: Mapping[str, Any], source: str) -> OfficialModel:
         load_official_state_dict(model, network)
     except WeightsError as e:
         raise CheckpointError(f"{source}: {e}") from None
-    return OfficialModel(model.eval(), model.params, deviation, training, unknown)
+    return OfficialModel(model.eval(), model.params, deviation, TrainingRecord.of(payload, training))
 
 
 def read_official(path: str | Path, trust: bool = False) -> OfficialModel:

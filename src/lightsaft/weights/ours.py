@@ -2,7 +2,8 @@
 
 A plain ``torch.save`` of ``{"format", "model_params", "state_dict"}``, loaded with
 ``weights_only=True`` so a file can never run code. The train stage writes ``models/weights.pt``;
-published and official checkpoints are imported into this format (:mod:`lightsaft.weights.published`).
+published and official checkpoints are imported into this format (:mod:`lightsaft.weights.published`),
+and an import also records ``source_sha256``, the sha256 of the checkpoint it came from.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from ..paths import atomic_path
 WEIGHTS_FORMAT = 1
 
 
-def save_weights(path: str | Path, model: Separator, model_params: dict[str, Any]) -> None:
-    """Write the inference weights file atomically: state_dict + model params + format version."""
+def save_weights(
+    path: str | Path, model: Separator, model_params: dict[str, Any], source_sha256: str | None = None
+) -> None:
+    """Write the inference weights file atomically: state_dict + model params + format version (+ the
+    sha256 of the checkpoint the weights were imported from)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -31,8 +35,22 @@ def save_weights(path: str | Path, model: Separator, model_params: dict[str, Any
         "model_params": dict(model_params),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    if source_sha256 is not None:
+        payload["source_sha256"] = source_sha256
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+def source_sha256(path: str | Path) -> str | None:
+    """The sha256 of the checkpoint a weights file was imported from: None for other weights files
+    and for unreadable ones (:func:`load_weights` says what is wrong with those). Memory-maps the
+    file, so no tensor is read."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError):
+        return None
+    value = payload.get("source_sha256") if isinstance(payload, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> Separator:

@@ -1,15 +1,14 @@
 """The published LaSAFT / LightSAFT models: download, verify, import once into our weights format.
 
 The authors serve their checkpoints over plain http, so a checksum is the only integrity check:
-where one is published it is verified; otherwise the first download's sha256 is recorded
-(trust on first use) in ``.lightsaft/pretrained/sha256.json`` and every later download must
-match it. An imported model lives in ``.lightsaft/pretrained/<name>.pt`` (outside DVC's outputs,
-ignored by git) and is reused from there.
+every download must have the sha256 the authors published in their Git LFS pointers (or the one
+given with ``--sha256``). An imported model lives in ``.lightsaft/pretrained/<name>.pt`` (outside
+DVC's outputs, ignored by git) and is reused from there; it records the sha256 of the checkpoint it
+came from, so any copy of it is still known as that published model.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -19,24 +18,29 @@ from typing import Any
 from ..errors import DataError, LightSAFTError
 from ..fetch import fetch
 from ..model.params import MODEL
-from ..paths import file_lock, file_sha256, project_root, write_text_atomic
+from ..paths import file_lock, file_sha256, project_root
 from .official import OfficialModel, read_official
 from .ours import save_weights
 
 OFFICIAL_URL = "http://intelligence.korea.ac.kr/assets/"
 URL_ENV = "LIGHTSAFT_PRETRAINED_URL"  # base URL override (a mirror, or a test server)
 OFFICIAL_MIN_TRIM = 5000  # get_trim_length of the main official repository
+PINNED = "published by the authors"
 
 
 @dataclass(frozen=True)
 class Published:
-    sha256: str | None  # published beside the file; None: trust on first use
+    sha256: str  # published by the authors (a Git LFS pointer of theirs)
     size: str  # for the manual-download hint
     model: dict[str, Any]  # its model section, complete
 
 
-# The MDX 2021 kit separates lightsaft_small_2020 with 16384 samples trimmed per window side.
-MIN_TRIM = {"lightsaft_small_2020": 16384}
+# The MDX 2021 kit's predictor (test_lightsaft.py through its SingleTrackSet) trims
+# get_trim_length(hop, 8192) = 8192 samples per window side, chunks contiguous (no overlap): our
+# crossfade protocol at overlap 0 with min_trim 8192 is that algorithm. (The kit's get_trim_length
+# defaults to 16384, which only the framework's own separate_track uses, broken there.)
+MDX_KIT = {"protocol": "crossfade", "overlap": 0.0, "min_trim": 8192}
+MIN_TRIM = {"lightsaft_small_2020": MDX_KIT["min_trim"]}
 
 # Our model section of each published network: the hyper-parameters the official code rebuilds it
 # with (official repository, lasaft/pretrained/load_pretrained_nets.py, __define_large_params__; the
@@ -82,12 +86,20 @@ _LIGHTSAFT_SMALL = {  # the LightSAFT entry to the Music Demixing Challenge 2021
     "num_tdfs": 16,
     "dk": 64,
 }
-PUBLISHED = {  # LaSAFT-Net-v1 large (ICASSP 2021, Table 2), one checkpoint per training seed; the MDX entry
-    "lasaft_large_2019": Published(None, "about 380 MB", _LASAFT_LARGE),
+# LaSAFT-Net-v1 large (ICASSP 2021, Table 2), one checkpoint per training seed, and the MDX entry. The
+# hashes are the Git LFS pointers' of ws-choi/Conditioned-Source-Separation-LaSAFT, assets/ (2020: still
+# there; 2019 and 2021: added and removed on 2021-08-10, commits a9c6838 and fa13981 / 31d0ebf) and of
+# ws-choi/LightSAFT-Net-for-MDX-Challenge (commit b2d4184, "694": the epoch=694 checkpoint).
+PUBLISHED = {
+    "lasaft_large_2019": Published(
+        "f9022f2c7c513a826932deb2e91f63858ee5b7d6cd5afcdfdac1cd012231ac0f", "378,945,836 bytes", _LASAFT_LARGE
+    ),
     "lasaft_large_2020": Published(
         "d14d2dd27ed568f552be88e9ed4d8bb8ca2722e03c936ea16e8e260ab49da9f1", "378,945,635 bytes", _LASAFT_LARGE
     ),
-    "lasaft_large_2021": Published(None, "about 380 MB", _LASAFT_LARGE),
+    "lasaft_large_2021": Published(
+        "8a5320702a3315088f455dbb4c541b6b9aaa3f16296358fe026c501de65973d9", "378,945,571 bytes", _LASAFT_LARGE
+    ),
     "lightsaft_small_2020": Published(
         "abaccde358dc06daa2faf2c0e6086731634a5260c0019e8eaecb50114aebc5bf", "50,358,956 bytes", _LIGHTSAFT_SMALL
     ),
@@ -107,6 +119,11 @@ def cache_dir() -> Path:
     return project_root() / ".lightsaft" / "pretrained"
 
 
+def published_name(sha256: str | None) -> str | None:
+    """The published model whose checkpoint has this sha256, if any."""
+    return next((name for name, p in PUBLISHED.items() if p.sha256 == sha256), None)
+
+
 def default_min_trim(published: str | None) -> int:
     """Samples the official separation trims per window side for a published model (or any other)."""
     return MIN_TRIM.get(published, OFFICIAL_MIN_TRIM)
@@ -115,37 +132,6 @@ def default_min_trim(published: str | None) -> int:
 def url_of(name: str) -> str:
     base = os.environ.get(URL_ENV) or OFFICIAL_URL
     return f"{base.rstrip('/')}/{name}.ckpt"
-
-
-# ---------------------------------------------------------------------------------------
-# Trust on first use: the hashes seen before
-def _known_path() -> Path:
-    return cache_dir() / "sha256.json"
-
-
-def recorded_sha256(name: str) -> str | None:
-    path = _known_path()
-    return json.loads(path.read_text()).get(name) if path.is_file() else None
-
-
-def _record_sha256(name: str, sha256: str) -> None:
-    path = _known_path()
-    with file_lock(cache_dir() / ".sha256.lock"):
-        known = json.loads(path.read_text()) if path.is_file() else {}
-        known[name] = sha256
-        write_text_atomic(path, json.dumps(known, indent=2, sort_keys=True) + "\n")
-
-
-def _expected(name: str, pinned: str | None) -> tuple[str | None, str]:
-    """The hash a download must have, and where it comes from."""
-    if pinned is not None:
-        return pinned.lower(), "pinned with --sha256"
-    if PUBLISHED[name].sha256 is not None:
-        return PUBLISHED[name].sha256, "published by the authors"
-    recorded = recorded_sha256(name)
-    if recorded is not None:
-        return recorded, f"recorded on first use in {_known_path()}"
-    return None, ""
 
 
 # ---------------------------------------------------------------------------------------
@@ -166,22 +152,13 @@ def fetch_published(name: str, sha256: str | None = None) -> tuple[Path, str, st
                 f"again (the file is verified then); or run `lightsaft import-official FILE` on your copy"
             ) from None
         actual = file_sha256(dest)
-        expected, source = _expected(name, sha256)
-        if expected is None:
-            _record_sha256(name, actual)
-            return (
-                dest,
-                actual,
-                f"trust on first use: no published hash; recorded in {_known_path()}, later downloads must match",
-            )
+        expected, source = (sha256.lower(), "pinned with --sha256") if sha256 else (PUBLISHED[name].sha256, PINNED)
         if actual != expected:
             dest.unlink()
             raise PretrainedError(
                 f"{name}: {url} sent a file with sha256 {actual}, but {expected} was {source}; the download "
                 f"was deleted. The file was altered (plain http) or replaced upstream: check before trusting it"
             )
-        if PUBLISHED[name].sha256 is None and recorded_sha256(name) is None:
-            _record_sha256(name, actual)
         return dest, actual, f"verified: {source}"
 
 
@@ -208,10 +185,8 @@ class Imported:
             f"  config: {config}",
             f"  stft window: periodic Hann of n_fft, max deviation {o.window_deviation:.2g} (dropped; ours is exact)",
         ]
-        if o.training_keys:
-            lines.append(f"  training-only hyper-parameters, ignored: {', '.join(o.training_keys)}")
-        if o.unknown_keys:
-            lines.append(f"  unknown hyper-parameters, ignored: {', '.join(o.unknown_keys)}")
+        lines.append("  training, as the file records it (none of it is used by the import):")
+        lines += [f"    {line}" for line in o.training.lines()]
         if self.trusted:
             lines.append("  --trust: loaded with full unpickling (any code in the file has run)")
         lines.append(f"  -> {self.out}")
@@ -243,14 +218,20 @@ def import_official(
         actual = file_sha256(path)
         if sha256 is not None and actual != sha256.lower():
             raise PretrainedError(f"{path}: sha256 {actual} does not match --sha256 {sha256}; nothing imported")
-        verified = "verified: pinned with --sha256" if sha256 else "a local file: not verified"
+        verified = "verified: pinned with --sha256" if sha256 else identified(actual)
     out = Path(out) if out is not None else default_out(source, actual)
     return write_import(path, out, str(source), actual, verified, trust)
 
 
+def identified(sha256: str) -> str:
+    """How a local file's hash was checked: against the published ones."""
+    name = published_name(sha256)
+    return f"verified: {name}, {PINNED}" if name else "a local file: not verified"
+
+
 def write_import(path: Path, out: Path, source: str, sha256: str, verified: str, trust: bool = False) -> Imported:
     """Read the official checkpoint at ``path`` (whose hash the caller has taken) and write it to ``out``
-    as our weights file."""
+    as our weights file, which records that hash."""
     official = read_official(path, trust=trust)
-    save_weights(out, official.model, official.params)
+    save_weights(out, official.model, official.params, source_sha256=sha256)
     return Imported(source, sha256, verified, out, official, trust)
