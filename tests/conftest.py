@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from http.server import ThreadingHTTPServer
@@ -81,6 +82,24 @@ def no_torch_in_child_processes():
             f"the fast lane starts no Python process that imports torch, but this test did: {commands}"
             "mark the test @pytest.mark.slow, or test the behaviour in this process"
         )
+
+
+@pytest.fixture(autouse=True)
+def mlflow_tracking_uri_put_back():
+    """A training in this process leaves MLflow's process-wide tracking URI on its project's database
+    (Lightning's MLflow logger sets it, and MLflow sets MLFLOW_TRACKING_URI with it): both are put
+    back after each test, so that no later test reads or writes another test's database."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    uri = utils._tracking_uri if utils else None
+    yield
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils and utils._tracking_uri != uri:
+        utils.set_tracking_uri(uri)  # None: unset
+    if env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 @pytest.fixture
