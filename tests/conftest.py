@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 from http.server import ThreadingHTTPServer
@@ -39,6 +38,7 @@ from helpers import (
     RangeHandler,
     dataset_json,
     make_project,
+    put_back_mlflow_tracking_uri,
     require_ffmpeg,
     shared_path,
     tiny_params,
@@ -86,20 +86,11 @@ def no_torch_in_child_processes():
 
 @pytest.fixture(autouse=True)
 def mlflow_tracking_uri_put_back():
-    """A training in this process leaves MLflow's process-wide tracking URI on its project's database
-    (Lightning's MLflow logger sets it, and MLflow sets MLFLOW_TRACKING_URI with it): both are put
-    back after each test, so that no later test reads or writes another test's database."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
-    uri = utils._tracking_uri if utils else None
+    """After each test, MLflow's process-wide tracking URI as the session found it (see
+    helpers.put_back_mlflow_tracking_uri; tests and fixtures that train in this process leave it
+    on their own database)."""
     yield
-    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
-    if utils and utils._tracking_uri != uri:
-        utils.set_tracking_uri(uri)  # None: unset
-    if env is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = env
+    put_back_mlflow_tracking_uri()
 
 
 @pytest.fixture

@@ -184,12 +184,31 @@ def empty_mlflow_db() -> Path:
     return folder / "mlflow.db"
 
 
+START_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")  # as the session found it
+
+
+def put_back_mlflow_tracking_uri() -> None:
+    """MLflow's process-wide tracking URI, and the MLFLOW_TRACKING_URI it sets with it, as the session
+    found them: a training in this process leaves both on its project's database (Lightning's MLflow
+    logger sets them), where a later test's ``mlflow.search_runs`` would look."""
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None and utils._tracking_uri is not None:
+        utils.set_tracking_uri(None)  # unsets MLFLOW_TRACKING_URI too
+    if START_TRACKING_URI is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = START_TRACKING_URI
+
+
 def train_into(root: Path, params: dict, cache_dir) -> dict:
     """Train as the stage does, writing the stage outputs below ``root``; returns train.json's metrics."""
     from lightsaft.train import TrainOutputs, train, write_outputs
 
-    result = train(params, cache_dir)
-    write_outputs(result, TrainOutputs.under(root))
+    try:
+        result = train(params, cache_dir)
+        write_outputs(result, TrainOutputs.under(root))
+    finally:
+        put_back_mlflow_tracking_uri()
     return result.metrics
 
 
@@ -447,8 +466,9 @@ def run_stage(root: Path, stage: str, timeout: float = 600) -> subprocess.Comple
 def run_stage_in_process(root: Path, stage: str, *args: str, code: int = 0) -> None:
     """``pipeline/<stage>.py args`` in this process (cheap: no interpreter start-up), in ``root`` as
     DVC runs it; fails the test unless the stage exits with ``code`` (its one-line errors go to
-    stderr: read them with capsys). The signal handlers the stage changed are put back afterwards
-    (its SIGTERM handler; Lightning ignores SIGINT once it has handled a Ctrl+C)."""
+    stderr: read them with capsys). What the stage changed in this process is put back afterwards:
+    its SIGTERM handler, the SIGINT that Lightning ignores once it has handled a Ctrl+C, MLflow's
+    process-wide tracking URI."""
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -463,6 +483,7 @@ def run_stage_in_process(root: Path, stage: str, *args: str, code: int = 0) -> N
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            put_back_mlflow_tracking_uri()
     assert exited == code, f"pipeline/{stage}.py exited with {exited}, not {code}"
 
 

@@ -34,7 +34,10 @@ def pool(jobs: int, initializer: Callable[..., None] | None = None, initargs: tu
     """``jobs`` spawned worker processes, each with ``cores() // jobs`` threads (at least one)."""
     threads = max(1, cores() // jobs)
     return ProcessPoolExecutor(
-        jobs, multiprocessing.get_context("spawn"), initializer=_start, initargs=(threads, initializer, initargs)
+        jobs,
+        multiprocessing.get_context("spawn"),
+        initializer=_start,
+        initargs=(threads, os.getpid(), initializer, initargs),
     )
 
 
@@ -61,14 +64,16 @@ def terminate(workers: ProcessPoolExecutor) -> None:
         process.terminate()
 
 
-def _start(threads: int, initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
+def _start(threads: int, parent: int, initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
     import threadpoolctl
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     threadpoolctl.threadpool_limits(threads)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    # ``parent`` as the parent named itself: a parent killed while this worker was still starting
+    # (importing torch takes seconds) is gone already, and os.getppid() would name the new one.
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     if initializer is not None:
         initializer(*initargs)
 

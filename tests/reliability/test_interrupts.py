@@ -13,6 +13,7 @@ on the train stage (test_interrupted_training.py) and on the evaluate stage's wo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -198,11 +199,13 @@ def test_killed_evaluate(project, tmp_path, monkeypatch, capsys):
     params["runtime"]["evaluate"]["jobs"] = 2  # a runtime param: the same scores
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     ours = psutil.Process()
-    before = {p.pid for p in ours.children(recursive=True)}
+
+    def workers() -> list[psutil.Process]:  # not multiprocessing's resource tracker, which stays
+        return [p for p in ours.children(recursive=True) if "--multiprocessing-fork" in p.cmdline()]
 
     def refused():
-        _, alive = psutil.wait_procs([p for p in ours.children(recursive=True) if p.pid not in before], timeout=30)
-        assert not [p for p in alive if "--multiprocessing-fork" in " ".join(p.cmdline())], alive
+        _, alive = psutil.wait_procs(workers(), timeout=30)
+        assert not alive, [p.cmdline() for p in alive]
         with pytest.raises(ReportError, match="scores.csv: not found"):
             build_report(
                 tmp_path / "report",
@@ -264,17 +267,24 @@ with running(2, os.write, (1, b"ready\\n")) as pool:
 
 
 @pytest.mark.slow  # two spawned workers, each importing torch
-def test_workers_exit_when_their_stage_is_killed_outright():
+@pytest.mark.parametrize("when", ["working", "starting"])
+def test_workers_exit_when_their_stage_is_killed_outright(when):
+    """``working``: each worker has started (and watches its parent); ``starting``: the stage is
+    killed while its workers still import torch (they once lived on, waiting for tasks)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     parent = subprocess.Popen([sys.executable, "-c", POOL_PARENT], env=env, stdout=subprocess.PIPE, text=True)
+    workers = []
     try:
-        lines = [parent.stdout.readline() for _ in range(3)]  # the pids, and each worker's "ready"
-        workers = [psutil.Process(int(pid)) for line in lines if line != "ready\n" for pid in line.split()]
-        assert len(workers) == 2 and sorted(lines).count("ready\n") == 2, lines
+        lines = [parent.stdout.readline() for _ in range(3 if when == "working" else 1)]  # pids, "ready"s
+        workers += [psutil.Process(int(pid)) for line in lines if line != "ready\n" for pid in line.split()]
+        assert len(workers) == 2 and lines.count("ready\n") == len(lines) - 1, lines
         parent.kill()
         assert parent.wait(timeout=30) == -signal.SIGKILL
-        _, alive = psutil.wait_procs(workers, timeout=30)
+        _, alive = psutil.wait_procs(workers, timeout=90)  # starting: after their imports
         assert not alive, [p.cmdline() for p in alive]
     finally:
         parent.kill()
         parent.wait()
+        for worker in workers:  # no longer our children: gone with their parent, or orphans
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
