@@ -1,5 +1,23 @@
 """Shared fixtures: the tiny model config, trained models, data sets and caches built once per
-session, a loopback HTTP server. Plain helpers (and the fixture policy) live in helpers.py."""
+session, a loopback HTTP server. Plain helpers (and the fixture policy) live in helpers.py.
+
+What a new test reuses (the suite's budget: `make test` <= 10-15 minutes on 2 cores, `make
+test-fast` <= 3 and no Python process there that imports torch):
+- data: ``small_dataset`` / ``small_cache`` (3 + 1 + 1 one-second tracks, n_fft 256: for data,
+  cache and stage arithmetic), ``synthetic_cache`` (4 + 1 + 2 six-second tracks: what ``trained``
+  learns from), ``real_cache`` (two MUSDB18 tracks); a test that changes files copies them first.
+- a model: ``trained`` (the tiny model trained once, its stage outputs and MLflow run), or the
+  ``weights`` of an untrained one; never a training of its own unless training is the behaviour
+  (then helpers.training_project: 8 steps an epoch).
+- projects: helpers.make_project (an MLflow database copied from a template: a new one costs
+  3-15 s of migrations), helpers.run_stage_in_process for a stage script (a process of its own,
+  helpers.run_stage, costs 5-10 s of imports: only where the process is the behaviour).
+- signals: helpers.signal_in_process / killed_in_process in this process; a real process per
+  signal kind exists already (tests/reliability/test_interrupted_training.py).
+- the pipeline repository: tests/test_pipeline.py, one per session; new steps go at its end.
+A test that needs a real process (a stage, DVC, DDP, SLURM, a signal, a browser or server) is
+marked ``@pytest.mark.slow``; `make test` shows the 20 slowest tests (--durations).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +38,7 @@ from helpers import (
     RangeHandler,
     dataset_json,
     make_project,
+    put_back_mlflow_tracking_uri,
     require_ffmpeg,
     shared_path,
     tiny_params,
@@ -65,6 +84,15 @@ def no_torch_in_child_processes():
         )
 
 
+@pytest.fixture(autouse=True)
+def mlflow_tracking_uri_put_back():
+    """After each test, MLflow's process-wide tracking URI as the session found it (see
+    helpers.put_back_mlflow_tracking_uri; tests and fixtures that train in this process leave it
+    on their own database)."""
+    yield
+    put_back_mlflow_tracking_uri()
+
+
 @pytest.fixture
 def tiny_model_params() -> dict:
     return dict(TINY_MODEL)
@@ -94,7 +122,7 @@ def trained(tmp_path_factory, synthetic_cache):
 
     from lightsaft.train import TrainOutputs
 
-    root = make_project(tmp_path_factory.mktemp("trained"))
+    root = make_project(tmp_path_factory.mktemp("trained"), mlflow_db=True)
     params = tiny_params()
     outputs = TrainOutputs.under(root)
     with pytest.MonkeyPatch.context() as mp:

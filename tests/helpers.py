@@ -9,8 +9,12 @@ skipping.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
+import importlib
 import io
+import logging
 import os
 import re
 import runpy
@@ -18,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from http.server import BaseHTTPRequestHandler
@@ -149,24 +154,67 @@ def snapshot_repo(dst: Path) -> Path:
     return dst
 
 
-def make_project(root: Path) -> Path:
-    """A directory that paths.project_root() takes for a DVC project (MLflow DB lands here)."""
+def make_project(root: Path, mlflow_db: bool = False) -> Path:
+    """A directory that paths.project_root() takes for a DVC project (the MLflow database lands here).
+    ``mlflow_db``: with an empty MLflow database already there, a copy of one made once per session
+    (a new database runs MLflow's schema migrations, 3-15 s here; the copy takes 0.3 s): for every
+    project where something records runs, unless a test checks that the database gets created."""
     (root / ".dvc").mkdir(parents=True, exist_ok=True)
+    if mlflow_db and not (root / "mlflow.db").exists():
+        shutil.copyfile(empty_mlflow_db(), root / "mlflow.db")
     return root
+
+
+@functools.cache
+def empty_mlflow_db() -> Path:
+    """An MLflow SQLite database with its schema and nothing else, made once per process."""
+    from mlflow.tracking import MlflowClient
+
+    folder = Path(tempfile.mkdtemp(prefix="lightsaft-tests-mlflow-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    loggers = [logging.getLogger(name) for name in ("mlflow.store.db.utils", "alembic")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:  # quiet: the test that happens to make it may read its own stderr
+        logger.setLevel(logging.WARNING)
+    try:
+        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments(max_results=1)  # creates, migrates
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+    return folder / "mlflow.db"
+
+
+START_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")  # as the session found it
+
+
+def put_back_mlflow_tracking_uri() -> None:
+    """MLflow's process-wide tracking URI, and the MLFLOW_TRACKING_URI it sets with it, as the session
+    found them: a training in this process leaves both on its project's database (Lightning's MLflow
+    logger sets them), where a later test's ``mlflow.search_runs`` would look."""
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None and utils._tracking_uri is not None:
+        utils.set_tracking_uri(None)  # unsets MLFLOW_TRACKING_URI too
+    if START_TRACKING_URI is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = START_TRACKING_URI
 
 
 def train_into(root: Path, params: dict, cache_dir) -> dict:
     """Train as the stage does, writing the stage outputs below ``root``; returns train.json's metrics."""
     from lightsaft.train import TrainOutputs, train, write_outputs
 
-    result = train(params, cache_dir)
-    write_outputs(result, TrainOutputs.under(root))
+    try:
+        result = train(params, cache_dir)
+        write_outputs(result, TrainOutputs.under(root))
+    finally:
+        put_back_mlflow_tracking_uri()
     return result.metrics
 
 
 def training_project(root: Path, cache: Path, epochs: int, experiment: str, **overrides) -> dict:
     """A project whose train stage trains the tiny model on ``cache``, 8 steps per epoch."""
-    make_project(root)
+    make_project(root, mlflow_db=True)
     (root / "data").mkdir()
     os.symlink(cache, root / "data" / "cache")
     params = tiny_params(
@@ -195,7 +243,7 @@ def mlflow_runs(root: Path, experiment: str) -> list:
 # Data sets
 ROCK = "Music Delta - 80s Rock"
 FALCON = "The Easton Ellises - Falcon 69"
-SYNTHETIC = {"train_tracks": 3, "valid_tracks": 1, "test_tracks": 1, "seconds": 1.0, "seed": 5}
+SYNTHETIC = {"train_tracks": 3, "valid_tracks": 1, "test_tracks": 1, "seconds": 1.0, "seed": 0}  # no silent stem
 
 
 def dataset_json(folder: Path, **data) -> Path:
@@ -418,14 +466,28 @@ def run_stage(root: Path, stage: str, timeout: float = 600) -> subprocess.Comple
     return done
 
 
-def run_stage_in_process(root: Path, stage: str) -> None:
-    """``pipeline/<stage>.py`` in this process (cheap; no interpreter start-up), in ``root``."""
+def run_stage_in_process(root: Path, stage: str, *args: str, code: int = 0) -> None:
+    """``pipeline/<stage>.py args`` in this process (cheap: no interpreter start-up), in ``root`` as
+    DVC runs it; fails the test unless the stage exits with ``code`` (its one-line errors go to
+    stderr: read them with capsys). What the stage changed in this process is put back afterwards:
+    its SIGTERM handler, the SIGINT that Lightning ignores once it has handled a Ctrl+C, MLflow's
+    process-wide tracking URI."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        mp.setattr(sys, "argv", [f"pipeline/{stage}.py"])
+        mp.setattr(sys, "argv", [f"pipeline/{stage}.py", *args])
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.setenv("DVC_ROOT", str(root))
-        runpy.run_path(str(REPO / "pipeline" / f"{stage}.py"), run_name="__main__")
+        try:
+            runpy.run_path(str(REPO / "pipeline" / f"{stage}.py"), run_name="__main__")
+            exited = 0
+        except SystemExit as e:
+            exited = e.code or 0
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            put_back_mlflow_tracking_uri()
+    assert exited == code, f"pipeline/{stage}.py exited with {exited}, not {code}"
 
 
 def start_paused(
@@ -538,3 +600,110 @@ def ui_links(printed: list[str]) -> dict[str, str]:
     """Experiment name -> the training-runs link `lightsaft ui` printed for it."""
     found = (re.match(r"\s*training runs of '(.+)': (\S+)$", line) for line in printed)
     return {m.group(1): m.group(2) for m in found if m}
+
+
+# ---------------------------------------------------------------------------------------
+# Stopped stages in this process: the stage script run by run_stage_in_process, the signal sent
+# to this process from inside it once ``module:owner.function`` has done its work (its handlers
+# are the stage's own, as in a process of its own: a Ctrl+C lands between two bytecodes). A real
+# process per signal kind is left to the tests that need the process itself (exit status, what
+# the OS delivers, child processes): see tests/reliability/test_interrupted_training.py.
+EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+SAID = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+
+
+def _owner(target: str) -> tuple[object, str]:
+    """``module:owner.function`` -> (the object holding the function, its name)."""
+    module, _, path = target.partition(":")
+    owner = importlib.import_module(module)
+    *parents, name = path.split(".")
+    for parent in parents:
+        owner = getattr(owner, parent)
+    return owner, name
+
+
+def after_call(monkeypatch, target: str, action, calls: int = 1) -> None:
+    """Run ``action()`` once ``target`` (``module:owner.function``) has returned ``calls`` times."""
+    owner, name = _owner(target)
+    original, count = getattr(owner, name), [0]
+
+    @functools.wraps(original)
+    def wrapped(*args, **kwargs):
+        result = original(*args, **kwargs)
+        count[0] += 1
+        if count[0] == calls:
+            action()
+        return result
+
+    monkeypatch.setattr(owner, name, wrapped)
+
+
+def raise_signal(sig: signal.Signals) -> None:
+    """``sig`` to this process; SIGTERM only while something handles it (unhandled, it ends pytest)."""
+    if sig == signal.SIGTERM and signal.getsignal(sig) in (signal.SIG_DFL, signal.SIG_IGN, None):
+        raise AssertionError("nothing handles SIGTERM here: it would end the test session")
+    signal.raise_signal(sig)
+
+
+def signal_in_process(
+    root: Path, stage: str, pause_at: str, sig: signal.Signals, monkeypatch, capsys, calls: int = 1
+) -> str:
+    """``pipeline/<stage>.py`` in this process, sent ``sig`` (SIGINT or SIGTERM) once ``pause_at`` has
+    returned ``calls`` times; checks the exit code and the one-line message (no traceback); returns
+    stderr."""
+    capsys.readouterr()
+    with monkeypatch.context() as mp:
+        after_call(mp, pause_at, lambda: raise_signal(sig), calls)
+        run_stage_in_process(root, stage, code=EXIT[sig])
+    err = capsys.readouterr().err
+    assert f"{stage}: {SAID[sig]}" in err and "Traceback" not in err, err[-3000:]
+    return err
+
+
+class Killed(BaseException):
+    """Stops a stage in this process where SIGKILL stands in (see :func:`killed_in_process`)."""
+
+
+def _on_disk(root: Path, skip: tuple[str, ...]) -> tuple[set[str], set[str]]:
+    """The files and folders below ``root`` (relative), not following links, not under ``skip``."""
+    files, folders = set(), set()
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if rel.parts[0] in skip or rel.parts[0].startswith("mlflow.db"):
+            continue
+        (folders if path.is_dir() and not path.is_symlink() else files).add(str(rel))
+    return files, folders
+
+
+def killed_in_process(root: Path, stage: str, pause_at: str, monkeypatch, side: Path) -> None:
+    """SIGKILL, which no process survives, by its effect: ``pipeline/<stage>.py`` runs in this process
+    until ``pause_at`` has done its work once; the project's files as they are at that instant are what
+    SIGKILL would leave. They are copied to ``side``, the stage is stopped (:class:`Killed`: its clean-up
+    runs), and the copy is put back over what the clean-up changed. Not restored: the MLflow database
+    and artifacts (the stages record when their work is done, never in the middle)."""
+    skip = (".dvc", "mlartifacts")
+
+    taken = []
+
+    def snapshot():
+        taken.extend(_on_disk(root, skip))
+        for rel in taken[0]:
+            (side / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / rel, side / rel, follow_symlinks=False)
+        raise Killed()
+
+    with monkeypatch.context() as mp:
+        after_call(mp, pause_at, snapshot)
+        with pytest.raises(Killed):
+            run_stage_in_process(root, stage)
+    files, folders = taken
+    now_files, now_folders = _on_disk(root, skip)
+    for rel in now_files - files:
+        (root / rel).unlink()
+    for rel in sorted(now_folders - folders, reverse=True):
+        shutil.rmtree(root / rel, ignore_errors=True)
+    for rel in sorted(folders):
+        (root / rel).mkdir(exist_ok=True)
+    for rel in files:
+        (root / rel).unlink(missing_ok=True)
+        shutil.copy2(side / rel, root / rel, follow_symlinks=False)

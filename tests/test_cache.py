@@ -9,14 +9,12 @@ import hashlib
 import json
 import re
 import shutil
-import subprocess
-import sys
 from collections import namedtuple
 
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import FALCON, REPO, ROCK, SYNTHETIC, dataset_json, shared_path, stft
+from helpers import FALCON, ROCK, SYNTHETIC, dataset_json, run_stage_in_process, shared_path, stft
 
 from lightsaft import prepare as cache_module
 from lightsaft.data.audio import read_stems
@@ -138,6 +136,7 @@ def test_interrupted_prepare_keeps_the_previous_cache_and_resumes(small_dataset,
             np.testing.assert_array_equal(np.load(out / entry["spec"]), np.load(fresh / entry["spec"]))
 
 
+@pytest.mark.slow  # two spawned worker processes, each importing torch
 def test_tracks_are_prepared_in_parallel_workers(small_dataset, tmp_path):
     """Two worker processes give the same cache as one."""
     one = prepare(small_dataset, tmp_path / "one", 256, 64, jobs=1)
@@ -189,9 +188,7 @@ def test_prepare_stage_script(small_dataset, tmp_path):
     shutil.copytree(small_dataset.parent, tmp_path / "data" / "raw")
     (tmp_path / "params.yaml").write_text(
         "model: {n_fft: 256, hop_length: 64, num_frame: 16, n_blocks: 5}\nprepare: {dtype: float32}\n"
+        "runtime: {prepare: {jobs: 1}}\n"  # in this process (workers: test_tracks_are_prepared_in_parallel_workers)
     )
-    result = subprocess.run(
-        [sys.executable, str(REPO / "pipeline" / "prepare.py")], cwd=tmp_path, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
+    run_stage_in_process(tmp_path, "prepare")
     assert Cache(tmp_path / "data" / "cache", 256, 64, "float32").tracks("test") == ["synthetic test 000"]

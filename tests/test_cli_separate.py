@@ -295,6 +295,7 @@ def test_errors_that_stop_everything(tmp_path, weights, capsys, args, message):
     assert not (tmp_path / "out" / "song").exists()
 
 
+@pytest.mark.slow  # the console script in a process of its own (an interpreter importing torch)
 def test_entry_point_runs(tmp_path, weights):
     """The installed console script, end to end in a fresh process."""
     exe = Path(sys.executable).parent / "lightsaft"

@@ -1,6 +1,8 @@
 """Distributed training (DDP) on CPUs: ranks known before anything happens, SyncBatchNorm refused
-without a GPU, and the train stage run as the processes of a real launch, on one machine and on
-two simulated ones, then terminated, resumed and evaluated.
+without a GPU, and the train stage run as the processes of a real launch: on one machine with two
+devices, and on two simulated ones, terminated, resumed and evaluated (the one DDP training that
+is interrupted: a training stopped and resumed is otherwise tested in
+tests/reliability/test_interrupted_training.py).
 
 The end-to-end tests run ``pipeline/train.py`` through ``tests/ddp_runner.py``, which records each
 process's item draws and its MLflow and output calls. Backend gloo, one thread per rank, and a
@@ -221,14 +223,10 @@ def only_run(root: Path):
     return client, training[0], runs
 
 
-@pytest.mark.slow  # two trainings of two processes each: 2 to 4 minutes on 2 cores
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_ddp_training_terminated_resumed_and_evaluated(layout, tmp_path, synthetic_cache, monkeypatch, clean_env):
-    nodes, devices = LAYOUTS[layout]
-    root = tmp_path / "project"  # one working directory for every node: a shared file system
-    params = training_project(
+def ddp_project(root: Path, cache: Path, nodes: int, devices: int) -> dict:
+    return training_project(
         root,
-        synthetic_cache,
+        cache,
         EPOCHS,
         "ddp",
         **{
@@ -243,6 +241,46 @@ def test_ddp_training_terminated_resumed_and_evaluated(layout, tmp_path, synthet
         },
     )
 
+
+def check_finished(root: Path, run_id: str) -> None:
+    """The run FINISHED with every epoch's validation and curve, the outputs written once."""
+    client, run, _ = only_run(root)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert json.loads((root / "models" / "mlflow_run.json").read_text())["run_id"] == run_id
+    metrics = json.loads((root / "metrics" / "train.json").read_text())
+    assert (metrics["epochs"], metrics["steps"]) == (EPOCHS, EPOCHS * STEPS_PER_EPOCH)
+    val_steps = sorted(m.step for m in client.get_metric_history(run_id, "val_loss"))
+    assert val_steps == [STEPS_PER_EPOCH * (e + 1) - 1 for e in range(EPOCHS)]
+    curves = (root / "plots" / "train_curves.csv").read_text().splitlines()
+    assert [int(line.split(",")[0]) for line in curves[1:]] == list(range(EPOCHS))
+    assert all(0 < float(line.split(",")[5]) < 600 for line in curves[1:])  # epoch_time_s, also when resumed
+    load_weights(root / "models" / "weights.pt")
+    checkpoint = torch.load(root / "models" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["state_dict"] and not any("EarlyStopping" in key for key in checkpoint["callbacks"])
+    assert not any((root / ".lightsaft" / "train").iterdir())  # the training's folder is gone
+
+
+@pytest.mark.slow  # one training of two processes: about a minute on 2 cores
+def test_ddp_training_on_one_node_with_two_devices(tmp_path, synthetic_cache, clean_env):
+    """Lightning's launcher starts the second rank by running the stage's command again."""
+    root = tmp_path / "project"
+    ddp_project(root, synthetic_cache, *LAYOUTS["one-node-two-devices"])
+    procs = launch(root, 1, root / "records", step_s=0)
+    assert wait_all(root, procs) == [0], logs(root)
+    check_records(root / "records", outputs_written=True)
+    _, run, _ = only_run(root)
+    check_finished(root, run.info.run_id)
+
+
+@pytest.mark.slow  # two trainings of two processes each: 2 to 4 minutes on 2 cores
+def test_ddp_training_terminated_resumed_and_evaluated(tmp_path, synthetic_cache, clean_env):
+    """Two machines with one device each (one working directory: a shared file system): the
+    SIGTERM that one of them gets stops both (Lightning's own handling broadcasts from inside the
+    handler and can hang: see training/callbacks.StopTogether)."""
+    nodes, devices = LAYOUTS["two-nodes-one-device-each"]
+    root = tmp_path / "project"
+    params = ddp_project(root, synthetic_cache, nodes, devices)
+
     # 1. SIGTERM to the launching process of node 0 (rank 0) alone, in the middle of epoch 1:
     # every rank stops at the same batch, the interrupted state is saved, nothing looks finished.
     procs = launch(root, nodes, root / "records" / "first", step_s=1.0)
@@ -255,7 +293,7 @@ def test_ddp_training_terminated_resumed_and_evaluated(layout, tmp_path, synthet
     assert logs(root).count("train: terminated") == 2 and "Traceback" not in logs(root), logs(root)
     assert not any((root / d).exists() for d in ("models", "metrics", "plots"))
     assert list(root.glob(".lightsaft/train/*/checkpoints/interrupted.ckpt"))
-    client, run, _ = only_run(root)
+    _, run, _ = only_run(root)
     assert run.info.status == "KILLED"
     check_records(root / "records" / "first", outputs_written=False)
 
@@ -265,20 +303,7 @@ def test_ddp_training_terminated_resumed_and_evaluated(layout, tmp_path, synthet
     procs = launch(root, nodes, root / "records" / "resumed", step_s=0)
     assert wait_all(root, procs) == [0] * nodes, logs(root)
     check_records(root / "records" / "resumed", outputs_written=True)
-    client, resumed, _ = only_run(root)
-    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
-    assert json.loads((root / "models" / "mlflow_run.json").read_text())["run_id"] == run.info.run_id
-    metrics = json.loads((root / "metrics" / "train.json").read_text())
-    assert (metrics["epochs"], metrics["steps"]) == (EPOCHS, EPOCHS * STEPS_PER_EPOCH)
-    val_steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss"))
-    assert val_steps == [STEPS_PER_EPOCH * (e + 1) - 1 for e in range(EPOCHS)]
-    curves = (root / "plots" / "train_curves.csv").read_text().splitlines()
-    assert [int(line.split(",")[0]) for line in curves[1:]] == list(range(EPOCHS))
-    assert all(0 < float(line.split(",")[5]) < 600 for line in curves[1:])  # epoch_time_s, also when resumed
-    load_weights(root / "models" / "weights.pt")
-    checkpoint = torch.load(root / "models" / "best.ckpt", map_location="cpu", weights_only=True)
-    assert checkpoint["state_dict"] and not any("EarlyStopping" in key for key in checkpoint["callbacks"])
-    assert not any((root / ".lightsaft" / "train").iterdir())  # the training's folder is gone
+    check_finished(root, run.info.run_id)
 
     # 3. An evaluation follows, recorded under the training's run.
     for stage in ("separate", "evaluate"):

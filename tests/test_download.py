@@ -7,15 +7,22 @@ import io
 import json
 import re
 import stat
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import DUMMY, REPO, data_params, musdb_zip, require_ffmpeg, sample_params, shared_path, zip_bytes
+from helpers import (
+    DUMMY,
+    data_params,
+    musdb_zip,
+    require_ffmpeg,
+    run_stage_in_process,
+    sample_params,
+    shared_path,
+    zip_bytes,
+)
 
 from lightsaft import download as dl
 from lightsaft.data.tracks import read_dataset
@@ -220,12 +227,10 @@ def test_synthetic_source(tmp_path):
     assert all(Path(path).is_file() for t in data["tracks"] for path in t["files"].values())
 
 
-def test_stage_script_reports_one_line_error(tmp_path):
+def test_stage_script_reports_one_line_error(tmp_path, capsys):
     (tmp_path / "params.yaml").write_text(f"data:\n  source: musdb18hq\n  root: {tmp_path / 'nowhere'}\n")
-    result = subprocess.run(
-        [sys.executable, str(REPO / "pipeline" / "download.py")], cwd=tmp_path, capture_output=True, text=True
-    )
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: download: musdb18hq not found")
-    assert "Traceback" not in result.stderr
+    run_stage_in_process(tmp_path, "download", code=2)
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: download: musdb18hq not found")
+    assert "Traceback" not in stderr
     assert not (tmp_path / "data" / "raw" / "dataset.json").exists()

@@ -18,7 +18,7 @@ from helpers import TWO, MemoryCache, make_tracks, require_ffmpeg, shared_path, 
 from lightsaft.config import defaults, validate
 from lightsaft.data.audio import read_audio, read_stems, write_audio
 from lightsaft.errors import ConfigError
-from lightsaft.evaluation import sdr_variants
+from lightsaft.evaluation import engines, sdr_variants
 from lightsaft.evaluation.engines import ENGINES, evaluate_tracks, score_track
 from lightsaft.evaluation.scores import (
     METRICS,
@@ -93,7 +93,7 @@ def test_true_stems_score_high_and_are_written_in_museval_format(tmp_path):
 def test_mixture_as_estimate_equals_the_baseline(tmp_path):
     tracks = make_tracks(["a", "b"])
     write_estimates(tmp_path / "est", tracks, lambda s, t: s["mixture"])
-    result = evaluate_tracks(MemoryCache(tracks), tmp_path / "est", jobs=2, targets=TWO)
+    result = evaluate_tracks(MemoryCache(tracks), tmp_path / "est", jobs=1, targets=TWO)
     scores = result.scores.set_index(["track", "target", "metric", "frame"])
     estimate, baseline = scores[scores["kind"] == "estimate"], scores[scores["kind"] == "baseline"]
     assert len(estimate) == len(baseline) == 2 * 2 * (4 * 2 + 2)  # tracks x targets x (metrics x frames + variants)
@@ -103,6 +103,7 @@ def test_mixture_as_estimate_equals_the_baseline(tmp_path):
     assert result.metrics["sdr_improvement_mean"] == pytest.approx(0, abs=1e-9)
 
 
+@pytest.mark.slow  # two worker processes (each imports torch), and a fresh one for the track that crashed
 def test_failing_tracks_are_named_and_the_others_kept(tmp_path):
     tracks = make_tracks(["good", "no estimates", "crash", "short"], seconds=1.2)
     write_estimates(tmp_path / "est", tracks, lambda s, t: s[t] * 0.9)
@@ -119,6 +120,27 @@ def test_failing_tracks_are_named_and_the_others_kept(tmp_path):
     assert os.listdir(tmp_path / "scores" / "museval" / "test") == ["good.json"]
     with pytest.raises(EvaluationError, match=r"3 of 4 track\(s\): 'no estimates'.*'crash'.*'short'"):
         result.check()
+
+
+def test_one_job_scores_in_this_process_and_names_failing_tracks(tmp_path, monkeypatch):
+    """No worker process to start (seconds of imports): the tracks are scored here, a failing one
+    is named and the others kept. A track that kills its process would stop the stage: isolating
+    that takes jobs >= 2 (test_failing_tracks_are_named_and_the_others_kept)."""
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("jobs=1 started a worker pool")
+
+    monkeypatch.setattr(engines, "running", no_pool)
+    tracks = make_tracks(["good", "unreadable", "no estimates"], seconds=1.2)
+    write_estimates(tmp_path / "est", tracks, lambda s, t: s[t] * 0.9)
+    for target in TWO:
+        os.remove(tmp_path / "est" / "test" / "no estimates" / f"{target}.wav")
+    result = evaluate_tracks(MemoryCache(tracks, fail="unreadable"), tmp_path / "est", jobs=1, targets=TWO)
+    assert sorted(result.failed) == ["no estimates", "unreadable"]
+    assert result.failed["unreadable"] == "OSError: unreadable: cannot read"
+    assert "vocals.flac (or .wav): estimate not found" in result.failed["no estimates"]
+    assert set(result.scores["track"]) == {"good"} and result.metrics["sdr_vocals"] > 15
+    assert engines._WORKER == {}  # nothing of the evaluation kept in the module
 
 
 def test_nothing_to_evaluate_is_an_error(tmp_path):
@@ -206,7 +228,7 @@ def test_sdr_variants_are_scored_beside_museval_by_either_engine(tmp_path, engin
     write_estimates(tmp_path / "est", {"b": tracks["b"]}, half_gain)
     for target in TWO:
         write_audio(tmp_path / "est" / "test" / "a" / f"{target}.flac", half_gain(tracks["a"], target), 44100, "PCM_16")
-    result = evaluate_tracks(MemoryCache(tracks), tmp_path / "est", jobs=2, targets=TWO, engine=engine, device="cpu")
+    result = evaluate_tracks(MemoryCache(tracks), tmp_path / "est", jobs=1, targets=TWO, engine=engine, device="cpu")
     assert result.failed == {}
     rows = result.scores.set_index(["kind", "track", "target", "metric"])["value"]
     for track in ("a", "b"):
@@ -256,7 +278,7 @@ def test_listed_tracks_their_clipped_counts_and_an_estimate_in_both_formats(tmp_
     counts = {"a": {"vocals": 12, "drums": 0}, "b": {"vocals": 0, "drums": 3}, "d": {"vocals": 0, "drums": 7}}
     (tmp_path / "est" / "clipped.json").write_text(json.dumps(counts))  # no entry for c: it is not scored
     cache = MemoryCache(tracks)
-    result = evaluate_tracks(cache, tmp_path / "est", jobs=2, targets=TWO, tracks=["d", "a", "b"])
+    result = evaluate_tracks(cache, tmp_path / "est", jobs=1, targets=TWO, tracks=["d", "a", "b"])
     assert list(dict.fromkeys(result.scores["track"])) == ["a", "d"] and result.metrics["tracks"] == 2
     assert list(result.failed) == ["b"] and "both drums.flac and drums.wav" in result.failed["b"]
     write_scores(result, tmp_path / "scores")

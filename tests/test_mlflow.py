@@ -78,7 +78,7 @@ def record_training(root: Path, cache, name: str, vocals_sdr: float) -> SimpleNa
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory, small_cache):
-    root = make_project(tmp_path_factory.mktemp("mlflow"))
+    root = make_project(tmp_path_factory.mktemp("mlflow"), mlflow_db=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DVC_ROOT", str(root))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -26,7 +26,7 @@ def fixture(name: str):
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    root = make_project(tmp_path)
+    root = make_project(tmp_path, mlflow_db=True)
     monkeypatch.setenv("DVC_ROOT", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return root
@@ -65,7 +65,10 @@ def test_pretrained_official_checkpoint_replaces_training(project, synthetic_cac
     assert run.data.metrics["param_count"] == 71_988
 
 
-def test_a_model_section_that_differs_is_refused_with_every_difference(project, synthetic_cache):
+def test_a_model_section_that_differs_is_refused_with_every_difference(tmp_path, monkeypatch, synthetic_cache):
+    project = make_project(tmp_path)  # without a database: the refusal creates none
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     ckpt = fixture("lightsaft_tiny_2020_prefix.ckpt")
     params = tiny_params(
         **{
@@ -106,18 +109,11 @@ def test_the_official_checkpoints_study_matches_the_published_configs():
         assert params["separate"]["protocol"] == ("crossfade" if mdx_kit else "official")
 
 
-def test_cache_without_training_tracks_is_enough(project, tmp_path_factory):
+def test_cache_without_training_tracks_is_enough(project, small_dataset, tmp_path):
     """What prepare writes for a pretrained model (test tracks only) suffices for the train stage."""
-    from helpers import dataset_json
-
     from lightsaft.prepare import prepare
 
-    raw = dataset_json(
-        tmp_path_factory.mktemp("pretrained"),
-        source="synthetic",
-        synthetic={"train_tracks": 2, "valid_tracks": 1, "test_tracks": 1, "seconds": 1.0, "seed": 3},
-    )
-    cache = prepare(raw, raw.parent.parent / "cache", 256, 64, splits=("test",))
+    cache = prepare(small_dataset, tmp_path / "cache", 256, 64, splits=("test",))
     assert Cache(cache).tracks("test") and not (cache / "spec").exists()
     ckpt = fixture("lightsaft_tiny_2020_prefix.ckpt")
     params = tiny_params(**{"train.pretrained": str(ckpt), "train.pretrained_sha256": file_sha256(ckpt)})

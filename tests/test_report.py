@@ -202,6 +202,7 @@ def test_bad_input_names_the_problem_and_keeps_the_old_report(tmp_path, inputs, 
 
 # ---------------------------------------------------------------------------------------
 # A real browser
+@pytest.mark.slow  # a real headless Chromium (a process of its own)
 def test_chromium_loads_and_plays_every_player(report, tmp_path):
     driver = chromium(tmp_path / "profile")
     try:

@@ -192,6 +192,7 @@ def test_bad_page_options_and_songs_name_the_problem(tmp_path, songs, models, ca
     assert not (folder / "short").exists()  # refused before separating it
 
 
+@pytest.mark.slow  # a real headless Chromium (a process of its own)
 def test_chromium_plays_every_player_of_the_page(page, tmp_path):
     driver = chromium(tmp_path / "profile")
     try:

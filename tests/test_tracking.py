@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import sqlite3
 from pathlib import Path
 
 import pytest
+from helpers import make_project
 
 from lightsaft.errors import redact
 from lightsaft.paths import in_project, portable, project_root, resolve
@@ -47,35 +47,25 @@ def test_env_uri_wins_and_is_redacted(repo, monkeypatch):
     assert "s3cret" not in redact("postgresql://bob:s3cret@db:5432/mlflow")
 
 
-def test_run_from_an_experiment_copy_lands_in_the_main_database(repo):
-    """A separate process started inside the copy (as `dvc exp run --temp` does) logs a run;
-    it is found through the main repository's database, with artifacts beside it."""
-    copy = repo / ".dvc" / "tmp" / "exps" / "standalone" / "tmpabc123"
-    (copy / "dvc.yaml").write_text("stages: {}\n")
-    code = (
-        "from lightsaft.tracking import store\n"
-        "c = store.client()\n"
-        "exp = store.experiment_id(c, 'copytest')\n"
-        "run = c.create_run(exp, run_name='from-copy')\n"
-        "store.log_params(c, run.info.run_id, {'model.dk': 16})\n"
-        "print(run.info.run_id)\n"
-    )
-    env = {k: v for k, v in __import__("os").environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["DVC_ROOT"] = str(repo)
-    out = subprocess.run([sys.executable, "-c", code], cwd=copy, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    run_id = out.stdout.strip().splitlines()[-1]
-    assert (repo / "mlflow.db").is_file() and not (copy / "mlflow.db").exists()
-
+def test_run_from_an_experiment_copy_lands_in_the_main_database(repo, monkeypatch):
+    """A stage working inside the copy (as `dvc exp run --temp` runs it: DVC_ROOT names the main
+    repository) logs a run; it is found in the main repository's database, artifacts beside it."""
     from mlflow.tracking import MlflowClient
 
+    make_project(repo, mlflow_db=True)  # the main repository's database exists (empty): the copy must not get one
+    copy = repo / ".dvc" / "tmp" / "exps" / "standalone" / "tmpabc123"
+    (copy / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(repo))
+    client = store.client()
+    run = client.create_run(store.experiment_id(client, "copytest"), run_name="from-copy")
+    store.log_params(client, run.info.run_id, {"model.dk": 16})
+    assert (repo / "mlflow.db").is_file() and not (copy / "mlflow.db").exists()
+
     main = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    run = main.get_run(run_id)
-    assert run.data.params == {"model.dk": "16"}
+    assert main.get_run(run.info.run_id).data.params == {"model.dk": "16"}
     exp = main.get_experiment_by_name("copytest")
     assert exp.artifact_location == (repo / "mlartifacts" / "copytest").as_uri()
-    import sqlite3
-
     assert sqlite3.connect(repo / "mlflow.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

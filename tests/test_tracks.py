@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import REPO, require_ffmpeg, shared_path
+from helpers import require_ffmpeg, shared_path
 
 from lightsaft.data.audio import AudioError
 from lightsaft.data.synthetic import generate
-from lightsaft.data.tracks import load_track, read_dataset, scan_tree
+from lightsaft.data.tracks import load_track, musdb_validation_tracks, read_dataset, scan_tree
 from lightsaft.errors import DataError
 
 
-def test_musdb_validation_list_is_read_without_importing_musdb():
-    code = (
-        "import sys; from lightsaft.data.tracks import musdb_validation_tracks as v; names = v(); "
-        "print(len(names), names[0], 'musdb' in sys.modules)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
-    assert result.stdout.strip() == "14 Actions - One Minute Smile False"
+def test_musdb_validation_list_is_read_without_importing_musdb(monkeypatch):
+    monkeypatch.delitem(sys.modules, "musdb", raising=False)  # as if never imported (put back afterwards)
+    names = musdb_validation_tracks()
+    assert (len(names), names[0]) == (14, "Actions - One Minute Smile") and "musdb" not in sys.modules
 
 
 @pytest.fixture

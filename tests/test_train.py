@@ -1,18 +1,13 @@
-"""Training: the loss falls, outputs and MLflow records exist, bf16 works on CPU, resume after a kill."""
+"""Training: the loss falls, outputs and MLflow records exist, bf16 works on CPU, the checkpoint a resume
+takes (trainings stopped and resumed: tests/reliability/test_interrupted_training.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-import yaml
-from helpers import REPO, make_project, tiny_params, train_into, training_project
+from helpers import make_project, tiny_params, train_into
 from mlflow.tracking import MlflowClient
 
 from lightsaft.model.unet import build_model
@@ -85,7 +80,7 @@ def test_checkpoint_and_weights_reload_to_the_same_model(trained):
 
 
 def test_bf16_mixed_trains_and_validates_on_cpu(tmp_path, synthetic_cache, monkeypatch):
-    root = make_project(tmp_path)
+    root = make_project(tmp_path, mlflow_db=True)
     monkeypatch.setenv("DVC_ROOT", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = tiny_params(
@@ -116,35 +111,6 @@ def test_precision_auto_picks_bf16_only_on_a_gpu_that_has_it(monkeypatch, precis
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
     assert resolve_precision(precision, accelerator) == expected
-
-
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_killed_training_resumes_with_the_same_run(tmp_path, synthetic_cache, sig):
-    root = tmp_path
-    params = training_project(root, synthetic_cache, epochs=4, experiment="resume")
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
-    cmd = [sys.executable, str(REPO / "pipeline" / "train.py")]
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while not list((root / ".lightsaft").glob("train/*/checkpoints/last.ckpt")):
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
-        time.sleep(0.2)
-    proc.send_signal(sig)
-    output = proc.communicate(timeout=120)[0]
-    assert proc.returncode != 0, output[-2000:]
-    assert not (root / "models" / "weights.pt").exists()  # nothing that looks complete
-    assert list((root / ".lightsaft").glob("train/*/checkpoints/interrupted.ckpt")), output[-2000:]
-
-    params["runtime"]["train"]["resume"] = True
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    _, runs = _runs(f"sqlite:///{root / 'mlflow.db'}", "resume")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert json.loads((root / "models" / "mlflow_run.json").read_text())["run_id"] == runs[0].info.run_id
-    epochs = [int(line.split(",")[0]) for line in (root / "plots" / "train_curves.csv").read_text().splitlines()[1:]]
-    assert epochs == [0, 1, 2, 3]
-    assert json.loads((root / "metrics" / "train.json").read_text())["steps"] == 4 * 8
 
 
 def test_resume_takes_the_checkpoint_furthest_along(tmp_path):
@@ -197,7 +163,7 @@ def test_official_init_is_xavier_normal_on_matrices_and_pytorch_default_elsewher
 @pytest.mark.parametrize("experiment", [None, "demo-20261203-120000"])
 def test_a_training_run_is_named_after_its_dvc_experiment(tmp_path, monkeypatch, experiment):
     """Inside `dvc exp run` the run takes the experiment's name, else the name the stage gives it."""
-    monkeypatch.setenv("DVC_ROOT", str(make_project(tmp_path)))
+    monkeypatch.setenv("DVC_ROOT", str(make_project(tmp_path, mlflow_db=True)))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     if experiment:
         monkeypatch.setenv("DVC_EXP_NAME", experiment)

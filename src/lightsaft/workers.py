@@ -7,6 +7,9 @@ would oversubscribe the machine), and exits when its parent dies: the workers of
 with SIGKILL (no shutdown) would otherwise wait for tasks forever. Ctrl+C is the parent's to
 handle: the workers ignore SIGINT, and :func:`running` stops them at once when the parent is
 interrupted, instead of letting them finish the tasks they hold.
+
+With one job, prepare and evaluate do the work in their own process instead (a spawned worker
+imports torch again, seconds per start); a pool isolates crashes only where ``jobs`` >= 2.
 """
 
 from __future__ import annotations
@@ -31,7 +34,10 @@ def pool(jobs: int, initializer: Callable[..., None] | None = None, initargs: tu
     """``jobs`` spawned worker processes, each with ``cores() // jobs`` threads (at least one)."""
     threads = max(1, cores() // jobs)
     return ProcessPoolExecutor(
-        jobs, multiprocessing.get_context("spawn"), initializer=_start, initargs=(threads, initializer, initargs)
+        jobs,
+        multiprocessing.get_context("spawn"),
+        initializer=_start,
+        initargs=(threads, os.getpid(), initializer, initargs),
     )
 
 
@@ -58,14 +64,16 @@ def terminate(workers: ProcessPoolExecutor) -> None:
         process.terminate()
 
 
-def _start(threads: int, initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
+def _start(threads: int, parent: int, initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
     import threadpoolctl
     import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     threadpoolctl.threadpool_limits(threads)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    # ``parent`` as the parent named itself: a parent killed while this worker was still starting
+    # (importing torch takes seconds) is gone already, and os.getppid() would name the new one.
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     if initializer is not None:
         initializer(*initargs)
 

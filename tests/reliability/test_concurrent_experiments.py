@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import EPOCH_CHECKPOINT, make_project, start_paused, training_project
+from helpers import EPOCH_CHECKPOINT, after_call, make_project, mlflow_runs, train_into, training_project
 from mlflow.tracking import MlflowClient
 
 from lightsaft.errors import LightSAFTError
@@ -36,8 +36,9 @@ print(run)
 """
 
 
+@pytest.mark.slow  # four processes of their own (each imports torch with the tracking code)
 def test_concurrent_writers_lose_nothing(tmp_path):
-    root = make_project(tmp_path)
+    root = make_project(tmp_path)  # no database: they all create it
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["DVC_ROOT"] = str(root)
     go = tmp_path / "go"
@@ -72,21 +73,25 @@ def test_concurrent_writers_lose_nothing(tmp_path):
 
 
 def test_the_same_training_twice_at_once_is_refused(tmp_path, monkeypatch, synthetic_cache):
-    """Both would share (and finally delete) one checkpoint folder: the second stops at once."""
+    """Both would share (and finally delete) one checkpoint folder: the second stops at once. The
+    first trains in this process; the second starts when the first has written its first epoch's
+    checkpoints (the lock is an flock, held per open file: a start in this process is refused as
+    one in another process would be)."""
     root = tmp_path
     params = training_project(root, synthetic_cache, epochs=2, experiment="twice")
-    first = start_paused(root, "train", EPOCH_CHECKPOINT)
-    try:
+    monkeypatch.setenv("DVC_ROOT", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    refused = []
+
+    def second_start():
         checkpoints = sorted((root / ".lightsaft" / "train").rglob("*.ckpt"))
         assert "last.ckpt" in [p.name for p in checkpoints]  # the first training is under way
-        monkeypatch.setenv("DVC_ROOT", str(root))
-        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
         with pytest.raises(LightSAFTError, match="another training of this configuration is running"):
             train(params, root / "data" / "cache")
         assert sorted((root / ".lightsaft" / "train").rglob("*.ckpt")) == checkpoints
-    finally:
-        first.kill()
-        first.wait()
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    assert len(client.search_runs([client.get_experiment_by_name("twice").experiment_id])) == 1
-    assert not (root / "second").exists()
+        refused.append(True)
+
+    after_call(monkeypatch, EPOCH_CHECKPOINT, second_start)
+    assert train_into(root, params, root / "data" / "cache")["epochs"] == 2  # the first goes on to the end
+    assert refused == [True]
+    assert len(mlflow_runs(root, "twice")) == 1

@@ -20,6 +20,12 @@ from lightsaft.download import download
 from lightsaft.errors import DataError
 
 
+@pytest.fixture(autouse=True)
+def project(tmp_path, monkeypatch):
+    """Each test is its own project: the download locks go to <tmp_path>/.lightsaft, not the repository's."""
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+
+
 def _disk_fills_after(limit: int):
     """``open`` for download.py whose ``.part`` files hold at most ``limit`` bytes, as on a full disk."""
     real_open = open

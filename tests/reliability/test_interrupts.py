@@ -1,36 +1,43 @@
-"""Killed stages: SIGINT, SIGTERM or SIGKILL in the middle of the work leaves nothing that DVC
+"""Stopped stages: SIGINT, SIGTERM or SIGKILL in the middle of the work leaves nothing that DVC
 or the next stage would take as complete, and the rerun gives the same output as a clean run.
 
-Each stage runs as its own process (the real ``pipeline/<stage>.py``) with one function of the
-package wrapped so that it stops, after doing its work once, until it is killed: the kill lands
-while the stage is visibly working (a temporary folder half full), never by timing luck.
+Each stage runs its real ``pipeline/<stage>.py`` in this process (helpers.run_stage_in_process)
+with one function of the package wrapped: once it has done its work, the stage is stopped, so the
+stop lands while the stage is visibly working (a temporary folder half full), never by timing
+luck. SIGINT and SIGTERM are sent to this process, where the stage's own handlers take them;
+SIGKILL, which no process survives, by its effect: the files as they were at that instant
+(helpers.killed_in_process). What needs the process itself (exit status from the OS, a real
+signal delivered to a fresh interpreter, child processes outliving it) is tested once per signal
+on the train stage (test_interrupted_training.py) and on the evaluate stage's workers here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import yaml
 from helpers import (
-    EPOCH_CHECKPOINT,
-    KILLS,
-    kill_while_working,
+    REPO,
+    SYNTHETIC,
+    killed_in_process,
     make_project,
-    run_stage,
     run_stage_in_process,
+    signal_in_process,
     tiny_params,
-    training_project,
 )
 from mlflow.tracking import MlflowClient
 
 from lightsaft.data.cache import Cache
-from lightsaft.download import download
 from lightsaft.errors import DataError
 from lightsaft.evaluation.engines import evaluate_tracks
 from lightsaft.evaluation.scores import EvaluationError
@@ -54,28 +61,17 @@ def project_files(root: Path) -> set[str]:
 
 
 SMALL = {
-    "data.synthetic.train_tracks": 2,
-    "data.synthetic.valid_tracks": 1,
-    "data.synthetic.test_tracks": 1,
-    "data.synthetic.seconds": 1.0,
-    "runtime.prepare.jobs": 1,  # in the stage's process, where the pause hook is
-    "runtime.evaluate.jobs": 2,
+    "data.synthetic": SYNTHETIC,  # the session's small set (conftest.small_dataset): data/raw
+    "runtime.prepare.jobs": 1,
+    "runtime.evaluate.jobs": 1,  # in the stage's process (test_killed_evaluate: two workers)
     "runtime.separate.batch_size": 64,
     "report.excerpt_seconds": 1.0,
     "mlflow.experiment": "killed",
 }
 
 
-@pytest.fixture(scope="module")
-def raw(tmp_path_factory) -> Path:
-    """A small synthetic data set (1-second tracks): data/raw of the download stage."""
-    out = tmp_path_factory.mktemp("raw") / "raw"
-    download(tiny_params(**SMALL)["data"], out)
-    return out
-
-
 def new_project(root: Path, raw: Path) -> Path:
-    make_project(root)
+    make_project(root, mlflow_db=True)
     (root / "data").mkdir()
     os.symlink(raw, root / "data" / "raw")
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(**SMALL)))
@@ -83,10 +79,10 @@ def new_project(root: Path, raw: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, raw, trained):
+def project(tmp_path_factory, small_dataset, trained):
     """A project with the session's trained model, run once through prepare, separate, evaluate
     and report: the reference outputs of a clean run."""
-    root = new_project(tmp_path_factory.mktemp("killed"), raw)
+    root = new_project(tmp_path_factory.mktemp("killed"), small_dataset.parent)
     for source, target in (
         (trained.outputs.weights, "models/weights.pt"),
         (trained.outputs.metrics, "metrics/train.json"),
@@ -130,18 +126,22 @@ def _same_audio_or_bytes(a: Path, b: Path) -> None:
         _same_bytes(a, b)
 
 
-def _kill_three_times_then_finish(
-    root: Path, stage: str, pause_at: str, outputs: list[str], next_stage_refuses, resumable: bool = False
-) -> None:
-    """Kill the stage with each signal (its outputs removed first, as DVC does), then run it to the end.
+def _stop_three_ways_then_finish(
+    root: Path, stage: str, pause_at: str, outputs: list[str], next_stage_refuses, monkeypatch, capsys, tmp_path,
+    resumable: bool = False,
+) -> None:  # fmt: skip
+    """Stop the stage with each signal (its outputs removed first, as DVC does), then run it to the end.
     ``resumable``: the stage keeps its fixed-name temporary folder to continue from, whatever the signal."""
     for output in outputs:
         if (root / output).is_dir():
             shutil.rmtree(root / output)
         (root / output).unlink(missing_ok=True)
     before = project_files(root)
-    for sig in KILLS:
-        kill_while_working(root, stage, pause_at, sig)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        if sig == signal.SIGKILL:
+            killed_in_process(root, stage, pause_at, monkeypatch, tmp_path / "killed")
+        else:
+            signal_in_process(root, stage, pause_at, sig, monkeypatch, capsys)
         assert not any((root / output).exists() for output in outputs)
         next_stage_refuses()
         left = project_files(root) - before
@@ -150,7 +150,7 @@ def _kill_three_times_then_finish(
             assert all(Path(p).is_relative_to(tmp) for p in left), left
         else:
             assert left == set(), left
-    run_stage(root, stage, timeout=300)
+    run_stage_in_process(root, stage)
     written = {
         str(p.relative_to(root))
         for output in outputs
@@ -160,40 +160,52 @@ def _kill_three_times_then_finish(
     assert project_files(root) - before == written
 
 
-def test_killed_prepare(tmp_path, raw, project):
-    root = new_project(tmp_path / "project", raw)
+def test_killed_prepare(tmp_path, small_dataset, project, monkeypatch, capsys):
+    root = new_project(tmp_path / "project", small_dataset.parent)
 
     def refused():
         with pytest.raises(DataError, match="not a prepared cache"):
             Cache(root / "data" / "cache")
 
-    _kill_three_times_then_finish(
-        root, "prepare", "lightsaft.prepare:prepare_track", ["data/cache"], refused, resumable=True
-    )
+    _stop_three_ways_then_finish(
+        root, "prepare", "lightsaft.prepare:prepare_track", ["data/cache"], refused, monkeypatch, capsys, tmp_path,
+        resumable=True,
+    )  # fmt: skip
     cache, reference = Cache(root / "data" / "cache", 256, 64), Cache(project / "data" / "cache", 256, 64)
     assert cache.manifest == reference.manifest
     for name in cache.tracks("train"):
         np.testing.assert_array_equal(cache.spec(name), reference.spec(name))
 
 
-def test_killed_separate(project, tmp_path):
+def test_killed_separate(project, tmp_path, monkeypatch, capsys):
     reference = _reference(project, "results/estimates", tmp_path)
 
     def refused():
         with pytest.raises(EvaluationError, match="run the separate stage first"):
             evaluate_tracks(Cache(project / "data" / "cache"), project / "results" / "estimates")
 
-    _kill_three_times_then_finish(
-        project, "separate", "lightsaft.separation.estimates:separate_to_files", ["results/estimates"], refused
-    )
+    _stop_three_ways_then_finish(
+        project, "separate", "lightsaft.separation.estimates:separate_to_files", ["results/estimates"], refused,
+        monkeypatch, capsys, tmp_path,
+    )  # fmt: skip
     _same_tree(project / "results" / "estimates", reference, _same_audio_or_bytes)
 
 
-@pytest.mark.slow  # museval scores the track in every run that is killed: about 50 s on 2 cores
-def test_killed_evaluate(project, tmp_path):
+@pytest.mark.slow  # its worker processes (two jobs), started for each stop: each imports torch
+def test_killed_evaluate(project, tmp_path, monkeypatch, capsys):
+    """Also: the workers do not outlive the stage stopped in the middle of their work."""
     reference = _reference(project, "results/scores", tmp_path)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["runtime"]["evaluate"]["jobs"] = 2  # a runtime param: the same scores
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    ours = psutil.Process()
+
+    def workers() -> list[psutil.Process]:  # not multiprocessing's resource tracker, which stays
+        return [p for p in ours.children(recursive=True) if "--multiprocessing-fork" in p.cmdline()]
 
     def refused():
+        _, alive = psutil.wait_procs(workers(), timeout=30)
+        assert not alive, [p.cmdline() for p in alive]
         with pytest.raises(ReportError, match="scores.csv: not found"):
             build_report(
                 tmp_path / "report",
@@ -202,20 +214,27 @@ def test_killed_evaluate(project, tmp_path):
                 estimates_dir=project / "results" / "estimates",
                 curves_csv=project / "plots" / "train_curves.csv",
                 train_metrics=project / "metrics" / "train.json",
-                weights=project / "models" / "weights.pt",
+                model_params=params["model"],
             )
 
-    _kill_three_times_then_finish(
-        project,
-        "evaluate",
-        "lightsaft.evaluation.engines:_outcome",
-        ["results/scores", "metrics/sdr.json", "plots/sdr_per_target.csv"],
-        refused,
-    )
+    try:
+        _stop_three_ways_then_finish(
+            project,
+            "evaluate",
+            "lightsaft.evaluation.engines:_outcome",
+            ["results/scores", "metrics/sdr.json", "plots/sdr_per_target.csv"],
+            refused,
+            monkeypatch,
+            capsys,
+            tmp_path,
+        )
+    finally:
+        params["runtime"]["evaluate"]["jobs"] = 1
+        (project / "params.yaml").write_text(yaml.safe_dump(params))
     _same_tree(project / "results" / "scores", reference, _same_bytes)
 
 
-def test_killed_report(project, tmp_path):
+def test_killed_report(project, tmp_path, monkeypatch, capsys):
     reference = _reference(project, "results/report", tmp_path)
     run_id = json.loads((project / "models" / "mlflow_run.json").read_text())["run_id"]
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
@@ -224,31 +243,48 @@ def test_killed_report(project, tmp_path):
     def refused():
         assert not client.list_artifacts(run_id, "report")
 
-    _kill_three_times_then_finish(
-        project, "report", "lightsaft.report.results:write_excerpts", ["results/report"], refused
-    )
+    _stop_three_ways_then_finish(
+        project, "report", "lightsaft.report.results:write_excerpts", ["results/report"], refused, monkeypatch,
+        capsys, tmp_path,
+    )  # fmt: skip
     _same_tree(project / "results" / "report", reference, _same_bytes)
     assert client.list_artifacts(run_id, "report")
 
 
-def test_training_killed_with_sigkill_resumes_from_its_last_epoch(tmp_path, synthetic_cache):
-    """No interrupt checkpoint after SIGKILL: the rerun with train.resume continues from the
-    epoch checkpoint, in the same MLflow run, and ends exactly as an uninterrupted training."""
-    root = tmp_path
-    params = training_project(root, synthetic_cache, epochs=3, experiment="sigkill")
-    kill_while_working(root, "train", EPOCH_CHECKPOINT, signal.SIGKILL)
-    assert not (root / "models").exists() and not (root / "metrics").exists()
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    [run] = client.search_runs([client.get_experiment_by_name("sigkill").experiment_id])
-    assert run.info.status == "RUNNING"
+# A stage killed outright: its worker processes notice and exit (they would otherwise wait for
+# tasks forever). A process of its own, SIGKILL, the real pool; each worker says "ready" (straight
+# to the inherited stdout) once started, which includes watching its parent.
+POOL_PARENT = """
+import os, sys, time
+from lightsaft.workers import running
+with running(2, os.write, (1, b"ready\\n")) as pool:
+    futures = [pool.submit(time.sleep, 600) for _ in range(2)]
+    while len(pool._processes or {}) < 2:
+        time.sleep(0.05)
+    print(" ".join(str(pid) for pid in pool._processes), flush=True)
+    time.sleep(600)
+"""
 
-    params["runtime"]["train"]["resume"] = True
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    run_stage(root, "train")
-    [run] = client.search_runs([client.get_experiment_by_name("sigkill").experiment_id])
-    assert run.info.status == "FINISHED"
-    assert json.loads((root / "models" / "mlflow_run.json").read_text())["run_id"] == run.info.run_id
-    curves = (root / "plots" / "train_curves.csv").read_text().splitlines()[1:]
-    assert [int(line.split(",")[0]) for line in curves] == [0, 1, 2]
-    assert json.loads((root / "metrics" / "train.json").read_text())["steps"] == 3 * 8
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")) == [7, 15, 23]
+
+@pytest.mark.slow  # two spawned workers, each importing torch
+@pytest.mark.parametrize("when", ["working", "starting"])
+def test_workers_exit_when_their_stage_is_killed_outright(when):
+    """``working``: each worker has started (and watches its parent); ``starting``: the stage is
+    killed while its workers still import torch (they once lived on, waiting for tasks)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen([sys.executable, "-c", POOL_PARENT], env=env, stdout=subprocess.PIPE, text=True)
+    workers = []
+    try:
+        lines = [parent.stdout.readline() for _ in range(3 if when == "working" else 1)]  # pids, "ready"s
+        workers += [psutil.Process(int(pid)) for line in lines if line != "ready\n" for pid in line.split()]
+        assert len(workers) == 2 and lines.count("ready\n") == len(lines) - 1, lines
+        parent.kill()
+        assert parent.wait(timeout=30) == -signal.SIGKILL
+        _, alive = psutil.wait_procs(workers, timeout=90)  # starting: after their imports
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        parent.kill()
+        parent.wait()
+        for worker in workers:  # no longer our children: gone with their parent, or orphans
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()

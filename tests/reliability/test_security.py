@@ -46,7 +46,7 @@ def test_no_secret_in_mlflow_params_tags_or_outputs(tmp_path, monkeypatch, capfd
     run record."""
     from lightsaft.train import TrainOutputs
 
-    root = make_project(tmp_path)
+    root = make_project(tmp_path, mlflow_db=True)
     monkeypatch.setenv("DVC_ROOT", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = tiny_params(

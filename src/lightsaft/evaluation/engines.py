@@ -9,6 +9,9 @@ also gets the whole-track SDR variants the field reports beside museval's (:mod:
 the MDX 2021 challenge's SDR and SI-SDR), computed here on the same audio.
 Tracks run in parallel worker processes because scoring is the slowest step of the pipeline;
 a track that fails (or whose worker dies) is reported by name and the others are still kept.
+With one job the tracks are scored in this process (no worker start-up: an interpreter that
+imports torch costs seconds); the price is that a track killing its process (out of memory)
+stops the stage instead of failing alone, so crash isolation needs ``jobs`` >= 2.
 """
 
 from __future__ import annotations
@@ -190,12 +193,35 @@ def _run_pool(
         return outcomes
 
 
+def _run_here(
+    cache: Any, engine: Engine, tracks: list[str], estimates_dir: Path, targets: tuple[str, ...]
+) -> dict[str, tuple[Any, str | None]]:
+    """:func:`_run_pool`'s outcomes, scored one after another in this process."""
+    _init_worker(cache, engine)
+    outcomes = {}
+    try:
+        with Progress("evaluate", len(tracks), "track") as bar:
+            for track in tracks:
+                try:
+                    outcomes[track] = _score_one(track, estimates_dir, targets), None
+                except Exception as e:  # reported per track, as a worker's exception is
+                    outcomes[track] = None, f"{type(e).__name__}: {e}"
+                bar.advance(track)
+    finally:
+        _WORKER.clear()
+    return outcomes
+
+
 def _score_all(
     cache: Any, engine: Engine, tracks: list[str], estimates_dir: Path, targets: tuple[str, ...], jobs: int
 ) -> tuple[dict[str, tuple[list[str], list[dict]]], dict[str, str]]:
-    """Score tracks in ``jobs`` processes. A dying worker breaks the whole pool, so the tracks it
-    took down are rerun one per fresh process: only the track that kills its worker fails."""
-    outcomes = _run_pool(jobs, cache, engine, tracks, estimates_dir, targets)
+    """Score tracks in ``jobs`` processes (one job: in this process, see the module docstring). A
+    dying worker breaks the whole pool, so the tracks it took down are rerun one per fresh process:
+    only the track that kills its worker fails."""
+    if jobs == 1:
+        outcomes = _run_here(cache, engine, tracks, estimates_dir, targets)
+    else:
+        outcomes = _run_pool(jobs, cache, engine, tracks, estimates_dir, targets)
     for track in [t for t, (_, error) in outcomes.items() if error == CRASHED]:
         outcomes.update(_run_pool(1, cache, engine, [track], estimates_dir, targets))
     done = {t: result for t, (result, error) in outcomes.items() if error is None}
@@ -229,7 +255,8 @@ def evaluate_tracks(
     """The ``evaluate`` stage: score the test tracks of ``cache`` (``tracks`` of them, when given:
     ``evaluate.tracks``) against their estimates, with museval's metrics and the SDR variants.
 
-    ``engine`` (see :func:`score_sets`) runs in ``jobs`` processes that share the CPU cores; the
+    ``engine`` (see :func:`score_sets`) runs in ``jobs`` processes that share the CPU cores (one
+    job: in this process, without crash isolation); the
     fast engine's ``device`` (auto: CUDA when available) is resolved before any work starts.
     ``cache``: anything with ``.tracks("test")`` and ``.load_audio(name)`` (picklable: workers get
     a copy). The separate stage's clipped-sample counts (``clipped.json``), when it wrote them, are
