@@ -49,6 +49,8 @@ CI = {
     "mlflow.experiment": "ci",
 }
 STAGES = ("download", "prepare", "train", "separate", "evaluate", "report")
+RECORDING_MODULES = ["src/lightsaft/progress.py", "src/lightsaft/tracking/training_run.py"]  # layout.CODE_CLASSES
+MODEL_MODULE = "src/lightsaft/model/layers.py"
 pytestmark = pytest.mark.slow
 
 
@@ -210,6 +212,27 @@ def test_a_train_param_reruns_from_train(demo, params_restored):
     set_params(demo.repo, {"train.lr": lr / 2})
     changed = json.loads(run(demo.repo, "dvc", "status", "--json", stdout_only=True))
     assert set(changed) == {"train"}, changed
+
+
+def test_recording_changes_rerun_nothing_and_model_code_reruns_from_train(demo, params_restored):
+    """Renaming the MLflow experiment or editing a recording module (progress bars, MLflow
+    bookkeeping) leaves every stage up to date; editing the network's code reruns train and every
+    stage after it, and nothing before it."""
+    repo = demo.repo
+    edited = {path: (repo / path).read_text() for path in RECORDING_MODULES + [MODEL_MODULE]}
+    try:
+        set_params(repo, {"mlflow.experiment": "renamed"})
+        for path in RECORDING_MODULES:
+            (repo / path).write_text(edited[path] + "\n# an edit that records differently\n")
+        assert json.loads(run(repo, "dvc", "status", "--json", stdout_only=True)) == {}
+
+        (repo / MODEL_MODULE).write_text(edited[MODEL_MODULE] + "\n# an edit to the network's code\n")
+        changed = json.loads(run(repo, "dvc", "status", "--json", stdout_only=True))
+        assert "train" in changed and not {"download", "prepare"} & set(changed), changed
+        assert ran_stages(run(repo, "dvc", "repro", "--dry")) == set(STAGES) - {"download", "prepare"}
+    finally:
+        for path, text in edited.items():
+            (repo / path).write_text(text)
 
 
 def test_an_evaluate_param_reruns_only_evaluate_and_report(demo, params_restored):

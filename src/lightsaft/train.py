@@ -45,9 +45,9 @@ from .training.callbacks import EpochCurves, InterruptCheckpoint, StartingPoint,
 from .training.ema import EMA, averaged_weights
 from .training.lightning_module import LightSAFTModule
 from .training.ranks import devices_per_node, global_rank
+from .training.sources import given_model, source_file, source_tags
 from .training.val_sdr import ValSdr
 from .weights.ours import save_weights
-from .weights.resolve import ResolvedModel, resolve_pinned
 
 SECTIONS = ("model", "train", "trainer")  # what defines a training (with its data); not mlflow: where it is recorded
 INTERRUPTED = "interrupted.ckpt"  # where a stopped training saves its state (InterruptCheckpoint)
@@ -126,7 +126,7 @@ def _from_pretrained(params: dict[str, Any], cache: Cache, run_dir: Path) -> Tra
     weights, a Lightning checkpoint to fine-tune from, figures that say where it came from, curves
     with their header only) and one MLflow run, so everything downstream works unchanged."""
     started = time.time()
-    given = _source(params, "pretrained")
+    given = given_model(params, "pretrained")
     module = LightSAFTModule(params["model"], params["train"])
     module.model.load_state_dict(given.model.state_dict())
     if run_dir.exists():
@@ -164,28 +164,6 @@ def _from_pretrained(params: dict[str, Any], cache: Cache, run_dir: Path) -> Tra
     return TrainResult(module.model, m, metrics, EpochCurves.header(), checkpoint, run, run_dir)
 
 
-def _source(params: dict[str, Any], key: str) -> ResolvedModel:
-    """``train.pretrained`` or ``train.init_from``: the model, its file's hash checked against
-    ``train.<key>_sha256`` (required for a file), and the model section checked against it."""
-    t = params["train"]
-    given = resolve_pinned(t[key], t[f"{key}_sha256"], project_root(), f"train.{key}")
-    check_same_model(params["model"], given.model.params, given.reference, f"train.{key}")
-    return given
-
-
-def check_same_model(ours: dict[str, Any], theirs: dict[str, Any], source: str, what: str = "train.pretrained") -> None:
-    """The ``model`` section must describe the given model, so that the params MLflow records,
-    the STFT that ``prepare`` computes and everything downstream are truthful."""
-    differences = {key: value for key, value in theirs.items() if ours.get(key) != value}
-    if differences:
-        listing = "; ".join(f"model.{k} is {ours.get(k)!r}, the model has {v!r}" for k, v in differences.items())
-        sets = " ".join(f"-S model.{k}={json.dumps(v)}" for k, v in differences.items())
-        raise ConfigError(
-            f"{what} = {source}: the model section does not describe this model: {listing}. "
-            f"Set these in params.yaml (or: dvc exp run {sets})"
-        )
-
-
 def _train(params: dict[str, Any], cache: Cache, run_dir: Path, devices: Any, rank: int) -> TrainResult | None:
     started = time.time()
     m, t, tr, rt = params["model"], params["train"], params["trainer"], params["runtime"]["train"]
@@ -195,7 +173,7 @@ def _train(params: dict[str, Any], cache: Cache, run_dir: Path, devices: Any, ra
     worker_init = seed_draws(t["seed"], rank, t["rank_sampling"])
     train_loader, valid_loader = _loaders(params, cache, worker_init)
     module = LightSAFTModule(m, t)
-    source = _source(params, "init_from") if t["init_from"] else None  # checked on resume too: its identity
+    source = given_model(params, "init_from") if t["init_from"] else None  # checked on resume too: its identity
     if source is not None and resume_from is None:  # fine-tuning: its weights, a fresh optimizer and schedule
         module.model.load_state_dict(source.model.state_dict())
     best, last = _checkpoints(t, ckpt_dir)
@@ -246,12 +224,12 @@ def _train(params: dict[str, Any], cache: Cache, run_dir: Path, devices: Any, ra
         params["mlflow"]["experiment"],
         f"{m['variant']}-dk{m['dk']}-tdfs{m['num_tdfs']}",
         {**flatten({s: params[s] for s in SECTIONS}), **_data_params(cache)},
-        {**_tags(params, cache), **(_source_tags(source, "init_from") if source else {})},
+        {**_tags(params, cache), **(source_tags(source, "init_from") if source else {})},
         store.dataset_of(cache),
         store.extra_datasets_of(cache),
     )
     if source is not None and resume_from is None:
-        run.link_source(_source_file(source), source.sha256)
+        run.link_source(source_file(source), source.sha256)
     try:  # from here on, however the training ends, its run ends with it
         trainer.logger = run.logger()
         _fit(trainer, module, train_loader, valid_loader, resume_from)
@@ -284,15 +262,6 @@ def _checkpoints(t: dict[str, Any], ckpt_dir: Path) -> tuple[ModelCheckpoint, Mo
         every_n_epochs=t["val_sdr_every"],
     )
     return best, ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True)
-
-
-def _source_file(source: ResolvedModel) -> Path | None:
-    """The file a source was given as (None for a published name): where its MLflow record may lie."""
-    return None if source.published == source.reference else project_root() / Path(source.reference).expanduser()
-
-
-def _source_tags(source: ResolvedModel, key: str) -> dict[str, str]:
-    return {key: source.reference, f"{key}_sha256": source.sha256, f"{key}_verified": source.verified}
 
 
 def _trainer(
