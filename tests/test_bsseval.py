@@ -161,16 +161,26 @@ def estimate_kinds(stems: dict[str, np.ndarray], separator) -> dict[str, dict[st
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", [("train", ROCK), ("test", FALCON)])
-def test_real_tracks_match_museval_for_every_kind_of_estimate(path, trained):
+@pytest.mark.parametrize(
+    "path, chosen",
+    [
+        (("train", ROCK), ("stems + noise at 0 dB", "stems + noise at 30 dB", "partly silent")),
+        (("test", FALCON), ("stems + noise at 10 dB", "mixture", "trained model")),
+    ],
+    ids=["rock", "falcon"],
+)
+def test_real_tracks_match_museval_for_every_kind_of_estimate(path, chosen, trained):
+    """Each kind of estimate on one of the two real tracks (museval takes about 8 s per kind and track)."""
     require_ffmpeg()
     split, name = path
     stems, rate = read_stems(shared_path("musdb", "musdb18-7", split, f"{name}.stem.mp4"))
     stems = {k: v.astype(np.float64) for k, v in stems.items()}
     refs = np.stack([stems[t] for t in TARGETS])
-    kinds = estimate_kinds(stems, load_model(trained.outputs.weights))
+    kinds = {k: v for k, v in estimate_kinds(stems, load_model(trained.outputs.weights)).items() if k in chosen}
+    assert set(kinds) == set(chosen)  # the two tracks' choices cover every kind estimate_kinds makes
     sets = [np.stack([est[t] for t in TARGETS]) for est in kinds.values()]
     fast = bss_eval_v4(refs, sets, rate, rate)
     for kind, got, est in zip(kinds, fast, sets):
         assert_agree(got, museval_metrics(refs, est, rate), f"{name}, {kind}")
-    assert np.isnan(fast[list(kinds).index("partly silent")][:, :, 2]).all()
+    if "partly silent" in kinds:
+        assert np.isnan(fast[list(kinds).index("partly silent")][:, :, 2]).all()
