@@ -216,9 +216,6 @@ def _batch_size(text: str) -> int | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .report.params import REPORT
-    from .separation.params import FORMATS, OUTPUT, RUNTIME_SEPARATE, SEPARATE
-
     parser = argparse.ArgumentParser(prog="lightsaft", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -231,6 +228,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override")
     p.set_defaults(func=_demo)
 
+    _add_ablate(sub)
+
+    p = sub.add_parser("ui", help="MLflow UI on the project's tracking database")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=_ui)
+
+    p = sub.add_parser("register", help="put a trained model (its MLflow logged model) in the MLflow model registry")
+    p.add_argument(
+        "model",
+        metavar="RUN_OR_MODEL",
+        help="a training or evaluation run id (or runs:/<run id>), a logged model id (m-..., models:/m-...), a "
+        "registered version (models:/<name>/<version>, models:/<name>@<alias>) or a run record "
+        "(models/mlflow_run.json)",
+    )
+    p.add_argument("--name", required=True, help="registered model name (created if new; else a new version)")
+    p.set_defaults(func=_register)
+
+    _add_separate(sub)
+
+    p = sub.add_parser(
+        "import-official",
+        help="import an official LaSAFT/LightSAFT checkpoint (file or published name) as our weights file",
+    )
+    p.add_argument(
+        "checkpoint",
+        metavar="CKPT_OR_NAME",
+        help="an official .ckpt, or lasaft_large_2019, lasaft_large_2020, lasaft_large_2021, lightsaft_small_2020",
+    )
+    p.add_argument("--out", help="weights file to write (default: .lightsaft/pretrained/<name>.pt)")
+    p.add_argument("--sha256", metavar="HEX", help="the checkpoint's expected sha256 (pins it)")
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help="allow full unpickling, which can run code: only for a file you trust that is refused otherwise",
+    )
+    p.set_defaults(func=_import_official)
+    return parser
+
+
+def _add_ablate(sub) -> None:
+    """`lightsaft ablate`: the study, its executor, and the cluster options (never params)."""
     p = sub.add_parser(
         "ablate", help="run one DVC experiment per grid point (local DVC queue, or SLURM jobs), compare them"
     )
@@ -290,21 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_ablate)
 
-    p = sub.add_parser("ui", help="MLflow UI on the project's tracking database")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=5000)
-    p.set_defaults(func=_ui)
 
-    p = sub.add_parser("register", help="put a trained model (its MLflow logged model) in the MLflow model registry")
-    p.add_argument(
-        "model",
-        metavar="RUN_OR_MODEL",
-        help="a training or evaluation run id (or runs:/<run id>), a logged model id (m-..., models:/m-...), a "
-        "registered version (models:/<name>/<version>, models:/<name>@<alias>) or a run record "
-        "(models/mlflow_run.json)",
-    )
-    p.add_argument("--name", required=True, help="registered model name (created if new; else a new version)")
-    p.set_defaults(func=_register)
+def _add_separate(sub) -> None:
+    """`lightsaft separate`: its defaults are the params' (separate, runtime.separate, report), one set of
+    defaults and checks for the stage and the command."""
+    from .report.params import REPORT
+    from .separation.params import FORMATS, OUTPUT, RUNTIME_SEPARATE, SEPARATE
 
     p = sub.add_parser("separate", help="separate songs into vocals, drums, bass and other")
     p.add_argument("songs", nargs="+", metavar="SONG", help="wav, flac, mp3, ... or MUSDB .stem.mp4 (its mixture)")
@@ -326,7 +356,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="only TARGET through the model; writes TARGET and no_TARGET (the song minus TARGET), e.g. vocals "
         "and an instrumental",
     )
-    # The defaults are the params' (the separate stage's, report's for the page): one set of defaults and checks.
     sep, run, rep = SEPARATE.defaults(), RUNTIME_SEPARATE.defaults(), REPORT.defaults()
     p.add_argument("--device", default=run["device"], help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument(
@@ -396,25 +425,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--audio-format", default=rep["audio_format"], help="of the page's excerpts: mp3 (default), ogg or wav"
     )
     p.set_defaults(func=_separate)
-
-    p = sub.add_parser(
-        "import-official",
-        help="import an official LaSAFT/LightSAFT checkpoint (file or published name) as our weights file",
-    )
-    p.add_argument(
-        "checkpoint",
-        metavar="CKPT_OR_NAME",
-        help="an official .ckpt, or lasaft_large_2019, lasaft_large_2020, lasaft_large_2021, lightsaft_small_2020",
-    )
-    p.add_argument("--out", help="weights file to write (default: .lightsaft/pretrained/<name>.pt)")
-    p.add_argument("--sha256", metavar="HEX", help="the checkpoint's expected sha256 (pins it)")
-    p.add_argument(
-        "--trust",
-        action="store_true",
-        help="allow full unpickling, which can run code: only for a file you trust that is refused otherwise",
-    )
-    p.set_defaults(func=_import_official)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
