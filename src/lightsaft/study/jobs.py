@@ -20,6 +20,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,20 @@ def write_result(path: str | Path, status: str, message: str = "") -> None:
     """What the job reports to the submitting side (``lightsaft ablate --status``)."""
     record = {"job": job_id(), "status": status, "message": message, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+
+
+@contextmanager
+def reporting(result: str, clone: str) -> Iterator[None]:
+    """A job's body: its outcome written where ``--status`` reads it (an error's text too), and the
+    clone of a finished job removed (a failed one stays, to be looked at)."""
+    Path(result).unlink(missing_ok=True)
+    try:
+        yield
+    except Exception as e:
+        write_result(result, "failed", str(e))
+        raise
+    write_result(result, "done")
+    shutil.rmtree(clone, ignore_errors=True)
 
 
 def stage_env() -> dict[str, str]:
@@ -92,19 +108,13 @@ class PrepareJob:
     result: str
 
     def __call__(self) -> str:
-        Path(self.result).unlink(missing_ok=True)
-        try:
+        with reporting(self.result, self.clone):
             env = stage_env()
             clone = make_clone(self.repo, self.commit, self.clone, self.cache)
             set_params(clone / "params.yaml", self.overrides)
             code = subprocess.call([sys.executable, "-m", "dvc", "repro", "prepare"], cwd=clone, env=env)
             if code != 0:
                 raise JobFailed(f"dvc repro prepare failed (exit {code}); its output is above")
-        except Exception as e:
-            write_result(self.result, "failed", str(e))
-            raise
-        write_result(self.result, "done")
-        shutil.rmtree(self.clone, ignore_errors=True)
         return "done"
 
 
@@ -122,10 +132,9 @@ class PointJob(submitit.helpers.Checkpointable):
     note: str = ""  # written by the training when the time-limit signal stopped it
 
     def __call__(self) -> str:
-        Path(self.result).unlink(missing_ok=True)
         Path(self.note).unlink(missing_ok=True)
         restart = restarts()
-        try:
+        with reporting(self.result, self.clone):
             env = stage_env() | job_step.environment(submitit.JobEnvironment.USR_SIG, self.note)
             if not restart:  # a new submission starts from a clean clone; a requeued job goes on in its own
                 shutil.rmtree(self.clone, ignore_errors=True)
@@ -142,11 +151,6 @@ class PointJob(submitit.helpers.Checkpointable):
                 how = f"was stopped by signal {-code}" if code < 0 else f"failed (exit {code})"
                 raise JobFailed(f"dvc exp run {how}; its output is above")
             push_experiment(clone, self.name)
-        except Exception as e:
-            write_result(self.result, "failed", str(e))
-            raise
-        write_result(self.result, "done")
-        shutil.rmtree(self.clone, ignore_errors=True)
         return "done"
 
     def _requeue(self) -> None:
