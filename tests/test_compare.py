@@ -263,6 +263,16 @@ def test_points_without_per_track_scores_are_compared_without_statistics(study_r
     assert collect(repo, study)["status"].tolist() == ["done", "done"]
 
 
+def test_a_study_with_no_finished_point_still_gets_its_tables(study_repo, monkeypatch):
+    """Submitted, nothing done yet: the comparison lists every point as missing, and says so."""
+    in_repo(monkeypatch, study_repo)
+    study = Study("none-yet", study_repo / "none.yaml", grid={"model.dk": [64, 128]})
+    paths = compare_study(study_repo, study, study_repo / "none-yet", "ci-none-yet")
+    assert pd.read_csv(paths["points"])["status"].tolist() == ["missing", "missing"]
+    markdown = paths["markdown"].read_text()
+    assert re.search(r"none-yet-dk64 +\| dk=64 +\| missing", markdown), markdown
+
+
 def test_grid_and_explicit_points_together(study_repo, monkeypatch):
     """A grid beside an explicit point: the point column names the explicit one, the grid column
     keeps its values as given (an explicit point's empty cell must not turn 8 into 8.0), and the
