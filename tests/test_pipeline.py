@@ -2,7 +2,7 @@
 
 CI-sized: a few seconds of synthetic audio and a few training steps, so that the whole chain
 (download -> prepare -> train -> separate -> evaluate -> report) runs several times in minutes:
-about 25 stage processes in all, each an interpreter importing torch, Lightning and MLflow.
+about 20 stage processes in all, each an interpreter importing torch, Lightning and MLflow.
 """
 
 from __future__ import annotations
@@ -20,13 +20,11 @@ import pytest
 import soundfile as sf
 import yaml
 from helpers import (
-    TINY_MODEL,
     api,
     empty_mlflow_db,
     free_port,
     lightsaft_ui,
     repo_env,
-    shared_path,
     snapshot_repo,
     ui_links,
 )
@@ -283,34 +281,6 @@ def test_queued_ablation_gets_every_point_its_mlflow_run(demo):
     assert (repo / "results/ablations/ci-grid/sdr.png").stat().st_size > 1000
     summary = (repo / "results/ablations/ci-grid/summary.md").read_text()  # paired on the demo's test tracks
     assert "difference vs reference [95% CI]" in summary and f"reference point **dk={demo_dk}**" in summary
-
-
-def test_a_pretrained_model_runs_through_the_pipeline_without_training(demo):
-    """train.pretrained set to an official checkpoint (the tiny fixture): download -> prepare (the
-    test tracks only: no training spectrograms) -> train imports instead of training -> separate
-    -> evaluate -> report, and MLflow holds one run with the model's params and its source."""
-    repo, ckpt = demo.repo, shared_path("reference", "official_ckpt", "lightsaft_tiny_2020_prefix.ckpt")
-    run(repo, "git", "checkout", "--", "params.yaml")
-    model = {f"model.{key}": value for key, value in TINY_MODEL.items()}
-    data = {k: v for k, v in CI.items() if k.startswith("data.")}
-    set_params(repo, {"data.source": "synthetic", **data, **model, "train.pretrained": str(ckpt),
-                      "train.pretrained_sha256": file_sha256(ckpt), "mlflow.experiment": "ci-pretrained",
-                      "report.excerpt_seconds": 2.0})  # fmt: skip
-    log = run(repo, "dvc", "repro")
-    assert ran_stages(log) >= set(STAGES) - {"download"}, log[-3000:]  # download: its data.* unchanged
-    cache = Cache(repo / "data/cache")
-    assert cache.manifest["splits"] == ["test"] and not (repo / "data/cache/spec").exists()
-    metrics = json.loads((repo / "metrics/train.json").read_text())
-    assert metrics["pretrained"] == str(ckpt) and metrics["steps"] == 0
-    assert (repo / "results/report/index.html").is_file()
-    sdr = json.loads((repo / "metrics/sdr.json").read_text())
-    assert sdr["sdr_vocals"] is not None
-    runs = mlflow_runs(repo, "ci-pretrained")
-    [train] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert train.info.status == "FINISHED" and train.data.params["train.pretrained"] == str(ckpt)
-    assert train.data.params["model.dk"] == str(TINY_MODEL["dk"]) and train.data.tags["pretrained"] == str(ckpt)
-    assert len(train.data.tags["pretrained_sha256"]) == 64 and "test_sdr_vocals" in train.data.metrics
-    assert any(r.data.tags.get("mlflow.parentRunId") == train.info.run_id for r in runs)  # the evaluation
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ import json
 
 import pytest
 import torch
-from helpers import make_project, shared_path, tiny_params, train_into
+import yaml
+from helpers import make_project, run_stage_in_process, shared_path, tiny_params, train_into
 from mlflow.tracking import MlflowClient
 
 from lightsaft.data.cache import Cache
@@ -109,12 +110,16 @@ def test_the_official_checkpoints_study_matches_the_published_configs():
         assert params["separate"]["protocol"] == ("crossfade" if mdx_kit else "official")
 
 
-def test_cache_without_training_tracks_is_enough(project, small_dataset, tmp_path):
-    """What prepare writes for a pretrained model (test tracks only) suffices for the train stage."""
-    from lightsaft.prepare import prepare
-
-    cache = prepare(small_dataset, tmp_path / "cache", 256, 64, splits=("test",))
-    assert Cache(cache).tracks("test") and not (cache / "spec").exists()
+def test_the_prepare_stage_computes_only_the_test_tracks_and_that_suffices(project, small_dataset, tmp_path):
+    """The prepare stage of a pretrained model writes the test tracks only (no training
+    spectrograms), and the train stage needs no more."""
     ckpt = fixture("lightsaft_tiny_2020_prefix.ckpt")
     params = tiny_params(**{"train.pretrained": str(ckpt), "train.pretrained_sha256": file_sha256(ckpt)})
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    (project / "data").mkdir()
+    (project / "data" / "raw").symlink_to(small_dataset.parent)
+    run_stage_in_process(project, "prepare")
+    cache = project / "data" / "cache"
+    assert Cache(cache).manifest["splits"] == ["test"] and Cache(cache).tracks("test")
+    assert not (cache / "spec").exists()
     assert train_into(project, params, cache)["steps"] == 0

@@ -6,7 +6,8 @@ tiny study, shared by the tests below, from a fresh repository of the working tr
 
 - ``plain``: the pipeline as it is;
 - ``fails-once``: ``train.pretrained`` names a weights file that is not there yet: the train stage
-  fails; the test then puts the file in place and runs the command again;
+  fails; the test then puts the file in place and runs the command again (the pipeline with a given
+  model instead of a training: prepare computes the test tracks only, train imports the model);
 - ``signalled``: a longer training, sent SLURM's time-limit signal (``scancel --signal=USR2``)
   once it has finished an epoch: it must save, be requeued and finish in the same run;
 - ``ddp``: two training processes (``trainer.devices: 2``), started by the train stage with srun.
@@ -436,6 +437,11 @@ def test_the_failed_point_is_reported_with_its_log_and_alone_submitted_again(clu
     assert re.search(rf"Success\s+{STUDY}-fails-once", again), again[-3000:]
     metrics = experiment_metrics(cluster_study.repo, f"{STUDY}-fails-once", "metrics/train.json")
     assert metrics["pretrained"] == "weights/tiny.pt" and metrics["steps"] == 0
+    # the pipeline with a given model: the train stage imported it, its run says from where (and the
+    # evaluation's scores are on it: test_every_point_is_an_experiment_of_the_repository_with_one_mlflow_run)
+    [run] = training_runs(cluster_study)[f"{STUDY}-fails-once"]
+    assert run.data.tags["stage"] == "train (pretrained)" and run.data.tags["pretrained"] == "weights/tiny.pt"
+    assert run.data.params["train.pretrained"] == "weights/tiny.pt" and len(run.data.tags["pretrained_sha256"]) == 64
 
 
 @pytest.mark.slow
