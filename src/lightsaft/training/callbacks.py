@@ -164,3 +164,6 @@ def quiet_lightning() -> None:
     """Keep the train stage's log to what a user acts on (called by the stage, not at import)."""
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_QuietLightning())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # On a machine with SLURM installed, outside a job: a hint to use srun, which a local run does not
+    # want (inside a job, the study's training is started by srun: training/job_step.py).
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
