@@ -35,7 +35,7 @@ from lightsaft.cli import main
 from lightsaft.errors import ConfigError
 from lightsaft.model.unet import build_model
 from lightsaft.paths import project_root
-from lightsaft.study import slurm
+from lightsaft.study import disk, slurm
 from lightsaft.study.cluster import ClusterOptions, Resources, parse_mem, parse_sbatch, parse_time, resources
 from lightsaft.study.compare import METRIC_COLUMNS
 from lightsaft.training import job_step
@@ -155,6 +155,11 @@ def test_a_study_is_refused_before_anything_is_submitted(tmp_path, monkeypatch, 
     )
     monkeypatch.chdir(repo)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+
+    def no_space(*args, **kwargs):
+        raise ConfigError("the study needs more space than is free")
+
+    monkeypatch.setattr(disk, "check_space", no_space)  # the study's own faults are named first
 
     def ablate(*args: str) -> str:
         assert main(["ablate", "study.yaml", *args]) == 2
