@@ -70,7 +70,7 @@ def _ablate(args: argparse.Namespace) -> int:
         if cluster:
             from .study import slurm
 
-            slurm.check(repo, study, cluster)  # contradicting options, an unready repository: refused first
+            checked = slurm.check(repo, study, cluster)  # contradicting options, an unready repository: refused first
         projection = disk.project(repo, points, done=set(experiment_refs(repo)))
         print(projection.table())
         print(disk.check_space(repo, projection, args.force))
@@ -82,7 +82,7 @@ def _ablate(args: argparse.Namespace) -> int:
             print(slurm.status_report(slurm.status(repo, study), study))
             return 0
         print(f"study {study.name}: {len(points)} experiments, on SLURM")
-        slurm.submit(repo, study, cluster)
+        slurm.submit(repo, study, cluster, checked)
         again = ["lightsaft", "ablate", args.grid, *[f"--set={item}" for item in args.set]]
         print(f"\nfollow it:      {shlex.join([*again, '--status'])}")
         print(f"when it ends:   {shlex.join([*again, '--compare-only'])}")

@@ -279,7 +279,10 @@ def executor(place: Place, study: Study, options: ClusterOptions, res: Resources
     return ex
 
 
-def check(repo: Path, study: Study, options: ClusterOptions) -> dict[str, tuple[Point, Resources, dict[str, Any]]]:
+Checked = dict[str, tuple[Point, Resources, dict[str, Any]]]  # point name -> (point, resources, params)
+
+
+def check(repo: Path, study: Study, options: ClusterOptions) -> Checked:
     """Every point's params and resources, and the repository's readiness: a contradiction or an
     unready repository refuses the whole study before anything is submitted."""
     base = load_params(repo / "params.yaml")
@@ -291,10 +294,10 @@ def check(repo: Path, study: Study, options: ClusterOptions) -> dict[str, tuple[
     return checked
 
 
-def submit(repo: Path, study: Study, options: ClusterOptions) -> list[PointStatus]:
+def submit(repo: Path, study: Study, options: ClusterOptions, checked: Checked) -> list[PointStatus]:
     """Submit the study's points that are missing or failed (the others are done, queued or
-    running); every check comes first (:func:`check`), so that a refused study submits nothing."""
-    checked = check(repo, study, options)
+    running). ``checked`` is :func:`check`'s answer: every check comes first, so that a refused
+    study submits nothing."""
     place, commit, cache = Place(repo, study.name), head(repo), cache_dir(repo)
     todo = [s.name for s in status(repo, study) if s.state in ("missing", "failed")]
     if not todo:
